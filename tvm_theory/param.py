@@ -1,0 +1,96 @@
+"""The model's parameterization: average velocity F, displacement f, instantaneous velocity u (THEORY.md §2).
+
+A network ``F(x, t, s, **cond)`` takes a batch x of shape (B, ...) and times t, s of shape (B,). From it:
+
+* displacement   f_θ(x, t, s) = (s − t) F_θ(x, t, s)              — the jump is x ↦ x + f_θ(x, t, s);
+* velocity       u_θ(x, s)    = F_θ(x, s, s);
+* ∂_s f_θ        = F_θ + (s − t) ∂_s F_θ, one forward-mode JVP with tangent 1 on s and 0 on x and t.
+
+Scaled (CFG) parameterization, with guidance weight w ≥ 1 (a float or a (B,) tensor): the network also receives
+β = 1/w as the keyword ``beta`` and f_θ = (s − t) · w · F_θ(x, t, s, c, β), u_θ = w · F_θ(x, s, s, c, β).
+``w=None`` means the plain parameterization (no ``beta`` keyword is passed).
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from .checks import as_batch_time, expand_like
+
+Network = Callable[..., Tensor]
+
+
+def _guidance(w: float | Tensor | None, x: Tensor) -> Tensor | None:
+    if w is None:
+        return None
+    w = torch.as_tensor(w, dtype=x.dtype, device=x.device)
+    if w.ndim == 0:
+        w = w.expand(x.shape[0])
+    if w.shape != (x.shape[0],):
+        raise ValueError(f"w: expected a scalar or shape ({x.shape[0]},), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or float(w.min()) < 1.0:
+        raise ValueError(f"w: expected finite guidance weights ≥ 1, got min {float(w.min()):.6g}")
+    return w
+
+
+def _call(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict) -> Tensor:
+    """w · F(x, t, s, c, β = 1/w), or F(x, t, s, c) in the plain parameterization."""
+    if w is None:
+        return F(x, t, s, **cond)
+    return expand_like(w, x) * F(x, t, s, beta=1.0 / w, **cond)
+
+
+def displacement(F: Network, x: Tensor, t, s, w=None, **cond) -> Tensor:
+    """f_θ(x, t, s) = (s − t) · [w ·] F_θ(x, t, s, [c, 1/w]) (THEORY.md §2). Satisfies f_θ(x, t, t) = 0."""
+    t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), _guidance(w, x)
+    return expand_like(s - t, x) * _call(F, x, t, s, w, cond)
+
+
+def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Tensor, Tensor]:
+    """(f_θ(x, t, s), ∂_s f_θ(x, t, s)) by one forward-mode JVP (tangent 1 on s, 0 on x and t; THEORY.md §2).
+
+    ∂_s f_θ = [w ·] (F_θ + (s − t) ∂_s F_θ). Gradients flow through both outputs, the tangent included (§3, item 2).
+    """
+    t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), _guidance(w, x)
+
+    def f_of_s(s_: Tensor) -> Tensor:
+        return expand_like(s_ - t, x) * _call(F, x, t, s_, w, cond)
+
+    return torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),))
+
+
+def velocity(F: Network, x: Tensor, s, w=None, **cond) -> Tensor:
+    """u_θ(x, s) = [w ·] F_θ(x, s, s, [c, 1/w]) — the model's instantaneous velocity (THEORY.md §2)."""
+    s, w = as_batch_time("s", s, x), _guidance(w, x)
+    return _call(F, x, s, s, w, cond)
+
+
+class JumpModel(Protocol):
+    """What the bounds and the sampler need of a model: its jump, the jump's s-derivative and its velocity.
+
+    Implemented by :class:`NetworkJump` for a network F and by closed-form models in the test beds.
+    """
+
+    def displacement(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor: ...
+
+    def displacement_and_ds(self, x: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def velocity(self, x: Tensor, s: Tensor) -> Tensor: ...
+
+
+class NetworkJump:
+    """A network F bound to a guidance weight and conditioning, seen as a :class:`JumpModel`."""
+
+    def __init__(self, F: Network, w: float | Tensor | None = None, **cond):
+        self.F, self.w, self.cond = F, w, cond
+
+    def displacement(self, x, t, s):
+        return displacement(self.F, x, t, s, self.w, **self.cond)
+
+    def displacement_and_ds(self, x, t, s):
+        return displacement_and_ds(self.F, x, t, s, self.w, **self.cond)
+
+    def velocity(self, x, s):
+        return velocity(self.F, x, s, self.w, **self.cond)
