@@ -1,0 +1,180 @@
+"""Triton backward kernels through O (plain flash backward) and through Ȯ (tangent backward). THEORY.md §9.
+
+With P, T, μ as in ``_forward``, Tc = T − μ1ᵀ, upstream gradients dO (of O) and G = dȮ (of Ȯ):
+
+* through O: δ = rowsum(dO∘O), dL = P∘(dO Vᵀ − δ), dQ = α dL K, dK = α dLᵀ Q, dV = Pᵀ dO;
+* through Ȯ: r = rowsum(G∘O), δ̇ = rowsum(G∘Ȯ), dT = P∘(G Vᵀ − r), dL = P∘(G V̇ᵀ − δ̇) + dT∘Tc,
+  dQ = α(dL K + dT K̇), dQ̇ = α dT K, dK = α(dLᵀ Q + dTᵀ Q̇), dK̇ = α dTᵀ Q, dV = (P∘Tc)ᵀ G, dV̇ = Pᵀ G.
+
+(dL is the gradient with respect to the logits αQKᵀ; these equal THEORY.md §9's dS and dṠ after the factor α.)
+Three launches per pass and no atomics: a row pre-pass for the row sums, a KV-outer kernel (K, V, K̇, V̇ resident,
+loop over query blocks) for the key-side gradients, a Q-outer kernel for the query-side ones. Nothing S²-sized is
+stored. The tests check these formulas against float64 autograd of the plain formula.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._config import INTERPRET, cfg, head_block, launch_meta, seq_bucket, tuned
+from ._forward import LOG2E, _load_rows, _store_rows
+
+_ROW_BLOCK = 64
+_KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(32, 32, 4, 2)]
+_Q_CONFIGS = [cfg(64, 64, 4, 2), cfg(128, 32, 8, 2), cfg(128, 64, 8, 2), cfg(64, 32, 4, 2), cfg(32, 64, 4, 2)]
+
+
+@triton.jit
+def _rowdot_kernel(X, Y, OUT, n_rows, head_dim, HEAD_BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """OUT[i] = Σ_d X[i, d] Y[i, d] in fp32, for contiguous (n_rows, head_dim) X and Y."""
+    offs_r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    x = _load_rows(X, offs_r, offs_d, n_rows, head_dim, HEAD_BLOCK, True)
+    y = _load_rows(Y, offs_r, offs_d, n_rows, head_dim, HEAD_BLOCK, True)
+    tl.store(OUT + offs_r, tl.sum(x * y, 1), mask=offs_r < n_rows)
+
+
+@tuned(_KV_CONFIGS)
+@triton.jit
+def _kv_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
+               qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+               HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               TANGENT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Key-side gradients for one key block (rows = keys, columns = queries, everything transposed).
+
+    TANGENT=False: GO = dO, DELTA = δ; writes dK, dV. TANGENT=True: GO = G, DELTA = δ̇, R = r; writes dK, dV, dK̇, dV̇.
+    """
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    q_base = bh * seq_q * head_dim
+    k_base = bh * seq_k * head_dim
+    row_base = bh * seq_q
+    k = _load_rows(K + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+    v = _load_rows(V + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+    dk = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+    if TANGENT:
+        tk = _load_rows(TK + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+        tv = _load_rows(TV + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+        dtk = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+        dtv = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+    for start_m in range(0, seq_q, BLOCK_M):
+        rows = start_m + offs_m
+        in_rows = rows < seq_q
+        q = _load_rows(Q + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+        go = _load_rows(GO + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+        lse = tl.load(LSE + row_base + rows, mask=in_rows, other=float("inf"))
+        delta = tl.load(DELTA + row_base + rows, mask=in_rows, other=0.0)
+        p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale - lse[None, :])
+        if TANGENT:
+            tq = _load_rows(TQ + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+            mu = tl.load(MU + row_base + rows, mask=in_rows, other=0.0)
+            r = tl.load(R + row_base + rows, mask=in_rows, other=0.0)
+            t_t = tl.dot(tk, tl.trans(q), input_precision=PREC)
+            t_t = tl.dot(k, tl.trans(tq), t_t, input_precision=PREC) * scale
+            tc_t = t_t - mu[None, :]
+            dt_t = p_t * (tl.dot(v, tl.trans(go), input_precision=PREC) - r[None, :])
+            dl_t = p_t * (tl.dot(tv, tl.trans(go), input_precision=PREC) - delta[None, :]) + dt_t * tc_t
+            dk = tl.dot(dl_t.to(q.dtype), q, dk, input_precision=PREC)
+            dk = tl.dot(dt_t.to(q.dtype), tq, dk, input_precision=PREC)
+            dtk = tl.dot(dt_t.to(q.dtype), q, dtk, input_precision=PREC)
+            dv = tl.dot((p_t * tc_t).to(go.dtype), go, dv, input_precision=PREC)
+            dtv = tl.dot(p_t.to(go.dtype), go, dtv, input_precision=PREC)
+        else:
+            dl_t = p_t * (tl.dot(v, tl.trans(go), input_precision=PREC) - delta[None, :])
+            dk = tl.dot(dl_t.to(q.dtype), q, dk, input_precision=PREC)
+            dv = tl.dot(p_t.to(go.dtype), go, dv, input_precision=PREC)
+    _store_rows(DK + k_base, dk * scale, offs_n, offs_d, seq_k, head_dim)
+    _store_rows(DV + k_base, dv, offs_n, offs_d, seq_k, head_dim)
+    if TANGENT:
+        _store_rows(DTK + k_base, dtk * scale, offs_n, offs_d, seq_k, head_dim)
+        _store_rows(DTV + k_base, dtv, offs_n, offs_d, seq_k, head_dim)
+
+
+@tuned(_Q_CONFIGS)
+@triton.jit
+def _q_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DQ, DTQ,
+              qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+              HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              TANGENT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Query-side gradients for one query block, recomputing P (and T) per key block. Writes dQ (and dQ̇)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    q_base = bh * seq_q * head_dim
+    k_base = bh * seq_k * head_dim
+    in_rows = offs_m < seq_q
+    q = _load_rows(Q + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+    go = _load_rows(GO + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+    lse = tl.load(LSE + bh * seq_q + offs_m, mask=in_rows, other=0.0)
+    delta = tl.load(DELTA + bh * seq_q + offs_m, mask=in_rows, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_BLOCK], tl.float32)
+    if TANGENT:
+        tq = _load_rows(TQ + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+        mu = tl.load(MU + bh * seq_q + offs_m, mask=in_rows, other=0.0)
+        r = tl.load(R + bh * seq_q + offs_m, mask=in_rows, other=0.0)
+        dtq = tl.zeros([BLOCK_M, HEAD_BLOCK], tl.float32)
+    for start_n in range(0, seq_k, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(K + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+        v = _load_rows(V + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
+        p = tl.exp2(s - lse[:, None])
+        if TANGENT:
+            tk = _load_rows(TK + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+            tv = _load_rows(TV + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+            t = tl.dot(tq, tl.trans(k), input_precision=PREC)
+            t = tl.dot(q, tl.trans(tk), t, input_precision=PREC) * scale
+            dt = p * (tl.dot(go, tl.trans(v), input_precision=PREC) - r[:, None])
+            dl = p * (tl.dot(go, tl.trans(tv), input_precision=PREC) - delta[:, None]) + dt * (t - mu[:, None])
+            dq = tl.dot(dl.to(k.dtype), k, dq, input_precision=PREC)
+            dq = tl.dot(dt.to(k.dtype), tk, dq, input_precision=PREC)
+            dtq = tl.dot(dt.to(k.dtype), k, dtq, input_precision=PREC)
+        else:
+            dl = p * (tl.dot(go, tl.trans(v), input_precision=PREC) - delta[:, None])
+            dq = tl.dot(dl.to(k.dtype), k, dq, input_precision=PREC)
+    _store_rows(DQ + q_base, dq * scale, offs_m, offs_d, seq_q, head_dim)
+    if TANGENT:
+        _store_rows(DTQ + q_base, dtq * scale, offs_m, offs_d, seq_q, head_dim)
+
+
+def _rowdot(x, y):
+    """rowsum(x∘y) in fp32 as a (B·H, S) tensor, for contiguous (B, H, S, D) x and y."""
+    head_dim = x.shape[-1]
+    n_rows = x.numel() // head_dim
+    out = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32).view(-1, x.shape[2])
+    _rowdot_kernel[(triton.cdiv(n_rows, _ROW_BLOCK),)](x, y, out, n_rows, head_dim,
+                                                        HEAD_BLOCK=head_block(head_dim), ROWS=_ROW_BLOCK)
+    return out
+
+
+def _launch(q, k, v, tq, tk, tv, go, lse, mu, delta, r, scale, tangent):
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    meta = dict(HEAD_BLOCK=head_block(head_dim), TANGENT=tangent, UPCAST=INTERPRET,
+                PREC="ieee" if q.dtype == torch.float32 else "tf32", **launch_meta())
+    bucket = seq_bucket(max(seq_q, seq_k))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dtq, dtk, dtv = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)) if tangent else (dq, dk, dv)
+    args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, bucket)
+    kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]), batch * heads)  # noqa: E731
+    _kv_kernel[kv_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dk, dv, dtk, dtv, *args, **meta)
+    q_grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), batch * heads)  # noqa: E731
+    _q_kernel[q_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dq, dtq, *args, **meta)
+    return dq, dk, dv, dtq, dtk, dtv
+
+
+def backward_primal(q, k, v, o, lse, do, scale):
+    """(dQ, dK, dV) of ⟨dO, O⟩; all tensors contiguous."""
+    delta = _rowdot(do, o)
+    return _launch(q, k, v, q, k, v, do, lse, lse, delta, delta, scale, tangent=False)[:3]
+
+
+def backward_tangent(q, k, v, o, lse, mu, tq, tk, tv, to, g, scale):
+    """(dQ, dK, dV, dQ̇, dK̇, dV̇) of ⟨G, Ȯ⟩; all tensors contiguous."""
+    return _launch(q, k, v, tq, tk, tv, g, lse, mu, _rowdot(g, to), _rowdot(g, o), scale, tangent=True)

@@ -1,0 +1,46 @@
+"""Launch configuration shared by the attention kernels: interpreter detection, block shapes, autotuning.
+
+Under ``TRITON_INTERPRET=1`` (CPU tests) ``@triton.autotune`` does not work and ``bf16`` dots are unreliable, so a
+fixed small configuration is used and every operand is upcast to fp32 inside the kernels. On a GPU each kernel is
+autotuned over a handful of configurations keyed on the padded head dimension, the dtype (Triton adds the dtypes of
+tensor arguments to the key) and a power-of-two bucket of the sequence length; batch size and head count are runtime
+values, so a new batch size never recompiles. See /work/shared/KERNEL_NOTES.md.
+"""
+import os
+
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Small blocks under the interpreter so that ragged tails (lengths that are not block multiples) are exercised by
+# tiny test sizes.
+INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16}
+
+
+def head_block(head_dim: int) -> int:
+    """Padded head dimension: the next power of two, at least 16 (``tl.dot`` needs K ≥ 16)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def seq_bucket(seq_len: int) -> int:
+    """Autotuning bucket of a sequence length (next power of two, at least 128)."""
+    return max(128, triton.next_power_of_2(seq_len))
+
+
+def tuned(configs):
+    """Decorator: autotune over ``configs`` on the GPU, identity under the interpreter.
+
+    The key is ``HEAD_BLOCK`` and ``SEQ_BUCKET``, which every kernel takes as arguments.
+    """
+    if INTERPRET:
+        return lambda fn: fn
+    return triton.autotune(configs=configs, key=["HEAD_BLOCK", "SEQ_BUCKET"])
+
+
+def launch_meta() -> dict:
+    """Extra keyword arguments for a launch: the fixed block shape under the interpreter, nothing when autotuned."""
+    return dict(INTERPRET_META) if INTERPRET else {}
+
+
+def cfg(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)

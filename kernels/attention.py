@@ -1,0 +1,80 @@
+"""Public entry point: ``attention(q, k, v, scale=None, backend="auto")`` (THEORY.md §9)."""
+import math
+
+import torch
+
+from . import _config
+from ._autograd import _Attention
+from .reference import attention_reference
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_BACKENDS = ("auto", "triton", "reference")
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
+
+
+def _check(q, k, v, backend):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"attention: {name} must be 4-D (B, H, S, D), got shape {tuple(x.shape)}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"attention: backend must be one of {_BACKENDS}, got {backend!r}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in B, H and D")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"attention: sequence lengths must be positive, got S_q={q.shape[2]}, S_k={k.shape[2]}")
+
+
+def _check_triton(q):
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"attention: the Triton backend supports {_DTYPES}, got q.dtype={q.dtype}")
+    head_dim = q.shape[3]
+    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"attention: the Triton backend needs {MIN_HEAD_DIM} <= D <= {MAX_HEAD_DIM}, got D={head_dim}")
+    if q.device.type != "cuda" and not _config.INTERPRET:
+        raise RuntimeError(
+            f"attention: backend='triton' on a {q.device.type} tensor needs TRITON_INTERPRET=1 set before "
+            "`kernels` is imported (or use backend='reference')")
+
+
+@torch.compiler.disable
+def _triton_attention(q, k, v, scale):
+    # Kept out of compiled regions: Dynamo may ignore a custom jvp inside them (PyTorch #192985) and return wrong
+    # tangents with no error; here the graph breaks and the Function runs eagerly.
+    return _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), scale)[0]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """Scaled dot-product attention O = softmax_row(α Q Kᵀ) V with forward-mode and reverse-mode derivatives.
+
+    Math (THEORY.md §9): with tangents Q̇, K̇, V̇ and T = α(Q̇Kᵀ + QK̇ᵀ), μ = rowsum(P∘T), the tangent is
+    Ȯ = P V̇ + (P∘(T − μ1ᵀ)) V. The Triton backend computes O with a flash forward, Ȯ with a second flash pass
+    (both saving only per-row statistics), and back-propagates through O and Ȯ without any S_q×S_k buffer.
+
+    Args:
+        q: (B, H, S_q, D) queries; k, v: (B, H, S_k, D) keys and values. fp32, fp16 or bf16 (fp32 accumulation);
+            16 <= D <= 128 for the Triton backend. Non-contiguous inputs are copied to contiguous memory.
+        scale: α, default 1/√D.
+        backend: "triton" (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "reference" (pure PyTorch,
+            memory quadratic in S), or "auto" (Triton on CUDA, the reference elsewhere).
+
+    Returns:
+        (B, H, S_q, D) tensor in q's dtype. Works as a plain call, under ``torch.func.jvp`` and
+        ``torch.autograd.forward_ad``; gradients flow through O and through its tangent to q, k, v and the tangents.
+    """
+    _check(q, k, v, backend)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be finite, got {scale}")
+    if backend == "reference" or (backend == "auto" and q.device.type != "cuda"):
+        return attention_reference(q, k, v, scale)
+    _check_triton(q)
+    return _triton_attention(q, k, v, scale)

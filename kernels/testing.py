@@ -1,0 +1,37 @@
+"""Helpers shared by the tests and the benchmark: the full set of attention derivatives in one call."""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionDerivatives:
+    """O, its tangent Ȯ, and the gradients of ⟨G1, O⟩ + ⟨G2, Ȯ⟩ with respect to q, k, v, q̇, k̇, v̇."""
+
+    o: torch.Tensor
+    to: torch.Tensor
+    grads: tuple
+
+    def as_list(self):
+        return [self.o, self.to, *self.grads]
+
+
+NAMES = ("O", "tO", "dq", "dk", "dv", "dtq", "dtk", "dtv")
+
+
+def jvp_with_grads(fn, primals, tangents, g1, g2, dtype=None) -> AttentionDerivatives:
+    """Run ``torch.func.jvp(fn, primals, tangents)`` and back-propagate ⟨G1, O⟩ + ⟨G2, Ȯ⟩ to all six inputs.
+
+    Inputs are cast to ``dtype`` (default: unchanged) and made leaves; the loss is accumulated in float64.
+    """
+    leaves = [x.detach().to(dtype or x.dtype).requires_grad_() for x in (*primals, *tangents)]
+    o, to = torch.func.jvp(fn, tuple(leaves[:3]), tuple(leaves[3:]))
+    loss = (o.double() * g1.double()).sum() + (to.double() * g2.double()).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    return AttentionDerivatives(o.detach(), to.detach(), tuple(g.detach() for g in grads))
+
+
+def relative_errors(result: AttentionDerivatives, reference: AttentionDerivatives) -> dict:
+    """‖x − x_ref‖ / ‖x_ref‖ for each of the eight outputs, computed in float64."""
+    return {name: ((a.double() - b.double()).norm() / b.double().norm()).item()
+            for name, a, b in zip(NAMES, result.as_list(), reference.as_list())}
