@@ -15,12 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import INTERPRET, cfg, head_block, launch_meta, seq_bucket, tuned
+from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
 from ._forward import LOG2E, _load_rows, _store_rows
 
 _ROW_BLOCK = 64
-_KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(32, 32, 4, 2)]
-_Q_CONFIGS = [cfg(64, 64, 4, 2), cfg(128, 32, 8, 2), cfg(128, 64, 8, 2), cfg(64, 32, 4, 2), cfg(32, 64, 4, 2)]
+_KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(32, 32, 4, 2), cfg(*SMALL)]
+_Q_CONFIGS = [cfg(64, 64, 4, 2), cfg(128, 32, 8, 2), cfg(128, 64, 8, 2), cfg(64, 32, 4, 2), cfg(32, 64, 4, 2), cfg(*SMALL)]
 
 
 @triton.jit
@@ -33,7 +33,7 @@ def _rowdot_kernel(X, Y, OUT, n_rows, head_dim, HEAD_BLOCK: tl.constexpr, ROWS: 
     tl.store(OUT + offs_r, tl.sum(x * y, 1), mask=offs_r < n_rows)
 
 
-@tuned(_KV_CONFIGS)
+@tuned(_KV_CONFIGS, extra_key=("TANGENT",))
 @triton.jit
 def _kv_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
                qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
@@ -93,7 +93,7 @@ def _kv_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
         _store_rows(DTV + k_base, dtv, offs_n, offs_d, seq_k, head_dim)
 
 
-@tuned(_Q_CONFIGS)
+@tuned(_Q_CONFIGS, extra_key=("TANGENT",))
 @triton.jit
 def _q_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DQ, DTQ,
               qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
@@ -156,16 +156,18 @@ def _rowdot(x, y):
 def _launch(q, k, v, tq, tk, tv, go, lse, mu, delta, r, scale, tangent):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
-    meta = dict(HEAD_BLOCK=head_block(head_dim), TANGENT=tangent, UPCAST=INTERPRET,
-                PREC="ieee" if q.dtype == torch.float32 else "tf32", **launch_meta())
+    fp32 = q.dtype == torch.float32
+    meta = dict(HEAD_BLOCK=head_block(head_dim), TANGENT=tangent, UPCAST=INTERPRET, PREC="ieee" if fp32 else "tf32")
     bucket = seq_bucket(max(seq_q, seq_k))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dtq, dtk, dtv = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)) if tangent else (dq, dk, dv)
     args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, bucket)
     kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]), batch * heads)  # noqa: E731
-    _kv_kernel[kv_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dk, dv, dtk, dtv, *args, **meta)
+    _kv_kernel[kv_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dk, dv, dtk, dtv, *args, **meta,
+                        **launch_meta(_KV_CONFIGS, fp32))
     q_grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), batch * heads)  # noqa: E731
-    _q_kernel[q_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dq, dtq, *args, **meta)
+    _q_kernel[q_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dq, dtq, *args, **meta,
+                      **launch_meta(_Q_CONFIGS, fp32))
     return dq, dk, dv, dtq, dtk, dtv
 
 

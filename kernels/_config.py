@@ -11,6 +11,9 @@ import os
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# KERNELS_AUTOTUNE=0 launches the first listed configuration (the small fp32-safe one for fp32) instead of
+# autotuning: used by the GPU tests, which run many shapes once and care about correctness, not speed.
+AUTOTUNE = not INTERPRET and os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
 
 # Small blocks under the interpreter so that ragged tails (lengths that are not block multiples) are exercised by
 # tiny test sizes.
@@ -27,19 +30,28 @@ def seq_bucket(seq_len: int) -> int:
     return max(128, triton.next_power_of_2(seq_len))
 
 
-def tuned(configs):
-    """Decorator: autotune over ``configs`` on the GPU, identity under the interpreter.
+def tuned(configs, extra_key=()):
+    """Decorator: autotune over ``configs`` on the GPU, identity under the interpreter or with KERNELS_AUTOTUNE=0.
 
-    The key is ``HEAD_BLOCK`` and ``SEQ_BUCKET``, which every kernel takes as arguments.
+    The key is ``HEAD_BLOCK``, ``SEQ_BUCKET`` (arguments of every kernel) and ``extra_key``.
     """
-    if INTERPRET:
+    if not AUTOTUNE:
         return lambda fn: fn
-    return triton.autotune(configs=configs, key=["HEAD_BLOCK", "SEQ_BUCKET"])
+    return triton.autotune(configs=configs, key=["HEAD_BLOCK", "SEQ_BUCKET", *extra_key])
 
 
-def launch_meta() -> dict:
-    """Extra keyword arguments for a launch: the fixed block shape under the interpreter, nothing when autotuned."""
-    return dict(INTERPRET_META) if INTERPRET else {}
+def launch_meta(configs, fp32: bool) -> dict:
+    """Extra keyword arguments for a launch: a fixed configuration unless autotuned (then nothing)."""
+    if INTERPRET:
+        return dict(INTERPRET_META)
+    if AUTOTUNE:
+        return {}
+    c = configs[-1] if fp32 else configs[0]
+    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+# Every list of configurations ends with this small one, which fits fp32 operands at D = 128.
+SMALL = (32, 32, 4, 1)
 
 
 def cfg(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:

@@ -10,12 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import INTERPRET, cfg, head_block, launch_meta, seq_bucket, tuned
+from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
 
 LOG2E = 1.4426950408889634
 
-_FWD_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 128, 8, 2)]
-_JVP_CONFIGS = [cfg(128, 64, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 32, 8, 2), cfg(64, 64, 4, 2)]
+_FWD_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 128, 8, 2), cfg(*SMALL)]
+_JVP_CONFIGS = [cfg(128, 64, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 32, 8, 2), cfg(64, 64, 4, 2), cfg(*SMALL)]
 
 
 @triton.jit
@@ -110,11 +110,12 @@ def _tangent_kernel(Q, K, V, O, LSE, TQ, TK, TV, TO, MU, qk_scale, scale, seq_q,
     tl.store(MU + bh * seq_q + offs_m, mu, mask=offs_m < seq_q)
 
 
-def _common(q, k):
+def _common(q, k, configs):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     meta = dict(HEAD_BLOCK=head_block(head_dim), UPCAST=INTERPRET,
-                PREC="ieee" if q.dtype == torch.float32 else "tf32", **launch_meta())
+                PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                **launch_meta(configs, q.dtype == torch.float32))
     bucket = seq_bucket(max(seq_q, seq_k))
     grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), batch * heads)  # noqa: E731
     return batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid
@@ -122,7 +123,7 @@ def _common(q, k):
 
 def forward(q, k, v, scale):
     """O and lse₂ for contiguous q (B,H,Sq,D), k, v (B,H,Sk,D). Returns (O like q, lse fp32 (B·H, Sq))."""
-    batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid = _common(q, k)
+    batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid = _common(q, k, _FWD_CONFIGS)
     o = torch.empty_like(q)
     lse = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
     _fwd_kernel[grid](q, k, v, o, lse, scale * LOG2E, seq_q, seq_k, head_dim, bucket, **meta)
@@ -131,7 +132,7 @@ def forward(q, k, v, scale):
 
 def tangent(q, k, v, o, lse, tq, tk, tv, scale):
     """Ȯ and μ given the primal pass's O and lse₂; all tensors contiguous. Returns (Ȯ like q, μ fp32 (B·H, Sq))."""
-    batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid = _common(q, k)
+    batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid = _common(q, k, _JVP_CONFIGS)
     to = torch.empty_like(q)
     mu = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
     _tangent_kernel[grid](q, k, v, o, lse, tq, tk, tv, to, mu, scale * LOG2E, scale, seq_q, seq_k, head_dim,

@@ -1,0 +1,158 @@
+"""Benchmark of JVP attention (issue 3): plain flash SDPA, PyTorch math attention under JVP, and kernels.attention.
+
+Times, on one CUDA card, at each (B, H, S, D):
+  sdpa_fwd_bwd    plain flash SDPA forward + backward (the baseline; no tangent);
+  math_jvp_bwd    PyTorch math SDPA under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩;
+  ours_fwd_jvp    kernels.attention under torch.func.jvp (O and Ȯ, no grad);
+  ours_jvp_bwd    kernels.attention under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩;
+plus our separate kernel launches (fwd, tangent, primal backward, tangent backward) for the profile.
+FLOP counts (units of B·H·S²·D, KERNEL_NOTES.md): 4 plain forward, 10 plain backward, 12 forward + JVP,
+42 backward through O and Ȯ. Peak extra memory = peak allocated during one call minus what was allocated before.
+
+Usage: python benchmarks/attention_jvp.py [--out results.json] [--shapes 64,18,256,64 ...] [--dtype bf16]
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels import attention  # noqa: E402
+from kernels import _backward, _forward  # noqa: E402
+
+SHAPES = [(64, 18, 256, 64), (32, 18, 1024, 64), (1, 24, 4096, 128), (1, 24, 16384, 128), (64, 16, 256, 72)]
+UNITS = {"sdpa_fwd_bwd": 14, "math_jvp_bwd": 54, "ours_fwd_jvp": 12, "ours_jvp_bwd": 54,
+         "k_fwd": 4, "k_tangent": 8, "k_bwd_primal": 10, "k_bwd_tangent": 32}
+
+
+def bench(fn):
+    """Median milliseconds of fn (triton.testing.do_bench, CUDA events), at least ~10 repetitions."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est_ms = (time.perf_counter() - t0) * 1e3
+    rep = max(100.0, 12 * est_ms)
+    return triton.testing.do_bench(fn, warmup=max(25.0, 2 * est_ms), rep=rep, return_mode="median")
+
+
+def peak_extra(fn):
+    """Peak bytes allocated by one call of fn beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def run_shape(shape, dtype, skip_math_above):
+    b, h, s, d = shape
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda: torch.randn(b, h, s, d, device="cuda", dtype=dtype, generator=gen)  # noqa: E731
+    q, k, v, tq, tk, tv, g1, g2 = (mk() for _ in range(8))
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, tq, tk, tv)]
+    scale = 1.0 / math.sqrt(d)
+
+    def sdpa_fwd_bwd():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            o = F.scaled_dot_product_attention(*leaves[:3])
+        torch.autograd.grad(o, leaves[:3], g1)
+
+    def jvp_bwd(fn):
+        o, to = torch.func.jvp(fn, tuple(leaves[:3]), tuple(leaves[3:]))
+        torch.autograd.grad((o, to), leaves, (g1, g2))
+
+    def math_fn(a, bb, c):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(a, bb, c)
+
+    ours = lambda a, bb, c: attention(a, bb, c, backend="triton")  # noqa: E731
+
+    def ours_fwd_jvp():
+        torch.func.jvp(ours, (q, k, v), (tq, tk, tv))
+
+    qc, kc, vc = q, k, v
+    o, lse = _forward.forward(qc, kc, vc, scale)
+    to, mu = _forward.tangent(qc, kc, vc, o, lse, tq, tk, tv, scale)
+    cases = {
+        "sdpa_fwd_bwd": sdpa_fwd_bwd,
+        "math_jvp_bwd": lambda: jvp_bwd(math_fn),
+        "ours_fwd_jvp": ours_fwd_jvp,
+        "ours_jvp_bwd": lambda: jvp_bwd(ours),
+        "k_fwd": lambda: _forward.forward(qc, kc, vc, scale),
+        "k_tangent": lambda: _forward.tangent(qc, kc, vc, o, lse, tq, tk, tv, scale),
+        "k_bwd_primal": lambda: _backward.backward_primal(qc, kc, vc, o, lse, g1, scale),
+        "k_bwd_tangent": lambda: _backward.backward_tangent(qc, kc, vc, o, lse, mu, tq, tk, tv, to, g2, scale),
+    }
+    unit = b * h * s * s * d
+    row = {"shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
+    for name, fn in cases.items():
+        if name == "math_jvp_bwd" and s > skip_math_above:
+            row[name] = {"ms": None, "note": f"skipped (S > {skip_math_above}: S² buffers exceed the card)"}
+            continue
+        try:
+            mem = peak_extra(fn)  # the first call also autotunes
+            ms = bench(fn)
+            row[name] = {"ms": ms, "tflops": UNITS[name] * unit / ms * 1e-9, "peak_extra_gb": mem / 1e9}
+        except torch.OutOfMemoryError:
+            row[name] = {"ms": None, "note": "out of memory"}
+        torch.cuda.empty_cache()
+    base = row["sdpa_fwd_bwd"]["ms"]
+    for name in ("math_jvp_bwd", "ours_jvp_bwd"):
+        if row[name].get("ms"):
+            row[name]["ratio_to_sdpa"] = row[name]["ms"] / base
+    return row
+
+
+def table(rows):
+    lines = ["| B,H,S,D | SDPA f+b ms | math JVP+b ms (GB) | ours f+JVP ms (TFLOP/s) | ours f+JVP+b ms (TFLOP/s) | "
+             "extra GB | ratio to SDPA | kernels fwd/tan/bwdP/bwdT ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda x, key="ms": "—" if x.get(key) is None else f"{x[key]:.3f}"  # noqa: E731
+    for r in rows:
+        m = r["math_jvp_bwd"]
+        math_cell = m.get("note", f"{m['ms']:.2f} ({m['peak_extra_gb']:.1f})") if m.get("ms") is None else \
+            f"{m['ms']:.2f} ({m['peak_extra_gb']:.1f})"
+        ours_f, ours_b = r["ours_fwd_jvp"], r["ours_jvp_bwd"]
+        lines.append(
+            f"| {','.join(map(str, r['shape']))} | {fmt(r['sdpa_fwd_bwd'])} | {math_cell} | "
+            f"{fmt(ours_f)} ({ours_f.get('tflops', 0):.0f}) | {fmt(ours_b)} ({ours_b.get('tflops', 0):.0f}) | "
+            f"{ours_b.get('peak_extra_gb', float('nan')):.2f} | {ours_b.get('ratio_to_sdpa', float('nan')):.2f} | "
+            + "/".join(fmt(r[n]) for n in ("k_fwd", "k_tangent", "k_bwd_primal", "k_bwd_tangent")) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="attention_jvp.json")
+    ap.add_argument("--shapes", nargs="*", default=None, help="B,H,S,D entries (default: the issue's five)")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--skip-math-above", type=int, default=8192)
+    ap.add_argument("--commit", default="unknown", help="commit the tree was at (the device copy has no .git)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("attention_jvp.py needs a CUDA device")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    rows = []
+    for shape in shapes:
+        rows.append(run_shape(shape, dtype, args.skip_math_above))
+        print(json.dumps(rows[-1]), flush=True)
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=1))
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "commit": args.commit, "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"device: {result['device']}  torch {result['torch']}  triton {result['triton']}  commit {result['commit']}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
