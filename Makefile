@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= runs/demo
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2 --timeout 900
 
 .PHONY: setup demo test proofs notebooks clean
 
