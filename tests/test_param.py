@@ -34,7 +34,7 @@ def _times(draw_t, draw_gap, n):
 
 
 @settings(max_examples=20, deadline=None)
-@given(dim=st.integers(1, 4), hidden=st.integers(2, 24), depth=st.integers(1, 3), emb=st.sampled_from([2, 4, 8]),
+@given(dim=st.integers(1, 4), hidden=st.integers(2, 24), depth=st.integers(1, 3), emb=st.sampled_from([4, 8]),
        t=st.floats(0.05, 1.0), gap=st.floats(0.0, 0.9), seed=st.integers(0, 2**16))
 def test_jvp_matches_central_differences(dim, hidden, depth, emb, t, gap, seed):
     torch.manual_seed(seed)
@@ -91,7 +91,7 @@ def test_gradient_reaches_parameters_through_the_tangent():
     (dict(w=0.5), "w: expected finite guidance weights"),
 ])
 def test_bad_input_is_named(bad, match):
-    F = MLP(2, 4, 1, 2)
+    F = MLP(2, 4, 1, 4)
     args = dict(x=torch.randn(3, 2), t=torch.full((3,), 0.5), s=torch.full((3,), 0.1), w=None) | bad
     with pytest.raises(ValueError, match=match):
         displacement(F, args["x"], args["t"], args["s"], args["w"])
