@@ -1,0 +1,462 @@
+"""ImageNet → ADM-style center crops → SD-VAE latents in verified shards, and the latent dataset the trainer streams.
+
+Commands::
+
+    python -m full_scale.data prepare --source /data/imagenet/train --out /data/in256 --resolution 256 [--images]
+    torchrun --nproc_per_node 8 -m full_scale.data prepare ...        # shards split over ranks, resumable
+    python -m full_scale.data stats --root /data/in256 [--write]      # recompute the per-channel constants
+    python -m full_scale.data verify --root /data/in256 [--full]      # shapes, sizes, counts (+ sha256 with --full)
+
+Layout of ``--out``: ``plan.json`` (what is being built), ``latents-KKKKK.safetensors`` (``latents`` float32 (n, C, h, w)
+raw, i.e. unstandardized, ``labels`` int64 (n,), ``indices`` int64 (n,) positions in the sorted listing), a sidecar
+``latents-KKKKK.json`` per finished shard, optional ``images-KKKKK.npz`` (ADM batch: ``arr_0`` uint8 (n, H, W, 3),
+``arr_1`` labels), and ``manifest.json`` written last, which records the standardization constants (paper's, by
+resolution, ANCHORS.md; or recomputed from the data) that :class:`LatentDataset` applies.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import zipfile
+from bisect import bisect_right
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, encode_images, load_vae
+
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+FORMAT = "tvm-latents-v1"
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+
+class ShardError(RuntimeError):
+    """A shard or the manifest is missing, truncated, or does not match what the manifest says."""
+
+
+# ----------------------------------------------------------------------------------------------------------- images
+
+def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
+    """ADM's center crop: halve with BOX while the short side is ≥ 2·size, BICUBIC-resize the short side to
+    ``size``, then cut the central size × size window. Returns uint8 (size, size, 3)."""
+    if size < 1:
+        raise ValueError(f"size: expected a positive int, got {size}")
+    image = image.convert("RGB")
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(d // 2 for d in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(d * scale) for d in image.size), resample=Image.BICUBIC)
+    arr = np.asarray(image)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return np.array(arr[top:top + size, left:left + size])  # a writable copy
+
+
+class ImageSource:
+    """An ImageNet-style folder (one subfolder per class, searched recursively) or a zip whose images sit in
+    per-class folders (the class is an image's parent folder). Classes are sorted names, labels their positions,
+    items sorted by (class, path) — the torchvision ``ImageFolder`` order."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+        if self.path.is_dir():
+            pairs = [(p.parent.relative_to(self.path).parts[0], str(p.relative_to(self.path)))
+                     for p in self.path.rglob("*")
+                     if p.suffix.lower() in IMAGE_EXTENSIONS and p.parent != self.path and p.is_file()]
+        elif zipfile.is_zipfile(self.path):
+            with zipfile.ZipFile(self.path) as zf:
+                pairs = [(Path(n).parent.name, n) for n in zf.namelist()
+                         if Path(n).suffix.lower() in IMAGE_EXTENSIONS and Path(n).parent.name]
+        else:
+            raise FileNotFoundError(f"source: '{path}' is neither a folder nor a zip file")
+        if not pairs:
+            raise ValueError(f"source: no images with extensions {IMAGE_EXTENSIONS} in class folders of '{path}'")
+        pairs.sort()
+        self.classes = sorted({c for c, _ in pairs})
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.entries = [e for _, e in pairs]
+        self.labels = [index[c] for c, _ in pairs]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def fingerprint(self) -> str:
+        """sha256 of the sorted listing, to refuse resuming into a folder built from other data."""
+        return hashlib.sha256("\n".join(self.entries).encode()).hexdigest()
+
+    def open(self, i: int) -> Image.Image:
+        if self.path.is_dir():
+            return Image.open(self.path / self.entries[i])
+        if self._zip is None:  # one handle per process (DataLoader workers fork after construction)
+            self._zip = zipfile.ZipFile(self.path)
+        with self._zip.open(self.entries[i]) as f:
+            image = Image.open(f)
+            image.load()
+        return image
+
+    def __getstate__(self):
+        return {**self.__dict__, "_zip": None}
+
+
+class _CroppedImages(torch.utils.data.Dataset):
+    def __init__(self, source: ImageSource, indices: range, size: int):
+        self.source, self.indices, self.size = source, indices, size
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, k):
+        i = self.indices[k]
+        return center_crop_arr(self.source.open(i), self.size), self.source.labels[i], i
+
+
+# ----------------------------------------------------------------------------------------------------------- shards
+
+def _shard_name(k: int) -> str:
+    return f"latents-{k:05d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """Parse a safetensors header without loading data: ({name: {dtype, shape, data_offsets}}, data start).
+
+    Raises :class:`ShardError` when the file is shorter than its header says (truncated) or the header is invalid.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if n <= 0 or 8 + n > size:
+            raise ShardError(f"{path}: truncated or not a safetensors file (size {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except json.JSONDecodeError as e:
+            raise ShardError(f"{path}: corrupt safetensors header ({e})") from e
+    header.pop("__metadata__", None)
+    end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    if size != 8 + n + end:
+        raise ShardError(f"{path}: truncated: {size} bytes on disk, header describes {8 + n + end}")
+    return header, 8 + n
+
+
+_DTYPES = {"F32": np.float32, "I64": np.int64}
+
+
+def _memmap(path: Path, header: dict, start: int, name: str) -> np.ndarray:
+    t = header[name]
+    return np.memmap(path, dtype=np.dtype(_DTYPES[t["dtype"]]).newbyteorder("<"), mode="r",
+                     offset=start + t["data_offsets"][0], shape=tuple(t["shape"]))
+
+
+def verify_shard(root: Path, entry: dict, latent_shape: tuple, num_classes: int, full: bool = False) -> dict:
+    """Check one shard against its manifest entry: size, dtypes, shapes (count, *latent_shape), label range,
+    and with ``full`` the sha256. Returns the parsed header for memory-mapping."""
+    path = root / entry["file"]
+    if not path.is_file():
+        raise ShardError(f"{path}: missing (listed in {root / MANIFEST})")
+    if path.stat().st_size != entry["bytes"]:
+        raise ShardError(f"{path}: truncated or replaced: {path.stat().st_size} bytes on disk, manifest says "
+                         f"{entry['bytes']}")
+    header, start = read_safetensors_header(path)
+    want = {"latents": ("F32", [entry["count"], *latent_shape]), "labels": ("I64", [entry["count"]]),
+            "indices": ("I64", [entry["count"]])}
+    for name, (dtype, shape) in want.items():
+        got = header.get(name)
+        if got is None or got["dtype"] != dtype or got["shape"] != shape:
+            raise ShardError(f"{path}: tensor '{name}' is {got and (got['dtype'], got['shape'])}, manifest expects "
+                             f"({dtype}, {shape})")
+    labels = _memmap(path, header, start, "labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ShardError(f"{path}: labels outside [0, {num_classes}): range [{labels.min()}, {labels.max()}]")
+    if full and _sha256(path) != entry["sha256"]:
+        raise ShardError(f"{path}: sha256 differs from the manifest (content corrupted)")
+    return {"header": header, "start": start, "path": path}
+
+
+def load_manifest(root: str | os.PathLike, *, full: bool = False) -> tuple[dict, list[dict]]:
+    """Read ``manifest.json`` and verify every shard (:func:`verify_shard`); returns (manifest, shard infos)."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"{path}: missing; run `python -m full_scale.data prepare` (it writes the manifest last)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    counts = [s["count"] for s in manifest["shards"]]
+    if sum(counts) != manifest["num_items"]:
+        raise ShardError(f"{path}: shard counts add to {sum(counts)}, manifest says num_items={manifest['num_items']}")
+    shape = tuple(manifest["latent_shape"])
+    infos = [verify_shard(root, s, shape, manifest["num_classes"], full) for s in manifest["shards"]]
+    return manifest, infos
+
+
+# ---------------------------------------------------------------------------------------------------------- dataset
+
+class LatentDataset(torch.utils.data.IterableDataset):
+    """Standardized SD-VAE latents and labels, globally shuffled per epoch, split evenly across ranks.
+
+    Epoch e draws one permutation π of all N items from ``numpy.random.default_rng([seed, e])``; rank r of R
+    takes π[r], π[r + R], … over the first ⌊N/R⌋·R entries (every rank gets ⌊N/R⌋ items, the same on every run),
+    and DataLoader worker w of W takes every W-th of those. Items are read from memory-mapped shards after the
+    manifest check (:func:`load_manifest`) and standardized with the manifest's constants:
+    yields (z̃ float32 (C, h, w), label int64 scalar tensor).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 verify_checksums: bool = False):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
+        self.root = Path(root)
+        manifest, self._infos = load_manifest(self.root, full=verify_checksums)
+        self.num_classes = int(manifest["num_classes"])
+        self.latent_shape = tuple(manifest["latent_shape"])
+        self.stats = LatentStats(tuple(manifest["latent_mean"]), tuple(manifest["latent_std"]))
+        self.num_items = int(manifest["num_items"])
+        if self.num_items < world_size:
+            raise ValueError(f"world_size: {world_size} ranks but only {self.num_items} items in {self.root}")
+        self._starts = np.cumsum([0] + [s["count"] for s in manifest["shards"]]).tolist()
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self._maps = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_items // self.world_size
+
+    def rank_indices(self) -> np.ndarray:
+        """This rank's global item indices for the current epoch, in iteration order (before worker split)."""
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        return perm[: len(self) * self.world_size][self.rank:: self.world_size]
+
+    def __iter__(self):
+        if self._maps is None:
+            self._maps = [(_memmap(i["path"], i["header"], i["start"], "latents"),
+                           _memmap(i["path"], i["header"], i["start"], "labels")) for i in self._infos]
+        indices = self.rank_indices()
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            indices = indices[worker.id:: worker.num_workers]
+        for g in indices.tolist():
+            k = bisect_right(self._starts, g) - 1
+            latents, labels = self._maps[k]
+            z = torch.from_numpy(np.array(latents[g - self._starts[k]], dtype=np.float32))
+            yield self.stats.standardize(z[None])[0], torch.tensor(int(labels[g - self._starts[k]]))
+
+
+# ------------------------------------------------------------------------------------------------- channel statistics
+
+def compute_latent_stats(root: str | os.PathLike, files: list[str] | None = None) -> tuple[LatentStats, int]:
+    """Per-channel mean and (population) standard deviation of the raw latents over all items and positions,
+    accumulated in float64: m_c = Σz/n, s_c = sqrt(Σz²/n − m_c²). Reads the manifest's shards, or ``files``
+    (shard file names under ``root``) while the manifest is still being written. Returns (stats, n per channel).
+    """
+    root = Path(root)
+    if files is None:
+        files = [s["file"] for s in load_manifest(root)[0]["shards"]]
+    s1 = s2 = 0.0
+    n = 0
+    for name in files:
+        header, start = read_safetensors_header(root / name)
+        z = torch.from_numpy(np.array(_memmap(root / name, header, start, "latents"), dtype=np.float64))
+        z = z.transpose(0, 1).reshape(z.shape[1], -1)  # (C, count·h·w)
+        s1, s2, n = s1 + z.sum(1), s2 + (z * z).sum(1), n + z.shape[1]
+    if not n:
+        raise ValueError(f"root: no latents to compute statistics from in {root}")
+    mean = s1 / n
+    std = torch.sqrt(torch.clamp(s2 / n - mean * mean, min=0.0))
+    return LatentStats(tuple(mean.tolist()), tuple(std.tolist())), n
+
+
+# --------------------------------------------------------------------------------------------------------- prepare
+
+def _distributed():
+    """(rank, world_size, local_rank) from torchrun's environment; starts a gloo group (barriers only)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=12))
+    return rank, world, local
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _shard_done(out: Path, k: int, want_images: bool) -> bool:
+    side = out / f"{_shard_name(k)}.json"
+    if not side.is_file():
+        return False
+    info = json.loads(side.read_text())
+    ok = (out / info["file"]).is_file() and (out / info["file"]).stat().st_size == info["bytes"]
+    if want_images:
+        img = info.get("images")
+        ok = ok and img is not None and (out / img["file"]).is_file() and (out / img["file"]).stat().st_size == img["bytes"]
+    return ok
+
+
+def _write_shard(out: Path, k: int, latents, labels, indices, images) -> None:
+    from safetensors.torch import save_file
+
+    name = _shard_name(k)
+    info = {"file": f"{name}.safetensors", "count": int(labels.shape[0]), "start": int(indices[0])}
+    tmp = out / f"{name}.safetensors.tmp"
+    save_file({"latents": latents.contiguous(), "labels": labels, "indices": indices}, str(tmp))
+    os.replace(tmp, out / info["file"])
+    info.update(bytes=(out / info["file"]).stat().st_size, sha256=_sha256(out / info["file"]))
+    if images is not None:
+        img_file = out / f"images-{k:05d}.npz"
+        with open(img_file.with_name(img_file.name + ".tmp"), "wb") as f:
+            np.savez(f, arr_0=images, arr_1=labels.numpy())
+        os.replace(img_file.with_name(img_file.name + ".tmp"), img_file)
+        info["images"] = {"file": img_file.name, "count": int(images.shape[0]), "bytes": img_file.stat().st_size}
+    _atomic_write_text(out / f"{name}.json", json.dumps(info))
+
+
+def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_size: int = 10_000,
+            batch_size: int = 64, num_workers: int = 8, images: bool = False, posterior: str = "mean",
+            seed: int = 0, limit: int | None = None, latent_stats: str = "auto", dtype: str = "fp32") -> dict | None:
+    """Encode ``source`` into shards under ``out`` (see the module docstring); returns the manifest on rank 0.
+
+    Resumable: finished shards (sidecar present, size matching) are skipped; a ``plan.json`` left by another
+    listing, resolution, shard size or VAE makes it stop instead of mixing data. Shard k goes to rank k mod R.
+    ``latent_stats``: "paper" (ANCHORS.md constants, 256/512 only), "data" (recomputed), or "auto" (paper when
+    available, else data).
+    """
+    if latent_stats not in ("auto", "paper", "data"):
+        raise ValueError(f"latent_stats: expected 'auto', 'paper' or 'data', got {latent_stats!r}")
+    if latent_stats == "paper" and resolution not in PAPER_LATENT_STATS:
+        raise ValueError(f"latent_stats: the paper gives constants for {sorted(PAPER_LATENT_STATS)}, not {resolution}")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size, batch_size: expected positive ints, got {shard_size}, {batch_size}")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ValueError(f"dtype: expected fp32, bf16 or fp16, got {dtype!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: expected a positive int or None, got {limit}")
+    rank, world, local = _distributed()
+    out = Path(out)
+    src = ImageSource(source)
+    n = len(src) if limit is None else min(limit, len(src))
+    plan = {"format": FORMAT, "source_fingerprint": src.fingerprint(), "num_items": n, "resolution": resolution,
+            "shard_size": shard_size, "vae": vae, "posterior": posterior, "seed": seed, "images": images,
+            "classes": src.classes}
+    if (out / PLAN).is_file():  # every rank checks, so all stop together
+        old = json.loads((out / PLAN).read_text())
+        diff = sorted(key for key in plan if old.get(key) != plan[key])
+        if diff:
+            raise ValueError(f"out: {out} holds a different preparation (differs in {diff}); use a new folder")
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out / PLAN, json.dumps(plan, indent=1))
+    _barrier(world)
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    num_shards = -(-n // shard_size)
+    mine = [k for k in range(rank, num_shards, world) if not _shard_done(out, k, images)]
+    if mine:
+        model = load_vae(vae, device=device, dtype=torch_dtype)
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(range(k * shard_size, min(n, (k + 1) * shard_size))) for k in mine),
+                   desc=f"prepare (rank {rank}/{world})", unit="img", disable=rank != 0)
+        for k in mine:
+            ds = _CroppedImages(src, range(k * shard_size, min(n, (k + 1) * shard_size)), resolution)
+            loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
+            latents, labels, indices, crops = [], [], [], []
+            for img, lab, idx in loader:  # img: uint8 (b, H, W, 3)
+                latents.append(encode_images(model, img, posterior=posterior, generator=gen))
+                labels.append(lab.long())
+                indices.append(idx.long())
+                if images:
+                    crops.append(img.numpy())
+                bar.update(len(lab))
+            _write_shard(out, k, torch.cat(latents), torch.cat(labels), torch.cat(indices),
+                         np.concatenate(crops) if images else None)
+        bar.close()
+    _barrier(world)
+    if rank != 0:
+        return None
+    shards = [json.loads((out / f"{_shard_name(k)}.json").read_text()) for k in range(num_shards)]
+    latent_shape = list(read_safetensors_header(out / shards[0]["file"])[0]["latents"]["shape"][1:])
+    use_paper = latent_stats == "paper" or (latent_stats == "auto" and resolution in PAPER_LATENT_STATS)
+    if use_paper:
+        stats, stats_source = PAPER_LATENT_STATS[resolution], "paper (ANCHORS.md)"
+    else:
+        stats, count = compute_latent_stats(out, [s["file"] for s in shards])
+        stats_source = f"data ({count} values per channel)"
+    manifest = {**plan, "latent_shape": latent_shape, "num_classes": len(src.classes),
+                "latent_mean": list(stats.mean), "latent_std": list(stats.std), "stats_source": stats_source,
+                "shards": [{key: s[key] for key in ("file", "count", "start", "bytes", "sha256")} for s in shards],
+                "image_batches": [s["images"] for s in shards] if images else None}
+    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m full_scale.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="center-crop, encode with the SD-VAE, write shards and the manifest")
+    p.add_argument("--source", required=True, help="ImageNet-style folder (class subfolders) or zip")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--vae", default=SD_VAE_ID, help="hub id or local AutoencoderKL folder")
+    p.add_argument("--shard-size", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--images", action="store_true", help="also write the center crops as ADM-style npz batches")
+    p.add_argument("--posterior", choices=("mean", "sample"), default="mean")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images of the sorted listing")
+    p.add_argument("--latent-stats", choices=("auto", "paper", "data"), default="auto")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    s = sub.add_parser("stats", help="recompute the per-channel latent mean/std from the shards")
+    s.add_argument("--root", required=True)
+    s.add_argument("--write", action="store_true", help="store them in manifest.json (the dataset then uses them)")
+    v = sub.add_parser("verify", help="check every shard against the manifest")
+    v.add_argument("--root", required=True)
+    v.add_argument("--full", action="store_true", help="also compare sha256 checksums (reads everything)")
+    args = parser.parse_args(argv)
+    if args.command == "prepare":
+        prepare(args.source, args.out, resolution=args.resolution, vae=args.vae, shard_size=args.shard_size,
+                batch_size=args.batch_size, num_workers=args.workers, images=args.images, posterior=args.posterior,
+                seed=args.seed, limit=args.limit, latent_stats=args.latent_stats, dtype=args.dtype)
+    elif args.command == "stats":
+        stats, count = compute_latent_stats(args.root)
+        print(json.dumps({"latent_mean": stats.mean, "latent_std": stats.std, "values_per_channel": count}))
+        if args.write:
+            path = Path(args.root) / MANIFEST
+            manifest = json.loads(path.read_text())
+            manifest.update(latent_mean=list(stats.mean), latent_std=list(stats.std),
+                            stats_source=f"data ({count} values per channel)")
+            _atomic_write_text(path, json.dumps(manifest, indent=1))
+    else:
+        manifest, _ = load_manifest(args.root, full=args.full)
+        print(f"ok: {manifest['num_items']} items in {len(manifest['shards'])} shards, latent shape "
+              f"{tuple(manifest['latent_shape'])}, {manifest['num_classes']} classes")
+
+
+if __name__ == "__main__":
+    main()
