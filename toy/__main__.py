@@ -1,0 +1,43 @@
+"""Command-line entry point of the toy experiments: ``python -m toy <command> [options]``.
+
+Each command is one module with ``add_arguments(parser)`` and ``run(args) -> exit code``, registered in
+``COMMANDS``. ``demo`` is what ``make demo`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, NamedTuple
+
+from . import theorem_check
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """For now: the theorem check of THEORY.md §4 with its defaults, into --out."""
+    return theorem_check.run(args)
+
+
+COMMANDS: dict[str, Command] = {
+    "theorem-check": Command("the paper's explicit W2 bound vs. the 1-D Gaussian counterexample (THEORY.md §4)",
+                             theorem_check.add_arguments, theorem_check.run),
+    "demo": Command("the main job of `make demo` (now: the theorem check)", theorem_check.add_arguments, _demo),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m toy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in COMMANDS.items():
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help))
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
