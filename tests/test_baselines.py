@@ -1,0 +1,179 @@
+"""The one-step baselines (MeanFlow, flow matching) against independent float64 computations (issue 9).
+
+MeanFlow's target is recomputed with central finite differences of the total derivative along the path,
+d/dt F(x_t, t, s) ≈ [F(x_t + h v, t + h, s) − F(x_t − h v, t − h, s)] / 2h, instead of a JVP; its gradient with the
+target and the adaptive weight held constant. Flow matching is recomputed from its definition.
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from toy.models import MLP
+from tvm_theory.baselines import (OBJECTIVES, EulerJump, FlowMatchingSampler, MeanFlowSampler, fm_step_loss,
+                                  jump_model, make_objective, meanflow_step_loss)
+from tvm_theory.loss import CFGConfig, tvm_step_loss
+from tvm_theory.param import NetworkJump
+from tvm_theory.sampling import sample_few_step
+from tvm_theory.time_samplers import GapSampler, TimeSample
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _setup(seed, dim, n):
+    torch.manual_seed(seed)
+    F = MLP(dim, 10, 2, 4, max_freq=3.0)  # low frequencies keep the O(h²) finite-difference error ≈ 1e-10
+    x0, x1 = torch.randn(n, dim), torch.randn(n, dim)
+    ts = MeanFlowSampler(fm_share=0.3)(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return F, x0, x1, ts
+
+
+def _meanflow_reference(F, x0, x1, ts, p, c, h=1e-5):
+    """Independent MeanFlow loss: finite-difference total derivative, constant target and weight."""
+    t, s = ts.t, ts.s
+    v = x1 - x0
+    x_t = (1 - t)[:, None] * x0 + t[:, None] * x1
+    with torch.no_grad():
+        dF_dt = (F(x_t + h * v, t + h, s) - F(x_t - h * v, t - h, s)) / (2 * h)
+        target = v - (t - s)[:, None] * dF_dt
+    delta = F(x_t, t, s) - target
+    weight = ((delta.detach() ** 2).sum(1) + c) ** (-p)
+    per = weight * (delta**2).mean(1)
+    return per.mean(), per
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), dim=st.integers(1, 3), n=st.integers(2, 8), p=st.sampled_from([0.0, 0.5, 1.0]))
+def test_meanflow_loss_and_gradients_match_finite_difference_reference(seed, dim, n, p):
+    F, x0, x1, ts = _setup(seed, dim, n)
+    ours = meanflow_step_loss(F, None, x0, ts, x1=x1, adaptive_p=p)
+    ref, per = _meanflow_reference(F, x0, x1, ts, p, 1e-3)
+    torch.testing.assert_close(ours.loss, ref, rtol=1e-7, atol=1e-12)
+    active = (ts.s < ts.t).double()
+    torch.testing.assert_close(ours.terminal_per_example, (active * per).detach(), rtol=1e-7, atol=1e-12)
+    torch.testing.assert_close(ours.fm_per_example, ((1 - active) * per).detach(), rtol=1e-7, atol=1e-12)
+    g_ours = _flat_grad(ours.loss, F)
+    g_ref = _flat_grad(ref, F)
+    assert float((g_ours - g_ref).norm()) <= 1e-6 * float(g_ref.norm())  # central differences: O(h²) ≈ 1e-10
+
+
+def _flat_grad(loss, F, **kw):
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(F.parameters()), **kw)])
+
+
+def test_meanflow_gradient_stops_at_target_and_weight():
+    """Letting the gradient through the target or the adaptive weight changes it: the check above is sensitive."""
+    F, x0, x1, ts = _setup(3, 2, 16)
+    ours = meanflow_step_loss(F, None, x0, ts, x1=x1, adaptive_p=1.0)
+    g_ours = _flat_grad(ours.loss, F)
+    t, s, v = ts.t, ts.s, x1 - x0
+    x_t = (1 - t)[:, None] * x0 + t[:, None] * x1
+    F_val, dF_dt = torch.func.jvp(lambda x, tt: F(x, tt, s), (x_t, t), (v, torch.ones_like(t)))
+    for target_grad, weight_grad in ((True, False), (False, True)):
+        target = v - (t - s)[:, None] * dF_dt
+        delta = F_val - (target if target_grad else target.detach())
+        e = (delta**2).sum(1)
+        weight = (e + 1e-3) ** -1.0 if weight_grad else (e.detach() + 1e-3) ** -1.0
+        loss = (weight * (delta**2).mean(1)).mean()
+        g = _flat_grad(loss, F, retain_graph=True)
+        assert (g - g_ours).norm() > 1e-3 * g_ours.norm()
+
+
+def test_meanflow_at_s_equal_t_is_flow_matching():
+    """At s = t the MeanFlow target is v, so with p = 0 the loss is the flow-matching loss at that time."""
+    F, x0, x1, _ = _setup(5, 2, 12)
+    t = torch.rand(12)
+    same = TimeSample(t=t, s=t, s_fm=t)
+    mf = meanflow_step_loss(F, None, x0, same, x1=x1, adaptive_p=0.0)
+    fm = fm_step_loss(F, None, x0, same, x1=x1)
+    torch.testing.assert_close(mf.loss, fm.loss, rtol=1e-12, atol=0)
+    assert float(mf.terminal) == 0.0
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), dim=st.integers(1, 3), n=st.integers(2, 8))
+def test_fm_loss_and_gradients_match_definition(seed, dim, n):
+    torch.manual_seed(seed)
+    F = MLP(dim, 10, 2, 4)
+    x0, x1 = torch.randn(n, dim), torch.randn(n, dim)
+    ts = FlowMatchingSampler()(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ours = fm_step_loss(F, None, x0, ts, x1=x1)
+    r = ts.s_fm
+    per = ((F((1 - r)[:, None] * x0 + r[:, None] * x1, r, r) - (x1 - x0)) ** 2).mean(1)
+    torch.testing.assert_close(ours.loss, per.mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours.fm_per_example, per.detach(), rtol=1e-12, atol=0)
+    assert float(ours.terminal) == 0.0 and not bool(ours.terminal_per_example.any())
+    for a, b in zip(torch.autograd.grad(ours.loss, list(F.parameters())),
+                    torch.autograd.grad(per.mean(), list(F.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_meanflow_sampler_statistics():
+    """s ≤ t; P(s = t) = fm_share; t = max of two logit-normal draws, so P(t ≤ q) = Φ((logit q − m)/σ)²."""
+    n, share = 40_000, 0.75
+    ts = MeanFlowSampler(fm_share=share)(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert bool((ts.s <= ts.t).all())
+    eq = float((ts.s == ts.t).double().mean())
+    assert abs(eq - share) < 5 * math.sqrt(share * (1 - share) / n)
+    for q in (0.2, 0.5, 0.8):
+        p = float(torch.special.ndtr(torch.tensor((math.log(q / (1 - q)) + 0.4) / 1.0))) ** 2
+        emp = float((ts.t <= q).double().mean())
+        assert abs(emp - p) < 5 * math.sqrt(p * (1 - p) / n)
+    with pytest.raises(ValueError, match="fm_share"):
+        MeanFlowSampler(fm_share=1.5)
+
+
+def test_flow_matching_sampler_is_logit_normal():
+    n = 40_000
+    ts = FlowMatchingSampler()(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(ts.t, ts.s) and torch.equal(ts.s, ts.s_fm)
+    z = torch.logit(ts.s_fm)
+    assert abs(float(z.mean()) + 0.4) < 5 / math.sqrt(n)
+    assert abs(float(z.std()) - 1.0) < 5 / math.sqrt(2 * n)
+
+
+def test_euler_jump_is_the_euler_solver():
+    """With EulerJump, sample_few_step runs x ← x + (t_{k+1} − t_k) u_θ(x, t_k); ∂_s f = u_θ(x, t)."""
+    torch.manual_seed(0)
+    F = MLP(2, 10, 2, 4)
+    x1 = torch.randn(7, 2)
+    x = x1.clone()
+    grid = torch.linspace(1, 0, 4, dtype=torch.float64)
+    for a, b in zip(grid[:-1], grid[1:]):
+        x = x + (b - a) * F(x, a.expand(7), a.expand(7))
+    torch.testing.assert_close(sample_few_step(EulerJump(F), x1, 3), x, rtol=1e-12, atol=1e-14)
+    t, s, h = torch.full((7,), 0.7), torch.full((7,), 0.3), 1e-6
+    jump = EulerJump(F)
+    _, dfds = jump.displacement_and_ds(x1, t, s)
+    fd = (jump.displacement(x1, t, s + h) - jump.displacement(x1, t, s - h)) / (2 * h)
+    torch.testing.assert_close(dfds, fd, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(jump.velocity(x1, s), F(x1, s, s))
+
+
+def test_registry_and_errors():
+    assert OBJECTIVES["tvm"] is tvm_step_loss
+    for name in OBJECTIVES:
+        loss, sampler = make_objective(name)
+        assert loss is OBJECTIVES[name]
+        ts = sampler(4, generator=torch.Generator().manual_seed(0))
+        assert bool((ts.s <= ts.t).all())
+    assert isinstance(make_objective("tvm", "gap")[1], GapSampler)
+    F = MLP(2, 8, 1, 4)
+    assert isinstance(jump_model("meanflow", F), NetworkJump) and isinstance(jump_model("fm", F), EulerJump)
+    with pytest.raises(ValueError, match="objective"):
+        make_objective("consistency")
+    with pytest.raises(ValueError, match="objective"):
+        jump_model("consistency", F)
+    x0, ts = torch.randn(3, 2), FlowMatchingSampler()(3)
+    for fn in (meanflow_step_loss, fm_step_loss):
+        with pytest.raises(ValueError, match="TVM objective only"):
+            fn(F, None, x0, ts, y=torch.zeros(3, dtype=torch.long), cfg=CFGConfig(null_class=0))
+    with pytest.raises(ValueError, match="adaptive_p"):
+        meanflow_step_loss(F, None, x0, ts, adaptive_p=-1.0)
