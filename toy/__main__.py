@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable, NamedTuple
 
-from . import theorem_check
+from . import theorem_check, verify
 
 
 class Command(NamedTuple):
@@ -26,6 +26,8 @@ def _demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "theorem-check": Command("the paper's explicit W2 bound vs. the 1-D Gaussian counterexample (THEORY.md §4)",
                              theorem_check.add_arguments, theorem_check.run),
+    "verify": Command("train TVM on a test bed and check the W2 bounds against the true W2 during training",
+                      verify.add_arguments, verify.run),
     "demo": Command("the main job of `make demo` (now: the theorem check)", theorem_check.add_arguments, _demo),
 }
 
