@@ -46,15 +46,18 @@ class OdeSolution:
     err_max: float
 
 
-def odeint(fn: Field, x: Tensor, t0: float, t1: float, *, rtol: float = 1e-9, atol: float = 1e-9,
+def odeint(fn: Field, x: Tensor, t0: float, t1: float, *, rtol: float = 1e-8, atol: float = 1e-8,
            max_steps: int = 100_000) -> Tensor:
     """z(t1) for dz/dr = fn(z, r), z(t0) = x, by adaptive Dormand–Prince 5(4) with a max-norm over the batch.
 
-    ``fn`` receives the whole batch and a Python float time. Raises ``RuntimeError`` after ``max_steps`` steps.
+    ``fn`` receives the whole batch and a Python float time. Tolerances below 10 ulp of x's dtype are raised to it
+    (float32: 1.2e-6). Raises ``RuntimeError`` after ``max_steps`` steps.
     """
     check_finite("x", x)
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol, atol: expected positive tolerances, got {rtol}, {atol}")
+    floor = 10 * torch.finfo(x.dtype).eps
+    rtol, atol = max(rtol, floor), max(atol, floor)
     t0, t1 = float(t0), float(t1)
     span = t1 - t0
     if span == 0.0:
@@ -83,10 +86,13 @@ def odeint(fn: Field, x: Tensor, t0: float, t1: float, *, rtol: float = 1e-9, at
     raise RuntimeError(f"odeint: no convergence within max_steps={max_steps} (last time {r:.6g}, target {t1:.6g})")
 
 
-def odeint_with_error(fn: Field, x: Tensor, t0: float, t1: float, *, rtol: float = 1e-9, atol: float = 1e-9,
+def odeint_with_error(fn: Field, x: Tensor, t0: float, t1: float, *, rtol: float = 1e-8, atol: float = 1e-8,
                       max_steps: int = 100_000) -> OdeSolution:
     """Solve at (rtol, atol) and at 10× tighter tolerances; return the tighter solution and, per sample, the
-    Euclidean distance between the two as its (conservative) error estimate."""
+    Euclidean distance between the two as its (conservative) error estimate. The looser tolerances are at least
+    100 ulp of x's dtype, so the two solves differ in float32 too."""
+    floor = 100 * torch.finfo(x.dtype).eps
+    rtol, atol = max(rtol, floor), max(atol, floor)
     coarse = odeint(fn, x, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps)
     fine = odeint(fn, x, t0, t1, rtol=rtol / 10, atol=atol / 10, max_steps=max_steps)
     err = (fine - coarse).reshape(x.shape[0], -1).norm(dim=1)

@@ -64,9 +64,9 @@ class TestBed(ABC):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive int, got {n!r}")
 
-    def _times(self, x: Tensor, t) -> Tensor:
+    def _times(self, x: Tensor, t, name: str = "t") -> Tensor:
         self._check_x(x)
-        return as_batch_time("t", t, x)
+        return as_batch_time(name, t, x)
 
 
 def scalar_time(name: str, t, lo: float = 0.0, hi: float = 1.0) -> float:

@@ -73,7 +73,7 @@ class Gaussian(TestBed):
     def flow_with_error(self, x: Tensor, t, s) -> OdeSolution:
         """ψ(x, t, s) = (1 − s)μ + (σ_s/σ_t)(x − (1 − t)μ), exact (error 0); t, s scalars or shape (B,)."""
         te = expand_like(self._times(x, t), x)
-        se = expand_like(self._times(x, s), x)
+        se = expand_like(self._times(x, s, "s"), x)
         y = (1 - se) * self.mean + (self.sigma(se) / self.sigma(te)) * (x - (1 - te) * self.mean)
         return OdeSolution(x=y, err=torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), err_max=0.0)
 

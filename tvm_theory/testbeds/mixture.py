@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,10 +33,9 @@ class GaussianMixture(TestBed):
     """
 
     def __init__(self, weights, means, covs, *, dtype: torch.dtype = torch.float64, device=None,
-                 rtol: float = 1e-9, atol: float = 1e-9):
-        pi = torch.as_tensor(weights, dtype=dtype, device=device)
-        mu = torch.as_tensor(means, dtype=dtype, device=device)
-        cov = torch.as_tensor(covs, dtype=dtype, device=device)
+                 rtol: float = 1e-8, atol: float = 1e-8):
+        pi, mu, cov = (torch.as_tensor(np.asarray(v) if isinstance(v, (list, tuple)) else v, dtype=dtype,
+                                       device=device) for v in (weights, means, covs))
         if pi.ndim != 1 or pi.numel() == 0:
             raise ValueError(f"weights: expected shape (K,), got {tuple(pi.shape)}")
         k = pi.shape[0]
@@ -80,8 +80,10 @@ class GaussianMixture(TestBed):
         var = ((1 - te) ** 2 * lam + te**2).clamp_min(torch.finfo(x.dtype).tiny)  # eigenvalues of C_k
         slope = (te - (1 - te) * lam) / var  # eigenvalues of (tI − (1 − t)Σ_k) C_k⁻¹
         z = x[:, None, :] - (1 - te) * self.means[None]  # x − m_k, (B, K, D)
-        y = torch.einsum("kji,bkj->bki", self.evecs, z)  # coordinates in the eigenbasis of Σ_k
-        u_k = torch.einsum("kij,bkj->bki", self.evecs, slope * y) - self.means[None]
+        # coordinates in the eigenbasis of Σ_k, y = U_kᵀ z, and back, U_k (slope ⊙ y); broadcast products are
+        # faster than batched matmuls for the small D of test beds
+        y = (self.evecs[None] * z[..., :, None]).sum(-2)
+        u_k = (self.evecs[None] * (slope * y)[..., None, :]).sum(-1) - self.means[None]
         log_lik = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
         log_w = torch.log_softmax(log_lik + self.weights.log()[None], dim=1)
         tau = (lam + 1 - (te - (1 - te) * lam) ** 2 / var).sum(-1)  # tr[Σ + I − (tI−(1−t)Σ)C⁻¹(tI−(1−t)Σ)]
@@ -91,12 +93,13 @@ class GaussianMixture(TestBed):
         """u(x, t) = Σ_k w_k(x) u_k(x), posterior weights in log space; u(x, 0) = −x exactly."""
         t = self._times(x, t)
         at_zero = t == 0
-        u = -x.clone()
-        if bool(at_zero.all()):
-            return u
-        keep = ~at_zero
-        log_w, u_k, _ = self._posterior(x[keep], t[keep])
-        u[keep] = (log_w.exp()[..., None] * u_k).sum(1)
+        if not bool(at_zero.any()):
+            log_w, u_k, _ = self._posterior(x, t)
+            return (log_w.exp()[..., None] * u_k).sum(1)
+        u, keep = -x.clone(), ~at_zero
+        if bool(keep.any()):
+            log_w, u_k, _ = self._posterior(x[keep], t[keep])
+            u[keep] = (log_w.exp()[..., None] * u_k).sum(1)
         return u
 
     def _field(self, z: Tensor, r: float) -> Tensor:
