@@ -1,0 +1,174 @@
+"""Atomic, verified training checkpoints: ``{run}/checkpoints/step_{NNNNNNNN}/``.
+
+A checkpoint directory holds
+
+* ``model.safetensors``, ``target_ema.safetensors``, ``eval_ema.safetensors`` — weights and buffers;
+* ``optimizer.pt`` — the optimizer's state dict (tensors and numbers only, loaded with ``weights_only=True``);
+* ``rng_rank{r}.pt`` — each rank's random-number state (tensors only);
+* ``meta.json`` — step, data position, world size, the model configuration and the SHA-256 of every file above.
+
+Writing is atomic: everything goes into ``step_N.tmp`` and a single ``os.replace`` publishes it, so an interrupted
+write leaves the previous checkpoints intact and loadable (a leftover ``*.tmp`` is ignored and cleared by the next
+save). Loading verifies every hash and loads weights strictly; any corruption or mismatch raises
+:class:`CheckpointError` naming the file and the problem — never a partial load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "tvm-checkpoint-v1"
+WEIGHTS = ("model", "target_ema", "eval_ema")
+PREFIX = "step_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted, or does not match the run that loads it."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Published checkpoints of a run, oldest first (``*.tmp`` directories are not checkpoints)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest(run_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _state(module: nn.Module) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def save(run_dir: str | os.PathLike, step: int, *, model: nn.Module, target_ema: nn.Module, eval_ema: nn.Module,
+         optimizer: torch.optim.Optimizer, rng: dict, meta: dict, keep: int, rank: int = 0, world_size: int = 1,
+         barrier: Callable[[], None] = lambda: None) -> Path:
+    """Write the checkpoint of ``step`` atomically and keep the last ``keep`` checkpoints.
+
+    Every rank calls this (collectively): each writes its own ``rng`` state; rank 0 writes the rest, the meta data
+    with hashes, and publishes the directory with ``os.replace``. ``meta`` is merged into meta.json.
+    """
+    if keep < 1:
+        raise ValueError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
+    root = checkpoint_dir(run_dir)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f"{final.name}.tmp"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("*.tmp"):
+            shutil.rmtree(stale)
+        tmp.mkdir()
+    barrier()
+    torch.save({k: v.cpu() for k, v in rng.items()}, tmp / f"rng_rank{rank}.pt")
+    _fsync(tmp / f"rng_rank{rank}.pt")
+    barrier()
+    if rank == 0:
+        for name, module in zip(WEIGHTS, (model, target_ema, eval_ema)):
+            save_file(_state(module), str(tmp / f"{name}.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        files = sorted(p.name for p in tmp.iterdir())
+        for name in files:
+            _fsync(tmp / name)
+        record = {**meta, "format": FORMAT, "step": step, "world_size": world_size,
+                  "files": {name: _sha256(tmp / name) for name in files}}
+        (tmp / "meta.json").write_text(json.dumps(record, indent=2))
+        _fsync(tmp / "meta.json")
+        if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+    barrier()
+    return final
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """meta.json of a checkpoint after checking the format and every file's SHA-256."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{meta_path}: unreadable checkpoint meta data ({err})") from err
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: expected format {FORMAT!r}, got {meta.get('format')!r}")
+    for name, digest in meta["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing from the checkpoint")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"{file}: SHA-256 mismatch, the file is corrupted")
+    return meta
+
+
+def check_model_config(meta: dict, model_config: dict, path) -> None:
+    """Raise :class:`CheckpointError` listing every architecture field that differs from the checkpoint's."""
+    saved = meta.get("model_config", {})
+    diff = {k: (saved.get(k), model_config.get(k)) for k in set(saved) | set(model_config)
+            if saved.get(k) != model_config.get(k)}
+    if diff:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise CheckpointError(f"{path}: the model configuration differs from this run's ({lines})")
+
+
+def load_weights(path: str | os.PathLike, module: nn.Module, which: str = "eval_ema", *, verify: bool = True) -> dict:
+    """Load one set of weights (``model``, ``target_ema`` or ``eval_ema``) strictly into ``module``; returns meta."""
+    if which not in WEIGHTS:
+        raise ValueError(f"which: expected one of {WEIGHTS}, got {which!r}")
+    path = Path(path)
+    meta = read_meta(path) if verify else json.loads((path / "meta.json").read_text())
+    file = path / f"{which}.safetensors"
+    try:
+        state = load_file(str(file))
+        module.load_state_dict(state, strict=True)
+    except Exception as err:
+        raise CheckpointError(f"{file}: cannot be loaded into this model ({err})") from err
+    return meta
+
+
+def load(path: str | os.PathLike, *, model: nn.Module, target_ema: nn.Module, eval_ema: nn.Module,
+         optimizer: torch.optim.Optimizer, model_config: dict, rank: int = 0, world_size: int = 1) -> tuple[dict, dict]:
+    """Restore a full training state; returns (meta, this rank's rng state dict)."""
+    path = Path(path)
+    meta = read_meta(path)
+    check_model_config(meta, model_config, path)
+    if meta["world_size"] != world_size:
+        raise CheckpointError(f"{path}: written by {meta['world_size']} ranks, this run has {world_size}; exact "
+                              "resume needs the same world size")
+    for name, module in zip(WEIGHTS, (model, target_ema, eval_ema)):
+        load_weights(path, module, name, verify=False)
+    try:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        rng = torch.load(path / f"rng_rank{rank}.pt", weights_only=True, map_location="cpu")
+    except Exception as err:
+        raise CheckpointError(f"{path}: optimizer or RNG state cannot be restored ({err})") from err
+    return meta, rng

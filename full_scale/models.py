@@ -1,0 +1,295 @@
+"""The semi-Lipschitz Diffusion Transformer F_θ(x, t, s, y, β) (THEORY.md §2 and §8).
+
+A DiT (Peebles & Xie) whose conditioning vector is the sum of four embeddings:
+
+    c = MLP_t(e(t)) + MLP_gap(e(t − s)) + MLP_β(e(β)) + E[y],   e(τ) = sinusoidal(time_scale · τ),
+
+with β = 1/w the inverse guidance weight (β = 1 when the caller passes none) and y = ``num_classes`` the null class.
+∂_s F flows only through the gap embedding (§2). Each change of §8 is its own switch; all off is the vanilla DiT:
+
+* ``qk_norm``            — RMSNorm with a learnable weight on queries and keys, per head (§8.1);
+* ``rms_norm``           — every LayerNorm becomes a parameter-free RMSNorm (§8.2);
+* ``mod_norm``           — each adaLN modulation output (shift, scale, gate, ×2 per block; shift, scale in the final
+                           layer) is RMS-normalized over the hidden dimension (§8.3), keeping x·(1 + scale) + shift;
+* ``spectral_init``      — the attention and MLP linears and the patch embedding start at Xavier-normal / σ_max (§8.4);
+* ``spectral_init_time`` — the same for the t, gap and β embedding MLPs (which otherwise start at N(0, 0.02²));
+* ``spectral_norm``      — true spectral normalization (W / σ_max by one power iteration per training forward,
+                           ``torch.nn.utils.parametrizations.spectral_norm``) of the layers ``spectral_init`` covers,
+                           during training. The zero-initialized adaLN and output layers are never normalized
+                           (W / σ_max is undefined at W = 0).
+
+Attention goes through ``kernels.attention`` (Triton on CUDA, the PyTorch reference elsewhere), which supports
+``torch.func.jvp`` with a backward pass through the tangent (§9).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from kernels import attention
+
+RMS_EPS = 1e-6
+
+# Sizes of the DiT family (hidden, depth, heads). XL uses the paper's 18 heads of 64 (§8.5); 16 heads is an option.
+SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 18)}
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of a DiT. ``input_size`` is the spatial side of x (pixels or latents), ``in_channels`` its C."""
+
+    input_size: int = 32
+    in_channels: int = 4
+    patch_size: int = 2
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 18
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    freq_dim: int = 256
+    time_scale: float = 1.0
+    qk_norm: bool = False
+    rms_norm: bool = False
+    mod_norm: bool = False
+    spectral_init: bool = False
+    spectral_init_time: bool = False
+    spectral_norm: bool = False
+
+    def __post_init__(self):
+        if self.input_size % self.patch_size:
+            raise ValueError(f"patch_size: {self.patch_size} does not divide input_size {self.input_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads: {self.num_heads} does not divide hidden_size {self.hidden_size}")
+        if (self.hidden_size // self.num_heads) % 2 or self.hidden_size % 4 or self.freq_dim % 2:
+            raise ValueError("hidden_size, head dim and freq_dim must be even (hidden_size a multiple of 4)")
+        if min(self.depth, self.num_classes, self.in_channels) < 1:
+            raise ValueError(f"depth, num_classes, in_channels: expected ≥ 1, got {self.depth}, "
+                             f"{self.num_classes}, {self.in_channels}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dit_config(name: str | None = None, **fields) -> DiTConfig:
+    """A named size ``DiT-{S,B,L,XL}/{p}`` (e.g. ``DiT-XL/2``) with any field overridden; ``name=None`` uses only
+    ``fields``. ``lipschitz=True`` is shorthand for all five §8 switches (not ``spectral_norm``)."""
+    if fields.pop("lipschitz", False):
+        for key in ("qk_norm", "rms_norm", "mod_norm", "spectral_init", "spectral_init_time"):
+            fields.setdefault(key, True)
+    if name is not None:
+        try:
+            size, patch = name.removeprefix("DiT-").split("/")
+            hidden, depth, heads = SIZES[size]
+            patch = int(patch)
+        except (ValueError, KeyError):
+            raise ValueError(f"model name: expected DiT-{{S,B,L,XL}}/{{patch}}, got {name!r}") from None
+        fields = {"hidden_size": hidden, "depth": depth, "num_heads": heads, "patch_size": patch, **fields}
+    unknown = set(fields) - set(DiTConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"model config: unknown fields {sorted(unknown)}")
+    return DiTConfig(**fields)
+
+
+def rms(x: Tensor) -> Tensor:
+    """Parameter-free RMS normalization over the last dimension: x / sqrt(mean(x²) + ε), ε = 1e-6."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+
+
+def sinusoidal(t: Tensor, dim: int, scale: float, max_period: float = 10000.0) -> Tensor:
+    """[cos(ω_k · scale · t), sin(ω_k · scale · t)], ω_k = max_period^(−k/(dim/2)); (B,) → (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    arg = (scale * t.float())[:, None] * freqs[None]
+    return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1).to(t.dtype)
+
+
+def spectral_init_(weight: Tensor) -> None:
+    """Xavier-normal, then divide by the top singular value of the weight seen as (out, fan_in) (§8.4)."""
+    with torch.no_grad():
+        w = weight.view(weight.shape[0], -1)
+        nn.init.xavier_normal_(w)
+        w.div_(torch.linalg.matrix_norm(w, ord=2))
+
+
+class TimeEmbedder(nn.Module):
+    """τ ↦ Linear(SiLU(Linear(e(τ)))): (B,) → (B, hidden)."""
+
+    def __init__(self, hidden: int, freq_dim: int, scale: float):
+        super().__init__()
+        self.freq_dim, self.scale = freq_dim, scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, tau: Tensor) -> Tensor:
+        return self.mlp(sinusoidal(tau, self.freq_dim, self.scale).to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional QK-norm (learnable RMSNorm over each head's D, §8.1)."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, d)
+        o = attention(self.q_norm(q), self.k_norm(k), v)  # (B, H, T, d)
+        return self.proj(o.transpose(1, 2).reshape(B, T, D))
+
+
+class Modulation(nn.Module):
+    """adaLN: c ↦ n chunks of Linear(SiLU(c)), each (B, hidden), RMS-normalized when ``mod_norm`` is on (§8.3)."""
+
+    def __init__(self, hidden: int, n: int, mod_norm: bool):
+        super().__init__()
+        self.n, self.mod_norm = n, mod_norm
+        self.linear = nn.Linear(hidden, n * hidden)
+
+    def forward(self, c: Tensor) -> tuple[Tensor, ...]:
+        out = self.linear(Fn.silu(c)).view(c.shape[0], self.n, -1)  # (B, n, hidden)
+        if self.mod_norm:
+            out = rms(out)
+        return out.unbind(1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """x · (1 + scale) + shift with (B, hidden) modulation broadcast over the T tokens of x (B, T, hidden)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Block(nn.Module):
+    """DiT block with adaLN-Zero: x += g₁ · Attn(mod(N(x))); x += g₂ · MLP(mod(N(x)))."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.hidden_size
+        self.norm = rms if cfg.rms_norm else (lambda x: Fn.layer_norm(x, (dim,), eps=RMS_EPS))
+        self.attn = Attention(dim, cfg.num_heads, cfg.qk_norm)
+        hidden = int(dim * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.modulation = Modulation(dim, 6, cfg.mod_norm)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(modulate(self.norm(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """Tokens (B, T, hidden) → patches (B, T, p·p·C) through a modulated norm and a zero-initialized linear."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.hidden_size
+        self.norm = rms if cfg.rms_norm else (lambda x: Fn.layer_norm(x, (dim,), eps=RMS_EPS))
+        self.modulation = Modulation(dim, 2, cfg.mod_norm)
+        self.linear = nn.Linear(dim, cfg.patch_size ** 2 * cfg.in_channels)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.modulation(c)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def sincos_pos_embed(dim: int, grid: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding, (grid², dim): half the channels for rows, half for columns."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+
+    def embed(pos: Tensor) -> Tensor:
+        arg = pos.reshape(-1, 1) * omega[None]
+        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
+
+    return torch.cat([embed(rows), embed(cols)], dim=1).float()
+
+
+class DiT(nn.Module):
+    """F_θ(x, t, s, y=None, beta=None): x (B, C, H, W), t, s, beta (B,), y (B,) int64 → (B, C, H, W)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim, p = cfg.hidden_size, cfg.patch_size
+        self.patch_embed = nn.Conv2d(cfg.in_channels, dim, kernel_size=p, stride=p)
+        self.register_buffer("pos_embed", sincos_pos_embed(dim, cfg.input_size // p)[None], persistent=False)
+        self.t_embed = TimeEmbedder(dim, cfg.freq_dim, cfg.time_scale)
+        self.gap_embed = TimeEmbedder(dim, cfg.freq_dim, cfg.time_scale)
+        self.beta_embed = TimeEmbedder(dim, cfg.freq_dim, cfg.time_scale)
+        self.y_embed = nn.Embedding(cfg.num_classes + 1, dim)  # index num_classes is the null class
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(cfg)
+        self._init_weights()
+        if cfg.spectral_norm:
+            for module in self.spectral_layers():
+                nn.utils.parametrizations.spectral_norm(module)
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def spectral_layers(self) -> list[nn.Module]:
+        """The layers of §8.4: attention and MLP linears and the patch embedding."""
+        layers = [self.patch_embed]
+        for block in self.blocks:
+            layers += [block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]]
+        return layers
+
+    def time_mlp_layers(self) -> list[nn.Linear]:
+        return [m.mlp[i] for m in (self.t_embed, self.gap_embed, self.beta_embed) for i in (0, 2)]
+
+    def _init_weights(self) -> None:
+        """Vanilla DiT initialization (Xavier-uniform, zero biases, N(0, 0.02²) embeddings, zero adaLN and output),
+        with the spectral switches replacing the Xavier-uniform or N(0, 0.02²) weights (§8.4)."""
+        cfg = self.cfg
+        for module in self.spectral_layers():
+            if cfg.spectral_init:
+                spectral_init_(module.weight)
+            else:
+                nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            nn.init.zeros_(module.bias)
+        for linear in self.time_mlp_layers():
+            if cfg.spectral_init_time:
+                spectral_init_(linear.weight)
+            else:
+                nn.init.normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+        nn.init.normal_(self.y_embed.weight, std=0.02)
+        for mod in [b.modulation for b in self.blocks] + [self.final.modulation]:
+            nn.init.zeros_(mod.linear.weight)
+            nn.init.zeros_(mod.linear.bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+
+    def condition(self, t: Tensor, s: Tensor, y: Tensor | None, beta: Tensor | None) -> Tensor:
+        """c = MLP_t(e(t)) + MLP_gap(e(t − s)) + MLP_β(e(β)) + E[y], (B, hidden); y=None → null, beta=None → 1."""
+        if y is None:
+            y = torch.full(t.shape, self.null_class, dtype=torch.long, device=t.device)
+        if beta is None:
+            beta = torch.ones_like(t)
+        return self.t_embed(t) + self.gap_embed(t - s) + self.beta_embed(beta) + self.y_embed(y)
+
+    def forward(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None, beta: Tensor | None = None) -> Tensor:
+        cfg = self.cfg
+        if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
+            raise ValueError(f"x: expected (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), "
+                             f"got {tuple(x.shape)}")
+        B, p, g = x.shape[0], cfg.patch_size, cfg.input_size // cfg.patch_size
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, hidden), T = g²
+        c = self.condition(t, s, y, beta)
+        for block in self.blocks:
+            h = block(h, c)
+        h = self.final(h, c)  # (B, T, p·p·C)
+        h = h.view(B, g, g, p, p, cfg.in_channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
+        return h.reshape(B, cfg.in_channels, cfg.input_size, cfg.input_size)
