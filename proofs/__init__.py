@@ -12,6 +12,7 @@ CHECKS = (
     "counterexample",
     "bound_a_attained",
     "bounds_hold",
+    "nonlinear",
     "attention",
 )
 """Module names, in reading order of README.md: ``proofs.check_<name>`` for each entry."""
