@@ -63,7 +63,8 @@ def check_gronwall(rep: Report) -> None:
     phi0 = 3 * t * big_h + t * big_r
     gfun = lambda r: mp.exp(3 * mp.quad(lambda u: l_f(u) ** 2 * (t - u), [0, r]))  # noqa: E731
     closed_c = 3 * t * mp.quad(lambda r: gfun(r) * (a_f(r) + b_f(r)), [0, t])
-    rep.check("Volterra–Gronwall for (c): φ(0) = 3t∫_0^t G (a + b)", abs(phi0 - closed_c) < mp.mpf(10) ** -12 * closed_c,
+    rep.check("Volterra–Gronwall for (c): φ(0) = 3t∫_0^t G (a + b)",
+              abs(phi0 - closed_c) < mp.mpf(10) ** -12 * closed_c,
               f"ODE {mp.nstr(phi0, 15)} vs quadrature {mp.nstr(closed_c, 15)}")
 
 

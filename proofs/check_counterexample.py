@@ -104,10 +104,26 @@ def check_numbers(rep: Report) -> None:
                   f"max discrepancy between routes {mp.nstr(err, 2)}")
 
 
+def check_factor_three_alone(rep: Report) -> None:
+    """The missing factor 3 is not the whole defect: with κ ≤ 0 the truth is r²Λ_t² (bound (a) is attained) while
+    the paper's right-hand side is linear in Λ_t, so 3r²Λ_t fails as soon as Λ_t > 3 — e.g. σ0 = 20, t = 1."""
+    r_val, sig = mp.mpf("0.1"), mp.mpf(20)
+    lo, hi = ex.PRECISIONS
+    runs = {}
+    for dps in ex.PRECISIONS:
+        mp.mp.dps = dps
+        runs[dps] = (ex.one_step_law_ode(sig, r_val, mp.mpf(1))[0], 3 * r_val**2 * ex.int_lambda_ode(sig, mp.mpf(1)))
+    err = max(abs(runs[lo][0] - runs[hi][0]), abs(runs[lo][1] - runs[hi][1]))
+    w2, rhs3 = runs[hi]
+    rep.check(f"σ0 = 20, t = 1: even 3·r²Λ_1 = {mp.nstr(rhs3, 5)} < W2² = {mp.nstr(w2, 5)}",
+              w2 - rhs3 > 10**6 * err, f"precision gap {mp.nstr(err, 2)}")
+
+
 def main() -> None:
     rep = Report("check_counterexample (THEORY.md §4, the paper's explicit bound fails)")
     check_symbolic(rep)
     check_numbers(rep)
+    check_factor_three_alone(rep)
     rep.finish()
 
 
