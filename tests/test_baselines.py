@@ -97,6 +97,56 @@ def test_meanflow_at_s_equal_t_is_flow_matching():
     assert float(mf.terminal) == 0.0
 
 
+
+def _exact_average_velocity(mu, sigma0):
+    """F*(x, t, s) = (ψ(x, t, s) − x)/(s − t) for p0 = N(μ, σ0²) in 1-D (THEORY.md §7), and u(x, t) at s = t:
+    ψ(x, t, s) = m(s) + σ(s)/σ(t) (x − m(t)), m(t) = (1 − t)μ, σ(t)² = (1 − t)²σ0² + t²."""
+    def m(t):
+        return (1 - t) * mu
+
+    def sd(t):
+        return ((1 - t) ** 2 * sigma0**2 + t**2).sqrt()
+
+    def F_star(x, t, s):
+        t, s = t[:, None], s[:, None]
+        gap = torch.where(s < t, s - t, torch.ones_like(t))
+        jump = (m(s) + sd(s) / sd(t) * (x - m(t)) - x) / gap
+        u = -mu + (t - (1 - t) * sigma0**2) / sd(t) ** 2 * (x - m(t))
+        return torch.where(s < t, jump, u)
+
+    return F_star
+
+
+@pytest.mark.parametrize("offset, stationary", [(0.0, True), (0.1, False)])
+def test_exact_average_velocity_is_meanflow_stationary_point(offset, stationary):
+    """On a Gaussian, the exact average velocity F* (closed form) makes the MeanFlow gradient vanish in every
+    direction g (E[Δ g] = 0: the conditional target averages to F*), up to Monte Carlo error; F* + 0.1 does not."""
+    mu, sigma0 = 1.0, 0.5
+    F_star = _exact_average_velocity(mu, sigma0)
+    theta = torch.zeros(4, requires_grad=True)
+
+    def F(x, t, s):
+        g = torch.stack([torch.ones_like(t), x[:, 0], t, s * x[:, 0]], 1)
+        return F_star(x, t, s) + offset + (g @ theta)[:, None]
+
+    gen = torch.Generator().manual_seed(0)
+    grads = []
+    for _ in range(20):
+        n = 2000
+        ts = MeanFlowSampler(fm_share=0.5)(n, generator=gen, dtype=torch.float64)
+        x0 = mu + sigma0 * torch.randn(n, 1, generator=gen)
+        x1 = torch.randn(n, 1, generator=gen)
+        loss = meanflow_step_loss(F, None, x0, ts, x1=x1, adaptive_p=0.0).loss
+        grads.append(torch.autograd.grad(loss, theta)[0])
+    g = torch.stack(grads)
+    mean, se = g.mean(0), g.std(0) / math.sqrt(len(grads))
+    if stationary:
+        assert bool((mean.abs() < 5 * se).all()), (mean, se)
+    else:
+        assert float(mean[0]) > 10 * float(se[0])  # d/dθ_1 = 2·E[Δ] = 2 · 0.1
+        torch.testing.assert_close(mean[0], torch.tensor(0.2), rtol=0, atol=5 * float(se[0]))
+
+
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2**16), dim=st.integers(1, 3), n=st.integers(2, 8))
 def test_fm_loss_and_gradients_match_definition(seed, dim, n):
