@@ -214,7 +214,8 @@ class BoundReport:
 
     ``w2`` is the exact W2 (``w2_kind == "exact"``), the empirical W2 between the model's and ψ's samples
     (``"empirical"``) or None. ``bounds`` / ``bounds_log10`` hold the quantities of ``BOUND_NAMES``;
-    ``comparisons`` the ladder's claims with verdicts.
+    ``comparisons`` the ladder's claims with verdicts. Profiles A, B (and B_fm) are per grid point, with
+    bootstrap standard errors ``A_se``, ``B_se`` (None where exact).
     """
 
     t: float
@@ -228,7 +229,10 @@ class BoundReport:
     bounds_log10: dict[str, Estimate]
     w2: Estimate | None = None
     w2_kind: str = "none"
+    A_se: np.ndarray | None = None
+    B_se: np.ndarray | None = None
     B_fm: np.ndarray | None = None
+    B_fm_se: np.ndarray | None = None
     comparisons: dict[str, Comparison] = field(default_factory=dict)
 
     @property
@@ -245,7 +249,8 @@ class BoundReport:
             "bounds": {k: v.to_dict() for k, v in self.bounds.items()},
             "bounds_log10": {k: v.to_dict() for k, v in self.bounds_log10.items()},
             "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
-            "profiles": {"s": arr(self.s), "A": arr(self.A), "B": arr(self.B), "B_fm": arr(self.B_fm),
+            "profiles": {"s": arr(self.s), "A": arr(self.A), "A_se": arr(self.A_se), "B": arr(self.B),
+                         "B_se": arr(self.B_se), "B_fm": arr(self.B_fm), "B_fm_se": arr(self.B_fm_se),
                          "L": arr(self.L), "log_lambda": arr(self.log_lambda)},
         }
 
@@ -340,26 +345,24 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
 
     rng = np.random.default_rng(seed)
     wa, wb = _bootstrap_counts(rng, n, n_boot), _bootstrap_counts(rng, n_b, n_boot)
-    A, B = a_mat.mean(0), b_mat.mean(0)
-    bounds, bounds_log10 = evaluate_bounds(t, s, A, B, Ls, wa @ a_mat, wb @ b_mat)
+    A, B, A_reps, B_reps = a_mat.mean(0), b_mat.mean(0), wa @ a_mat, wb @ b_mat
+    bounds, bounds_log10 = evaluate_bounds(t, s, A, B, Ls, A_reps, B_reps)
     D = Estimate(math.sqrt(d.mean()), float(np.sqrt(wa @ d).std(ddof=1)), 0.0, ode)
 
-    B_fm = None
+    B_fm = B_fm_se = None
     if b_fm:
         sig = [testbed.cond_variance(float(sj), n=sigma2_n, generator=generator) for sj in s]
-        B_fm = fm_mat.mean(0) - np.array([e.value for e in sig])
-        fm_reps = wb @ fm_mat - np.array([e.value for e in sig])
-        paper_fm = log_bounds(t, s, A, B_fm, Ls)["paper"]
-        coarse = log_bounds(t, s[::2], A[::2], B_fm[::2], Ls[::2])["paper"]
-        reps = log_bounds(t, s, wa @ a_mat, fm_reps, Ls)["paper"]
-        # σ²(s)'s own Monte Carlo error enters linearly through ∫λσ², added to the bootstrap error
-        sig_se = float(np.exp(_logsumexp(cumulative_trapezoid(Ls, s) + _log(trapezoid_weights(s)
-                                                                          * np.array([e.se for e in sig])))))
-        bounds["paper_fm"] = Estimate(float(_exp(paper_fm)), float(np.hypot(_exp(reps).std(ddof=1), sig_se)),
-                                      _absdiff(float(_exp(paper_fm)), float(_exp(coarse))))
+        sig_val, sig_se = np.array([e.value for e in sig]), np.array([e.se for e in sig])
+        B_fm, fm_reps = fm_mat.mean(0) - sig_val, wb @ fm_mat - sig_val
+        B_fm_se = np.hypot(fm_reps.std(0, ddof=1), sig_se)
+        fm_lin, _ = evaluate_bounds(t, s, A, B_fm, Ls, A_reps, fm_reps)
+        # σ²(s)'s own Monte Carlo error enters the paper's form linearly, through ∫ λ σ²
+        sig_term = float(_exp(_logsumexp(cumulative_trapezoid(Ls, s) + _log(trapezoid_weights(s) * sig_se))))
+        p = fm_lin["paper"]
+        bounds["paper_fm"] = Estimate(p.value, math.hypot(p.se, sig_term), p.quad)
 
     report = BoundReport(t=t, n_samples=n, s=s, A=A, B=B, L=Ls, D=D, bounds=bounds, bounds_log10=bounds_log10,
-                         B_fm=B_fm)
+                         A_se=A_reps.std(0, ddof=1), B_se=B_reps.std(0, ddof=1), B_fm=B_fm, B_fm_se=B_fm_se)
     if compute_w2:
         report.w2, report.w2_kind = Estimate(w2(y0, psi.x), 0.0, 0.0, ode), "empirical"
     report._compare_all(k)
@@ -396,7 +399,7 @@ def exact_affine_report(model: AffineJump, bed: Gaussian, t: float, *, s_grid=No
 
     a, b, da, db = model.jump_coefficients(tt, st)
     kk, mm = model.velocity_coefficients(st)
-    A = _affine_sq_mean(da - kk * a, db - kk[:, None] * b - mm, m_t, torch.as_tensor(v_t), dim)
+    A = _affine_sq_mean(da - kk * a, db - kk[:, None] * b - mm, m_t, v_t, dim)
     kap = bed.kappa(st)
     m_s = (1 - st)[:, None] * mu
     B = ((((kk - kap)[:, None] * m_s) + mm + mu + kap[:, None] * m_s) ** 2).sum(-1) + (kk - kap) ** 2 * \
@@ -406,7 +409,7 @@ def exact_affine_report(model: AffineJump, bed: Gaussian, t: float, *, s_grid=No
 
     a0, b0, _, _ = model.jump_coefficients(torch.tensor([t], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
     ratio = bed.std / bed.sigma(t)
-    D2 = _affine_sq_mean(a0 - ratio, b0 - mu + ratio * m_t, m_t, torch.as_tensor(v_t), dim)
+    D2 = _affine_sq_mean(a0 - ratio, b0 - mu + ratio * m_t, m_t, v_t, dim)
     W2sq = ((a0[:, None] * m_t + b0 - mu) ** 2).sum(-1) + dim * (a0.abs() * bed.sigma(t) - bed.std) ** 2
     report = BoundReport(t=t, n_samples=None, s=s, A=A.numpy(), B=B.numpy(), L=Ls,
                          D=Estimate(math.sqrt(float(D2))), bounds=bounds, bounds_log10=bounds_log10,
