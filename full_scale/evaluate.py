@@ -1,0 +1,305 @@
+"""Decode sampled latents to images, export ADM-style ``.npz`` batches, and compute FID / Inception Score.
+
+Commands (each runs on one process or under ``torchrun``, the images split into contiguous per-rank chunks)::
+
+    python -m full_scale.evaluate decode --latents samples.safetensors --vae stabilityai/sd-vae-ft-ema \\
+        --latent-stats paper256 --out samples.npz          # ADM batch: arr_0 uint8 (N, H, W, 3), arr_1 labels
+    python -m full_scale.evaluate export --images DIR --out samples.npz    # a folder of PNG/JPEG → ADM batch
+    python -m full_scale.evaluate stats --images REF --out ref_stats.npz   # mu, sigma (ADM's keys)
+    python -m full_scale.evaluate fid --samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out fid.json
+
+Image inputs (``--images``, ``--samples``, ``--ref``) are an ADM ``.npz`` (``arr_0``), a folder of images, or a
+folder of ``.npz`` batches (e.g. ``prepare --images``'s ``images-*.npz``); ``--ref`` may also be an ``.npz`` with
+``mu`` and ``sigma`` (ADM's reference batches carry both; the statistics are then used as they are). The numbers
+of record remain those of ADM's TensorFlow evaluator run on the exported ``.npz`` (docs/IMAGENET.md); this path
+uses the same network and resize (full_scale/fid.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fid import (
+    FEATURE_DIM, frechet_distance, frechet_distance_to_samples, gaussian_stats, inception_score, load_inception,
+)
+from .vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, decode_latents, load_vae
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+# ----------------------------------------------------------------------------------------------------- image input
+
+def npz_array(path: str | os.PathLike, key: str = "arr_0") -> np.ndarray:
+    """One array of an ``.npz``, memory-mapped when it is stored uncompressed (``np.savez``), else loaded."""
+    path = Path(path)
+    with zipfile.ZipFile(path) as zf:
+        if f"{key}.npy" not in zf.namelist():
+            raise KeyError(f"{path}: no array '{key}' (has {[n[:-4] for n in zf.namelist()]})")
+        info = zf.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return np.load(path)[key]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))  # the local header's lengths (may differ from central)
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran else "C")
+
+
+class ImageSet:
+    """uint8 (N, H, W, 3) images from an ADM ``.npz``, a folder of images, or a folder of ``.npz`` batches;
+    ``batch(start, stop)`` returns a contiguous slice as an array."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        self.path, self._arrays, self._files = path, [], []
+        if path.is_file():
+            self._arrays = [npz_array(path)]
+        elif path.is_dir():
+            batches = sorted(path.glob("*.npz"))
+            if batches:
+                self._arrays = [npz_array(p) for p in batches]
+            else:
+                self._files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            raise FileNotFoundError(f"images: '{path}' is neither an .npz file nor a folder")
+        for a in self._arrays:
+            if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+                raise ValueError(f"images: {path} holds {a.dtype} {a.shape}, expected uint8 (N, H, W, 3) (ADM)")
+        self._starts = np.cumsum([0] + [len(a) for a in self._arrays]).tolist()
+        if len(self) == 0:
+            raise ValueError(f"images: no images in '{path}'")
+
+    def __len__(self) -> int:
+        return len(self._files) if self._files else self._starts[-1]
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        if self._files:
+            from PIL import Image
+
+            arrays = [np.asarray(Image.open(p).convert("RGB")) for p in self._files[start:stop]]
+            if len({a.shape for a in arrays}) > 1:
+                raise ValueError(f"images: files in {self.path} differ in size; export equal-size images")
+            return np.stack(arrays)
+        parts = []
+        for a, s in zip(self._arrays, self._starts):
+            lo, hi = max(start - s, 0), min(stop - s, len(a))
+            if lo < hi:
+                parts.append(np.asarray(a[lo:hi]))
+        return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------------------------------- distribution
+
+def _distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) from torchrun's environment; NCCL on GPUs, gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=timedelta(hours=2))
+    return rank, world, device
+
+
+def _chunk(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank r's contiguous share [⌊rn/R⌋, ⌊(r+1)n/R⌋) of n items."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def _gather_rows(x: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """Concatenate every rank's rows (in rank order) on every rank; shares differ by at most one row."""
+    if world == 1:
+        return x
+    width = max(b - a for a, b in (_chunk(n, r, world) for r in range(world)))
+    padded = torch.zeros(width, *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: len(x)] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([p[: b - a] for p, (a, b) in zip(parts, (_chunk(n, r, world) for r in range(world)))])
+
+
+# ----------------------------------------------------------------------------------------------------- features
+
+@torch.no_grad()
+def inception_outputs(images: ImageSet, model, *, batch_size: int = 200):
+    """pool_3 features (N, 2048) and bias-free logits (N, 1008) of all images under ``model``
+    (:func:`full_scale.fid.load_inception`), as float64 numpy arrays on every rank, each computing its chunk."""
+    rank, world, device = _distributed()
+    lo, hi = _chunk(len(images), rank, world)
+    feats, logits = [], []
+    for s in range(lo, hi, batch_size):
+        x = torch.from_numpy(images.batch(s, min(s + batch_size, hi))).to(device).permute(0, 3, 1, 2)
+        f, z = model(x.contiguous())
+        feats.append(f.double())
+        logits.append(z.double())
+    empty = torch.zeros(0, dtype=torch.float64, device=device)
+    f = torch.cat(feats) if feats else empty.reshape(0, FEATURE_DIM)
+    z = torch.cat(logits) if logits else empty.reshape(0, model.fc.out_features)
+    return _gather_rows(f, len(images), world).cpu().numpy(), _gather_rows(z, len(images), world).cpu().numpy()
+
+
+def reference_stats(ref: str | os.PathLike, model, *, batch_size: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma): read from an ``.npz`` with ``mu``/``sigma``, else computed from the images with ``model``."""
+    ref = Path(ref)
+    if ref.is_file() and ref.suffix == ".npz":
+        with np.load(ref) as data:
+            if "mu" in data and "sigma" in data:
+                return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    return gaussian_stats(inception_outputs(ImageSet(ref), model, batch_size=batch_size)[0])
+
+
+def fid_and_is(samples, ref, *, weights=None, splits: int = 10, batch_size: int = 200, model=None) -> dict:
+    """FID of ``samples`` against ``ref`` and the samples' Inception Score (see the module docstring); the
+    Inception comes from ``weights`` (a file, or None for the usual download) unless ``model`` is given."""
+    model = model if model is not None else load_inception(weights, device=_distributed()[2])
+    mu2, sigma2 = reference_stats(ref, model, batch_size=batch_size)
+    feats, logits = inception_outputs(ImageSet(samples), model, batch_size=batch_size)
+    if feats.shape[0] <= FEATURE_DIM:  # few samples: the exact low-rank route (the covariance is singular anyway)
+        fid = frechet_distance_to_samples(feats, mu2, sigma2)
+    else:
+        fid = frechet_distance(*gaussian_stats(feats), mu2, sigma2)
+    is_mean, is_std = inception_score(logits, splits=min(splits, len(logits)))
+    return {"fid": fid, "inception_score": is_mean, "inception_score_std": is_std, "num_samples": len(feats),
+            "samples": str(samples), "ref": str(ref)}
+
+
+# --------------------------------------------------------------------------------------------------- decode/export
+
+def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Standardized latents (N, C, h, w) and optional labels from ``.safetensors`` (``latents``, ``labels``),
+    ``.npz`` (same keys, or ``arr_0``/``arr_1``) or ``.pt`` (a tensor or such a dict; weights_only)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        data = load_file(path)
+    elif path.suffix == ".npz":
+        with np.load(path) as z:
+            data = {k: torch.from_numpy(z[k]) for k in z.files}
+    elif path.suffix == ".pt":
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = data if isinstance(data, dict) else {"latents": data}
+    else:
+        raise ValueError(f"latents: expected a .safetensors, .npz or .pt file, got '{path}'")
+    latents = data.get("latents", data.get("arr_0"))
+    if latents is None or latents.ndim != 4:
+        raise ValueError(f"latents: {path} has no (N, C, h, w) tensor named 'latents' or 'arr_0'")
+    labels = data.get("labels", data.get("arr_1"))
+    return latents.float(), (labels.long() if labels is not None else None)
+
+
+def resolve_latent_stats(spec: str) -> LatentStats:
+    """'paper256' / 'paper512' (ANCHORS.md) or a prepared dataset's manifest.json (or its folder)."""
+    if spec.startswith("paper") and spec[5:].isdigit() and int(spec[5:]) in PAPER_LATENT_STATS:
+        return PAPER_LATENT_STATS[int(spec[5:])]
+    path = Path(spec)
+    path = path / "manifest.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"latent_stats: expected paper256, paper512 or a manifest.json, got {spec!r}")
+    m = json.loads(path.read_text())
+    return LatentStats(tuple(m["latent_mean"]), tuple(m["latent_std"]))
+
+
+def write_adm_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+    """ADM's sample batch: ``arr_0`` uint8 (N, H, W, 3) (+ ``arr_1`` int64 labels), written uncompressed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": np.asarray(labels, np.int64)}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def decode_to_npz(latents_path, out, *, vae: str = SD_VAE_ID, latent_stats: str = "paper256",
+                  batch_size: int = 32, dtype: torch.dtype = torch.float32) -> None:
+    """Decode standardized latents with the VAE (:func:`full_scale.vae.decode_latents`) into an ADM ``.npz``;
+    under torchrun each rank decodes its chunk into ``out.partR.npy`` and rank 0 joins them."""
+    rank, world, device = _distributed()
+    latents, labels = read_latents(latents_path)
+    stats = resolve_latent_stats(latent_stats)
+    lo, hi = _chunk(len(latents), rank, world)
+    model = load_vae(vae, device=device, dtype=dtype)
+    out = Path(out)
+    part = out.with_name(f"{out.name}.part{rank}.npy")
+    if hi > lo:
+        np.save(part, decode_latents(model, latents[lo:hi], stats, batch_size=batch_size))
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        parts = [out.with_name(f"{out.name}.part{r}.npy") for r in range(world)]
+        images = np.concatenate([np.load(p) for p in parts if p.exists()])
+        write_adm_npz(out, images, None if labels is None else labels.numpy())
+        for p in parts:
+            p.unlink(missing_ok=True)
+    if world > 1:
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m full_scale.evaluate", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("decode", help="standardized latents → ADM .npz of uint8 images")
+    d.add_argument("--latents", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--vae", default=SD_VAE_ID)
+    d.add_argument("--latent-stats", default="paper256", help="paper256, paper512, or a prepared manifest.json")
+    d.add_argument("--batch-size", type=int, default=32)
+    e = sub.add_parser("export", help="a folder of images (or .npz batches) → one ADM .npz")
+    e.add_argument("--images", required=True)
+    e.add_argument("--out", required=True)
+    for name, helptext in (("stats", "Inception mean/covariance of images → .npz (mu, sigma)"),
+                           ("fid", "FID and Inception Score of samples against a reference")):
+        p = sub.add_parser(name, help=helptext)
+        if name == "stats":
+            p.add_argument("--images", required=True)
+        else:
+            p.add_argument("--samples", required=True)
+            p.add_argument("--ref", required=True, help="ADM reference .npz (mu, sigma) or images")
+            p.add_argument("--splits", type=int, default=10)
+        p.add_argument("--out", required=name == "stats")
+        p.add_argument("--inception", default=None, help="local weights file (default: the usual download)")
+        p.add_argument("--batch-size", type=int, default=200)
+    args = parser.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = False  # full float32, as the reference evaluator
+    torch.backends.cudnn.allow_tf32 = False
+    rank = int(os.environ.get("RANK", "0"))
+    if args.command == "decode":
+        decode_to_npz(args.latents, args.out, vae=args.vae, latent_stats=args.latent_stats,
+                      batch_size=args.batch_size)
+    elif args.command == "export":
+        images = ImageSet(args.images)
+        if rank == 0:
+            write_adm_npz(args.out, images.batch(0, len(images)))
+    elif args.command == "stats":
+        model = load_inception(args.inception, device=_distributed()[2])
+        mu, sigma = gaussian_stats(inception_outputs(ImageSet(args.images), model, batch_size=args.batch_size)[0])
+        if rank == 0:
+            np.savez(args.out, mu=mu, sigma=sigma)
+    else:
+        result = fid_and_is(args.samples, args.ref, splits=args.splits, weights=args.inception,
+                            batch_size=args.batch_size)
+        if rank == 0:
+            print(json.dumps(result))
+            if args.out:
+                Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""full_scale.fid and full_scale.evaluate: the Fréchet distance against scipy, the Inception Score, the TF1 resize,
+the FID Inception's weights handling, ADM .npz I/O, and prepare → train → sample → decode → evaluate on the CPU
+with a tiny random AutoencoderKL, a tiny DiT and a randomly initialised Inception."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from full_scale.fid import (
+    InceptionV3, InceptionWeightsError, frechet_distance, frechet_distance_to_samples, gaussian_stats,
+    inception_score, load_inception, resize_tf1, tf1_bilinear_matrix,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scipy_frechet(mu1, s1, mu2, s2) -> float:
+    """The textbook formula with scipy's general matrix square root (as the TTUR / ADM code computes it)."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real)
+
+
+def random_spd(rng, d: int, rank: int | None = None) -> np.ndarray:
+    a = rng.standard_normal((d, rank or d))
+    return a @ a.T + (0 if rank else 0.1) * np.eye(d)
+
+
+# ------------------------------------------------------------------------------------------------ Fréchet distance
+
+@settings(max_examples=25, deadline=None)
+@given(d=st.integers(1, 10), seed=st.integers(0, 2**16), shift=st.floats(0, 3))
+def test_frechet_distance_matches_scipy_for_known_gaussians(d, seed, shift):
+    rng = np.random.default_rng(seed)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d) + shift
+    s1, s2 = random_spd(rng, d), random_spd(rng, d)
+    want = scipy_frechet(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-8, abs=1e-9 * (1 + np.trace(s1 + s2)))
+
+
+def test_frechet_distance_closed_forms():
+    # diagonal (commuting) covariances: Σ (μ1 − μ2)² + Σ (sqrt a − sqrt b)²; identical Gaussians: 0
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, -1.0])
+    want = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-12)
+    s = random_spd(np.random.default_rng(0), 6)
+    assert abs(frechet_distance(mu1[:1].repeat(6), s, mu1[:1].repeat(6), s)) < 1e-10
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 30), d=st.integers(2, 12), rank2=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_frechet_to_samples_is_exact_for_any_sample_count(n, d, rank2, seed):
+    # The n × n route against scipy on the samples' own mean and covariance, with a possibly singular Σ2.
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, d)) * rng.uniform(0.5, 2, d) + rng.standard_normal(d)
+    mu2, s2 = rng.standard_normal(d), random_spd(rng, d, rank=min(rank2, d))
+    mu1, s1 = gaussian_stats(feats)
+    want = scipy_frechet(mu1, s1, mu2, s2)
+    got = frechet_distance_to_samples(feats, mu2, s2)
+    # scipy's sqrtm of a singular product is itself only accurate to ~sqrt(eps) of the scale
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-6 * (1 + np.trace(s1 + s2)))
+
+
+def test_frechet_argument_errors():
+    with pytest.raises(ValueError, match="features"):
+        frechet_distance_to_samples(np.zeros((1, 3)), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="mu2, sigma2"):
+        frechet_distance_to_samples(np.zeros((4, 3)), np.zeros(2), np.eye(3))
+    with pytest.raises(ValueError, match="C1"):
+        frechet_distance(np.zeros(2), np.ones((3, 3)), np.zeros(2), np.eye(2))
+
+
+# ------------------------------------------------------------------------------------------------- Inception Score
+
+def test_inception_score_known_values_and_numpy():
+    k, n = 7, 70
+    assert inception_score(np.zeros((n, k)), splits=5) == pytest.approx((1.0, 0.0), abs=1e-12)  # p(y|x) = p(y)
+    confident = np.full((n, k), -1e3)
+    confident[np.arange(n), np.arange(n) % k] = 0.0  # one sure class each, all classes equally often
+    mean, std = inception_score(confident, splits=2)
+    assert mean == pytest.approx(k, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+    logits = np.random.default_rng(0).standard_normal((n, k)) * 3
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    scores = [np.exp((c * (np.log(c) - np.log(c.mean(0)))).sum(1).mean()) for c in np.array_split(p, 3)]
+    assert inception_score(logits, splits=3) == pytest.approx((np.mean(scores), np.std(scores)), rel=1e-10)
+    with pytest.raises(ValueError, match="splits"):
+        inception_score(logits, splits=n + 1)
+
+
+# ---------------------------------------------------------------------------------------------------- TF1 resize
+
+@settings(max_examples=25, deadline=None)
+@given(n_in=st.integers(1, 40), n_out=st.integers(1, 60))
+def test_tf1_resize_matrix_matches_a_per_pixel_loop(n_in, n_out):
+    # TF1 resize_bilinear, align_corners=False, no half-pixel centres: in = float32(out · float32(n_in / n_out)).
+    scale = np.float32(n_in / n_out)
+    want = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        x = float(np.float32(i) * scale)
+        lo = int(np.floor(x))
+        hi = min(lo + 1, n_in - 1)
+        want[i, lo] += 1 - (x - lo)
+        want[i, hi] += x - lo
+    np.testing.assert_allclose(tf1_bilinear_matrix(n_in, n_out).numpy(), want, rtol=0, atol=1e-12)
+
+
+def test_resize_tf1_on_images():
+    x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    torch.testing.assert_close(resize_tf1(x, 5)[..., :5], torch.einsum("pw,bchw->bchp", tf1_bilinear_matrix(7, 5), x))
+    assert torch.equal(resize_tf1(torch.ones(1, 1, 4, 9), 13), torch.ones(1, 1, 13, 13))  # rows sum to one
+
+
+# ------------------------------------------------------------------------------------------------ the FID network
+
+def randomized_inception(seed: int = 0) -> InceptionV3:
+    """Random weights whose activations keep their scale (He init, non-trivial batch-norm statistics)."""
+    torch.manual_seed(seed)
+    model = InceptionV3()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory) -> Path:
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("incep") / "inception.safetensors"
+    save_file(randomized_inception().state_dict(), str(path))
+    return path
+
+
+def test_inception_weights_load_and_errors(inception_file, tmp_path, monkeypatch):
+    model = load_inception(inception_file)
+    state = {k: v for k, v in randomized_inception().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "w.pth")  # the .pth layout of the released file (no batch counters)
+    assert all(torch.equal(a, b) for a, b in zip(load_inception(tmp_path / "w.pth").state_dict().values(),
+                                                  model.state_dict().values()))
+    del state["Mixed_7c.branch_pool.conv.weight"]
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(InceptionWeightsError, match="missing.*Mixed_7c.branch_pool.conv.weight"):
+        load_inception(tmp_path / "bad.pth")
+    with pytest.raises(InceptionWeightsError, match="no weights file"):
+        load_inception(tmp_path / "absent.pth")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(InceptionWeightsError, match="pt_inception-2015-12-05-6726825d.pth.*--inception"):
+        load_inception(None)
+
+
+def test_inception_outputs_are_per_image_and_shaped(inception_file):
+    model = load_inception(inception_file)
+    x = torch.randint(0, 256, (2, 3, 20, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f, z = model(x)
+        f1, _ = model(x[1:])
+    assert f.shape == (2, 2048) and z.shape == (2, 1008) and bool((f >= 0).all())  # pool_3 follows a ReLU
+    torch.testing.assert_close(f1[0], f[1], rtol=1e-4, atol=1e-4)  # no batch coupling in eval mode
+    assert float((f[0] - f[1]).abs().max()) > 1e-3 * float(f.abs().max())  # distinct images, distinct features
+    with pytest.raises(ValueError, match="uint8"):
+        model(x.float())
+
+
+def test_matches_torch_fidelity_when_installed(inception_file):
+    fidelity = pytest.importorskip("torch_fidelity", reason="torch-fidelity (needs torchvision) is not installed")
+    from safetensors.torch import load_file
+
+    path = inception_file.with_suffix(".pth")
+    torch.save(load_file(inception_file), path)
+    theirs = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                  feature_extractor_weights_path=str(path))
+    x = torch.randint(0, 256, (2, 3, 64, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = load_inception(inception_file)(x)
+        ref = theirs(x)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+# --------------------------------------------------------------------------------------------- ADM .npz batches
+
+def test_npz_arrays_memory_map_and_round_trip(tmp_path):
+    from full_scale.evaluate import ImageSet, npz_array, write_adm_npz
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    write_adm_npz(tmp_path / "a.npz", images, np.arange(5))
+    mapped = npz_array(tmp_path / "a.npz")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, images)
+    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_1"], np.arange(5))
+    np.savez_compressed(tmp_path / "c.npz", arr_0=images)
+    assert np.array_equal(npz_array(tmp_path / "c.npz"), images)  # compressed: loaded instead
+    (tmp_path / "batches").mkdir()
+    write_adm_npz(tmp_path / "batches" / "images-00000.npz", images[:2])
+    write_adm_npz(tmp_path / "batches" / "images-00001.npz", images[2:])
+    s = ImageSet(tmp_path / "batches")
+    assert len(s) == 5 and np.array_equal(s.batch(1, 4), images[1:4])
+    np.savez(tmp_path / "f.npz", arr_0=images.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        ImageSet(tmp_path / "f.npz")
+
+
+# ------------------------------------------------------------------------------ prepare → train → sample → evaluate
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, inception_file):
+    """Prepare 6 images with the tiny VAE, take one TVM step on a tiny DiT, sample 4 latents in one step, and
+    decode them to an ADM .npz through the command line."""
+    pytest.importorskip("diffusers", reason="the VAE stages need the optional `diffusers` package")
+    from test_fs_data import image_folder, tiny_vae_folder
+
+    from full_scale.data import LatentDataset, prepare
+    from full_scale.evaluate import main as evaluate_main
+    from full_scale.models import DiT, dit_config
+    from tvm_theory.loss import CFGConfig, tvm_step_loss
+    from tvm_theory.param import NetworkJump
+    from tvm_theory.sampling import sample_few_step
+    from tvm_theory.time_samplers import make_time_sampler
+
+    root = tmp_path_factory.mktemp("pipeline")
+    vae = tiny_vae_folder(root / "vae")
+    prepare(image_folder(root / "src", per_class=2), root / "data", resolution=16, vae=str(vae), shard_size=3,
+            batch_size=3, num_workers=0, images=True)
+    ds = LatentDataset(root / "data", seed=0)
+    g = torch.Generator().manual_seed(0)
+    model = DiT(dit_config(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                           num_classes=ds.num_classes, freq_dim=16))
+    target = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x0, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=6)))
+    loss = tvm_step_loss(model, target, x0, make_time_sampler("gap")(6, generator=g), y=y,
+                         cfg=CFGConfig(null_class=model.null_class, weight=2.0), generator=g)
+    opt.zero_grad()
+    loss.loss.backward()
+    opt.step()
+    labels = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        latents = sample_few_step(NetworkJump(model, w=2.0, y=labels), torch.randn(4, 4, 8, 8, generator=g), 1)
+    from safetensors.torch import save_file
+
+    save_file({"latents": latents.contiguous(), "labels": labels}, str(root / "samples.safetensors"))
+    evaluate_main(["decode", "--latents", str(root / "samples.safetensors"), "--vae", str(vae),
+                   "--latent-stats", str(root / "data"), "--out", str(root / "samples.npz"), "--batch-size", "3"])
+    return root, float(loss.loss), latents, labels
+
+
+def test_decode_writes_the_vae_images_of_the_latents(pipeline):
+    from full_scale.evaluate import resolve_latent_stats
+    from full_scale.vae import decode_latents, load_vae
+
+    root, loss, latents, labels = pipeline
+    assert np.isfinite(loss)
+    with np.load(root / "samples.npz") as z:
+        images, got_labels = z["arr_0"], z["arr_1"]
+    want = decode_latents(load_vae(str(root / "vae")), latents, resolve_latent_stats(str(root / "data")))
+    assert images.dtype == np.uint8 and images.shape == (4, 16, 16, 3)
+    assert np.abs(images.astype(int) - want.astype(int)).max() <= 1 and np.array_equal(got_labels, labels.numpy())
+
+
+@pytest.fixture(scope="module")
+def features(pipeline, inception_file):
+    """Inception outputs of the decoded samples and of the prepared image archive, computed directly."""
+    from full_scale.evaluate import ImageSet, inception_outputs
+
+    root, model = pipeline[0], load_inception(inception_file)
+    fs, zs = inception_outputs(ImageSet(root / "samples.npz"), model, batch_size=3)
+    fr, _ = inception_outputs(ImageSet(root / "data"), model, batch_size=4)  # prepare's images-*.npz archive
+    return fs, zs, fr
+
+
+def expected_numbers(features) -> dict:
+    fs, zs, fr = features
+    return {"fid": frechet_distance_to_samples(fs, *gaussian_stats(fr)), "inception_score": inception_score(zs, 2)[0]}
+
+
+def test_fid_command_end_to_end(pipeline, inception_file, features, capsys):
+    from full_scale.evaluate import main as evaluate_main, reference_stats
+
+    root = pipeline[0]
+    fs, _, fr = features
+    evaluate_main(["fid", "--samples", str(root / "samples.npz"), "--ref", str(root / "data"), "--inception",
+                   str(inception_file), "--splits", "2", "--out", str(root / "fid.json")])
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads((root / "fid.json").read_text())
+    assert fs.shape == (4, 2048) and fr.shape == (6, 2048) and result["num_samples"] == 4
+    # the reported numbers: the samples' low-rank route against the reference's statistics, and the IS
+    want = expected_numbers(features)
+    assert result["fid"] > 0 and result["fid"] == pytest.approx(want["fid"], rel=1e-6)
+    assert result["inception_score"] == pytest.approx(want["inception_score"], rel=1e-6)
+    # the same images against themselves: zero up to rounding, in 2048 dimensions with singular covariances
+    assert abs(frechet_distance_to_samples(fr, *gaussian_stats(fr))) < 1e-7 * np.trace(gaussian_stats(fr)[1])
+    # an ADM-style reference .npz (mu, sigma) is used as it is, without running the network
+    np.savez(root / "ref_stats.npz", mu=fr.mean(0), sigma=np.cov(fr, rowvar=False), arr_0=np.zeros((1, 2, 2, 3)))
+    mu, sigma = reference_stats(root / "ref_stats.npz", model=None)
+    assert np.array_equal(mu, fr.mean(0)) and np.array_equal(sigma, np.cov(fr, rowvar=False))
+
+
+def test_stats_and_export_commands(pipeline, inception_file, features, tmp_path):
+    from PIL import Image
+
+    from full_scale.evaluate import main as evaluate_main
+
+    root = pipeline[0]
+    images = np.load(root / "samples.npz")["arr_0"]
+    (tmp_path / "pngs").mkdir()
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(tmp_path / "pngs" / f"{i:03d}.png")
+    evaluate_main(["export", "--images", str(tmp_path / "pngs"), "--out", str(tmp_path / "exported.npz")])
+    assert np.array_equal(np.load(tmp_path / "exported.npz")["arr_0"], images)
+    evaluate_main(["stats", "--images", str(tmp_path / "exported.npz"), "--inception", str(inception_file),
+                   "--out", str(tmp_path / "stats.npz")])
+    f = features[0]
+    with np.load(tmp_path / "stats.npz") as s:
+        np.testing.assert_allclose(s["mu"], f.mean(0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(s["sigma"], np.cov(f, rowvar=False), rtol=1e-6, atol=1e-9)
+
+
+def test_torchrun_two_ranks_give_the_single_process_numbers(pipeline, inception_file, features, tmp_path):
+    root = pipeline[0]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "full_scale.evaluate"]
+    res = subprocess.run(run + ["decode", "--latents", str(root / "samples.safetensors"), "--vae", str(root / "vae"),
+                                "--latent-stats", str(root / "data"), "--out", str(tmp_path / "s.npz")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = np.load(tmp_path / "s.npz")["arr_0"], np.load(root / "samples.npz")["arr_0"]
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    res = subprocess.run(run + ["fid", "--samples", str(root / "samples.npz"), "--ref", str(root / "data"),
+                                "--inception", str(inception_file), "--splits", "2", "--batch-size", "2",
+                                "--out", str(tmp_path / "fid.json")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got, want = json.loads((tmp_path / "fid.json").read_text()), expected_numbers(features)
+    for key in ("fid", "inception_score"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5)
