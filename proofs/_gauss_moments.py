@@ -10,7 +10,9 @@ def normal_moment(k: int) -> int:
     """E[z^k] for z ~ N(0, 1): 0 for odd k, (k − 1)!! for even k."""
     if k < 0:
         raise ValueError(f"moment order k must be >= 0, got {k}")
-    return 0 if k % 2 else int(sp.factorial2(k - 1)) if k else 1
+    if k % 2:
+        return 0
+    return int(sp.factorial2(k - 1)) if k else 1
 
 
 def expect(expr, normals):

@@ -9,8 +9,13 @@ A_t(s) ≠ 0 and the model's law is not Gaussian). Then
 The map T(x) = x − t u_θ(x, t) is increasing (T′ ≥ 1 − tκ(t) − tεω > 0), so (T(x_t), ψ(x_t, t, 0)) is the
 comonotone coupling, which is optimal in 1-D: here W2 = D_t exactly. Expectations over x_t by Gauss–Hermite,
 integrals in s by Gauss–Legendre, each at n and 2n nodes; the gap is the reported error.
+
+Also the variation-of-constants (Alekseev–Gröbner) identity of THEORY §6.1 on the same model path
+y(σ) = x + (σ − t)u_θ(x, t): with ρ(σ) = y′(σ) − u(y(σ), σ), y(0) − z(0) = −∫_0^t ∂_xψ(y(σ), σ, 0) ρ(σ) dσ, where
+∂_xψ(·, σ, 0) = σ0/σ_σ; and its ingredient ∂_σψ(x, σ, 0) = −∂_xψ(x, σ, 0) u(x, σ) (symbolic, Gaussian flow).
 """
 import numpy as np
+import sympy as sp
 from numpy.polynomial.hermite_e import hermegauss
 from numpy.polynomial.legendre import leggauss
 
@@ -65,6 +70,26 @@ def quantities(n_s: int, n_x: int) -> dict:
     }
 
 
+def check_variation_of_constants(rep: Report) -> None:
+    x, mu = sp.symbols("x mu", real=True)
+    sig, sg0 = sp.symbols("sigma sigma0", positive=True)
+    sdv = sp.sqrt((1 - sig) ** 2 * sg0**2 + sig**2)
+    psi_to_0 = mu + sg0 / sdv * (x - (1 - sig) * mu)  # ψ(x, σ, 0) of THEORY §7
+    u_true = -mu + (sig - (1 - sig) * sg0**2) / sdv**2 * (x - (1 - sig) * mu)
+    rep.check("∂_σψ(x, σ, 0) = −∂_xψ(x, σ, 0) u(x, σ) (so d/dσ ψ(y(σ), σ, 0) = ∂_xψ ρ)",
+              sp.simplify(sp.diff(psi_to_0, sig) + sp.diff(psi_to_0, x) * u_true) == 0)
+    z, _ = hermegauss(9)
+    xs = sd(T) * z  # a few starting points x_t
+    sig_nodes, w_nodes = gauss_legendre(0.0, T, 60)
+    y = xs[None, :] + (sig_nodes[:, None] - T) * u_model(xs, T)[None, :]
+    rho = u_model(xs, T)[None, :] - kappa(sig_nodes)[:, None] * y  # y′ = u_θ(x, t), true u = κ y
+    rhs = -np.sum(w_nodes[:, None] * (SIG0 / sd(sig_nodes))[:, None] * rho, axis=0)
+    lhs = (xs - T * u_model(xs, T)) - SIG0 / sd(T) * xs  # y(0) − ψ(x, t, 0)
+    err = np.max(np.abs(lhs - rhs))
+    rep.check("y(0) − z(0) = −∫_0^t ∂_xψ(y(σ), σ, 0) ρ(σ) dσ at 9 starting points", err < 1e-12 * np.max(np.abs(lhs)),
+              f"max |difference| {err:.1e} (60-node Gauss–Legendre)")
+
+
 def main() -> None:
     rep = Report("check_nonlinear (THEORY.md §5 on a nonlinear model with A ≠ 0)")
     monotone = 1 - T * kappa(T) - T * EPS * OMEGA
@@ -80,6 +105,7 @@ def main() -> None:
         rep.check(f"W2² = D_t² = {d2:.5g} ≤ {key} = {fine[key]:.5g}", margin > 100 * (err[key] + err["D²"]),
                   f"ratio {fine[key] / d2:.3g}, quadrature gap {max(err[key], err['D²']):.1e}")
     rep.check("(a)² ≤ (b) (Cauchy–Schwarz)", fine["(a)²"] <= fine["(b)"] + err["(a)²"] + err["(b)"])
+    check_variation_of_constants(rep)
     print(f"  (info) the paper's explicit form ∫λ(A + B) = {fine['paper RHS']:.5g} here, "
           f"{'above' if fine['paper RHS'] > d2 else 'below'} W2² = {d2:.5g}")
     rep.finish()

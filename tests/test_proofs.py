@@ -8,9 +8,13 @@ import pathlib
 import subprocess
 import sys
 
+import mpmath as mp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proofs import CHECKS
+from proofs import _bias_example as ex
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,3 +40,42 @@ def test_a_failing_claim_exits_nonzero():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "FAIL" in proc.stdout
+
+
+# Property checks of the bias model of THEORY §4 over its parameters (closed forms vs mpmath ODE, proofs/README §3).
+SIGMA0 = st.floats(0.3, 6.0)
+BIAS = st.floats(0.01, 1.0)
+TIME = st.floats(0.05, 1.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(sig0=SIGMA0, r=BIAS, t=TIME)
+def test_bias_model_w2_closed_form_matches_ode(sig0, r, t):
+    mp.mp.dps = 15
+    sig0, r, t = mp.mpf(sig0), mp.mpf(r), mp.mpf(t)
+    closed = ex.w2sq_closed(sig0, r, t)
+    by_ode, alpha, _ = ex.one_step_law_ode(sig0, r, t)
+    assert abs(by_ode - closed) <= 1e-12 * closed
+    assert abs(alpha * ex.sd(t, sig0) / sig0 - 1) < 1e-12  # std ratio 1: the law is a translate of p0
+
+
+@settings(max_examples=15, deadline=None)
+@given(sig0=SIGMA0, r=BIAS, t=TIME)
+def test_bias_model_bound_a_holds_and_is_attained_while_kappa_nonpositive(sig0, r, t):
+    mp.mp.dps = 15
+    sig0, r, t = mp.mpf(sig0), mp.mpf(r), mp.mpf(t)
+    lam_int = ex.int_lambda_closed(sig0, t)
+    assert abs(lam_int - ex.int_lambda_ode(sig0, t)) <= 1e-12 * lam_int
+    w2, bound_a = ex.w2sq_closed(sig0, r, t), (r * lam_int) ** 2
+    if t <= ex.tau_star(sig0):
+        assert abs(bound_a - w2) <= 1e-12 * w2
+    else:
+        assert bound_a > w2 * (1 + 1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(sig0=SIGMA0, t=TIME)
+def test_bias_model_bound_c_holds(sig0, t):
+    mp.mp.dps = 15
+    sig0, t, r = mp.mpf(sig0), mp.mpf(t), mp.mpf("0.1")
+    assert ex.bound_c_ode(sig0, r, t) >= ex.w2sq_closed(sig0, r, t) * (1 + 1e-9)
