@@ -56,10 +56,24 @@ def check_velocity(rep: Report) -> None:
     rep.check("E[(v − u(x_s)) x_s] = 0 (so u = E[v | x_s])", is_zero(expect(resid * xs, [z0, z1])))
     sigma2 = 1 + sig0**2 - c(s) ** 2 / var(s)
     rep.check("σ²(s) = E(v − u(x_s))² = 1 + σ0² − c²/σ_s²", is_zero(expect(resid**2, [z0, z1]) - sigma2))
-    rep.check("σ²(s) = σ0²/σ_s² (so 0 ≤ σ² ≤ 1 + σ0²)", is_zero(var(s) * sigma2 - sig0**2))
+    rep.check("σ²(s) = σ0²/σ_s² (so σ² ≥ 0)", is_zero(var(s) * sigma2 - sig0**2))
     dens = sp.exp(-((x - (1 - s) * mu) ** 2) / (2 * var(s))) / sp.sqrt(2 * sp.pi * var(s))
     cont = sp.diff(dens, s) + sp.diff(dens * u(x, s), x)
     rep.check("∂_s p_s + ∂_x(p_s u) = 0 (continuity equation)", is_zero(cont / dens))
+
+
+def check_two_dims(rep: Report) -> None:
+    """D = 2, p0 = N(μ, σ0²I) with a vector mean: u acts coordinatewise and σ²(s) = D(1 + σ0² − c²/σ_s²)."""
+    mus = sp.symbols("mu0 mu1", real=True)
+    zs = sp.symbols("a0 a1 b0 b1", real=True)  # x0 = μ + σ0 a, x1 = b
+    total = 0
+    for d in range(2):
+        x0, x1 = mus[d] + sig0 * zs[d], zs[2 + d]
+        xs = (1 - s) * x0 + s * x1
+        u_d = (-mu + c(s) / var(s) * (x - (1 - s) * mu)).subs({mu: mus[d], x: xs})
+        total += (x1 - x0 - u_d) ** 2
+    rep.check("D = 2, vector μ: E‖v − u(x_s)‖² = D(1 + σ0² − c²/σ_s²)",
+              is_zero(expect(total, list(zs)) - 2 * (1 + sig0**2 - c(s) ** 2 / var(s))))
 
 
 def check_flow(rep: Report) -> None:
@@ -115,6 +129,7 @@ def check_w2_formula(rep: Report) -> None:
 def main() -> None:
     rep = Report("check_gaussian (THEORY.md §7, Gaussian closed forms)")
     check_velocity(rep)
+    check_two_dims(rep)
     check_flow(rep)
     check_w2_formula(rep)
     rep.finish()
