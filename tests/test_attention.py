@@ -1,0 +1,108 @@
+"""kernels.attention against a float64 reference: O, Ȯ and all six gradients (issue 3, THEORY.md §9).
+
+Runs the Triton kernels on the CPU through TRITON_INTERPRET=1 (set below before `kernels` is imported when no GPU
+is present). The reference is torch.func.jvp + torch.autograd of the plain formula softmax(α q kᵀ) v in float64 on
+the *same rounded inputs*, so the error measured is the kernel's own.
+
+Tolerances (relative Frobenius error ‖x − x_ref‖ / max(‖x_ref‖, f·√n)). Under the interpreter every operand is
+upcast to fp32, so the kernel's own arithmetic error is ~1e-7 (fp32 dots, exp2, accumulation over ≤ 64 keys); what
+remains for fp16/bf16 is the rounding of stored results to the dtype (unit roundoff u = 2⁻¹¹, 2⁻⁸; relative norm
+error ≈ u/√3 per rounding), including O and Ȯ rounded before the backward's row sums δ = rowsum(dO∘O), which enter
+dL = P∘(dP − δ). When a softmax row is nearly one-hot (few keys, large logits) dP − δ cancels, so the gradients
+that go through dL (dq, dk, dq̇, dk̇) lose digits in proportion, as in every flash backward (PyTorch's forms δ from
+the rounded O too). The floor f = 0.02 (fp32) or 0.25 (half types) measures outputs whose RMS is below it against
+the inputs' O(1) scale instead. Measured over 42 random draws of this test's domain: worst fp32 8.8·2⁻²⁴ (dv),
+fp16 3.6u (dk), bf16 14u (dq, one query against 21 keys, logit std ≈ 5). Bounds: 1e-5 for fp32; 4u for O, Ȯ, dv,
+dv̇ in half types; 32u (about 2× the worst draw) for the four dL-path gradients in half types.
+"""
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kernels import attention  # noqa: E402
+from kernels.testing import jvp_with_grads, relative_errors  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FLOOR = {torch.float32: 0.02, torch.float16: 0.25, torch.bfloat16: 0.25}
+UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+CANCELLING = ("dq", "dk", "dtq", "dtk")
+
+
+def tolerance(dtype, name):
+    if dtype == torch.float32:
+        return 1e-5
+    return UNIT_ROUNDOFF[dtype] * (32 if name in CANCELLING else 4)
+
+
+def draw_inputs(seed, b, h, sq, sk, d, magnitude):
+    """q, k scaled by `magnitude` (logit std ≈ magnitude² at the default scale); all other tensors N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(b, h, s, d) for s in (sq, sk, sk, sq, sk, sk, sq, sq)]
+    q, k, v, tq, tk, tv, g1, g2 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes)
+    return [q * magnitude, k * magnitude, v, tq, tk, tv], g1, g2
+
+
+def compare(seed, b, h, sq, sk, d, dtype, scale, magnitude):
+    inputs, g1, g2 = draw_inputs(seed, b, h, sq, sk, d, magnitude)
+    rounded = [x.to(dtype).double() for x in inputs]
+    ref = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="reference"), rounded[:3], rounded[3:],
+                         g1, g2)
+    dev = [x.to(DEVICE) for x in inputs]
+    out = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="triton"), dev[:3], dev[3:],
+                         g1.to(DEVICE), g2.to(DEVICE), dtype=dtype)
+    for name, x in zip(("O", "tO"), (out.o, out.to)):
+        assert x.dtype == dtype and x.shape == (b, h, sq, d), name
+    return relative_errors(out, ref, floor=FLOOR[dtype])
+
+
+@settings(max_examples=16, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    bh=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
+    sq=st.sampled_from([1, 7, 16, 23]),
+    sk=st.sampled_from([2, 9, 16, 21]),  # S_k = 1 makes four gradients exactly zero: tested separately below
+    d=st.sampled_from([16, 24, 64, 72]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    scale_factor=st.sampled_from([None, 0.5, 2.0]),
+    magnitude=st.floats(0.25, 2.0),
+)
+def test_matches_float64_reference(seed, bh, sq, sk, d, dtype, scale_factor, magnitude):
+    """Block sizes are 16 under the interpreter, so 23 and 21 exercise the key loop and the ragged tails."""
+    scale = None if scale_factor is None else scale_factor / math.sqrt(d)
+    errs = compare(seed, *bh, sq, sk, d, dtype, scale, magnitude)
+    bad = {n: (e, tolerance(dtype, n)) for n, e in errs.items() if not e < tolerance(dtype, n)}
+    assert not bad, f"(error, bound) over bound: {bad} (all: {errs})"
+
+
+@pytest.mark.parametrize("d", [16, 72, 128])
+def test_head_dims_fp32(d):
+    """Edge head dims: the smallest (16), the padded DiT-XL/2 one (72 → 128 tile) and the largest (128)."""
+    errs = compare(1, 1, 2, 18, 21, d, torch.float32, None, 1.0)
+    assert max(errs.values()) < tolerance(torch.float32, "O"), errs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_key_closed_form(dtype):
+    """S_k = 1: P = 1, so O = v, Ȯ = v̇, dv = G1, dv̇ = G2 and dq = dk = dq̇ = dk̇ = 0 (up to O's rounding)."""
+    inputs, g1, g2 = draw_inputs(5, 2, 1, 9, 1, 24, 1.0)
+    dev = [x.to(DEVICE) for x in inputs]
+    out = jvp_with_grads(lambda q, k, v: attention(q, k, v, backend="triton"), dev[:3], dev[3:],
+                         g1.to(DEVICE), g2.to(DEVICE), dtype=dtype)
+    u = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-23
+    v, tv = (x.to(dtype).double() for x in (inputs[2], inputs[5]))
+    exact = {"O": v.expand(2, 1, 9, 24), "tO": tv.expand(2, 1, 9, 24),
+             "dv": g1.sum(2, keepdim=True), "dtv": g2.sum(2, keepdim=True)}
+    got = dict(zip(("O", "tO", "dq", "dk", "dv", "dtq", "dtk", "dtv"), out.as_list()))
+    for name, ref in exact.items():
+        torch.testing.assert_close(got[name].cpu().double(), ref, rtol=4 * u, atol=4 * u * ref.abs().max().item())
+    # dq = α (dO·(v − O)) k: zero except for O's rounding, |v − O| ≤ u|v|.
+    for name in ("dq", "dk", "dtq", "dtk"):
+        assert got[name].abs().max().item() <= 8 * u * 10, name

@@ -1,0 +1,231 @@
+"""Reference-free properties of kernels.attention, its autograd integration, errors, and torch.compile (issue 3).
+
+Runs through TRITON_INTERPRET=1 on the CPU (fp32, tiny sizes); the same code runs compiled on a GPU.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch.autograd.forward_ad as fwAD  # noqa: E402
+
+from kernels import attention  # noqa: E402
+from kernels.testing import jvp_with_grads  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+B, H, SQ, SK, D = 1, 2, 19, 21, 24  # lengths not multiples of the interpreter's 16-wide blocks
+ATOL = 2e-5
+
+
+def triton_attn(q, k, v):
+    return attention(q, k, v, backend="triton")
+
+
+def rand(*shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(DEVICE)
+
+
+def qkv(seed=0):
+    return rand(B, H, SQ, D, seed=seed), rand(B, H, SK, D, seed=seed + 1), rand(B, H, SK, D, seed=seed + 2)
+
+
+def test_tangent_is_linear_in_the_tangent():
+    primals = qkv(0)
+    t1, t2 = qkv(10), qkv(20)
+    a, b = 0.7, -1.3
+    mixed = tuple(a * x + b * y for x, y in zip(t1, t2))
+    to1 = torch.func.jvp(triton_attn, primals, t1)[1]
+    to2 = torch.func.jvp(triton_attn, primals, t2)[1]
+    tom = torch.func.jvp(triton_attn, primals, mixed)[1]
+    torch.testing.assert_close(tom, a * to1 + b * to2, rtol=1e-5, atol=ATOL)
+
+
+def test_row_shift_of_logits_has_zero_tangent():
+    """k̇_j = w for every key shifts row i of the logits by α q_i·w for all j: softmax is unchanged, so Ȯ = 0."""
+    q, k, v = qkv(1)
+    w = rand(D, seed=7)
+    tangents = (torch.zeros_like(q), w.expand_as(k).contiguous(), torch.zeros_like(v))
+    o, to = torch.func.jvp(triton_attn, (q, k, v), tangents)
+    assert to.abs().max().item() < 1e-5 * o.abs().max().item() * 10
+
+
+def test_permuting_keys_and_values_together_changes_nothing():
+    q, k, v = qkv(2)
+    tq, tk, tv = qkv(12)
+    perm = torch.randperm(SK, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    o, to = torch.func.jvp(triton_attn, (q, k, v), (tq, tk, tv))
+    op, top = torch.func.jvp(triton_attn, (q, k[:, :, perm], v[:, :, perm]), (tq, tk[:, :, perm], tv[:, :, perm]))
+    torch.testing.assert_close(op, o, rtol=1e-5, atol=ATOL)
+    torch.testing.assert_close(top, to, rtol=1e-5, atol=ATOL)
+
+
+def test_plain_call_equals_primal_of_jvp_call():
+    primals, tangents = qkv(3), qkv(13)
+    o_plain = triton_attn(*primals)
+    o_jvp = torch.func.jvp(triton_attn, primals, tangents)[0]
+    assert torch.equal(o_plain, o_jvp)
+
+
+def test_zero_tangent_cotangent_gives_ordinary_gradients():
+    """With dȮ = 0 the gradients equal plain attention's, and the tangents get zero gradient."""
+    primals, tangents = qkv(4), qkv(14)
+    g1, zero = rand(B, H, SQ, D, seed=30), torch.zeros(B, H, SQ, D, device=DEVICE)
+    through_jvp = jvp_with_grads(triton_attn, primals, tangents, g1, zero).grads
+    leaves = [x.clone().requires_grad_() for x in primals]
+    plain = torch.autograd.grad(triton_attn(*leaves), leaves, g1)
+    for a, b in zip(through_jvp[:3], plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=ATOL)
+    for g in through_jvp[3:]:
+        assert g.abs().max().item() == 0.0
+
+
+def test_gradients_add_over_the_two_cotangents():
+    """∇(⟨G1, O⟩ + ⟨G2, Ȯ⟩) = ∇⟨G1, O⟩ + ∇⟨G2, Ȯ⟩ (the primal and tangent backward passes compose)."""
+    primals, tangents = qkv(5), qkv(15)
+    g1, g2 = rand(B, H, SQ, D, seed=31), rand(B, H, SQ, D, seed=32)
+    zero = torch.zeros_like(g1)
+    both = jvp_with_grads(triton_attn, primals, tangents, g1, g2).grads
+    first = jvp_with_grads(triton_attn, primals, tangents, g1, zero).grads
+    second = jvp_with_grads(triton_attn, primals, tangents, zero, g2).grads
+    for a, b, c in zip(both, first, second):
+        torch.testing.assert_close(a, b + c, rtol=1e-5, atol=ATOL)
+
+
+def test_forward_ad_matches_func_jvp_including_gradients():
+    primals, tangents = qkv(6), qkv(16)
+    g1, g2 = rand(B, H, SQ, D, seed=33), rand(B, H, SQ, D, seed=34)
+    ref = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
+    leaves = [x.clone().requires_grad_() for x in (*primals, *tangents)]
+    with fwAD.dual_level():
+        out = triton_attn(*(fwAD.make_dual(leaves[i], leaves[i + 3]) for i in range(3)))
+        o, to = fwAD.unpack_dual(out)
+        grads = torch.autograd.grad((o * g1).sum() + (to * g2).sum(), leaves)
+    torch.testing.assert_close(o, ref.o, rtol=0, atol=0)
+    torch.testing.assert_close(to, ref.to, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads, ref.grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=ATOL)
+
+
+def test_none_tangents_equal_zero_tangents():
+    """forward_ad with a dual only for k (q̇ and v̇ are None) equals explicit zero tangents."""
+    q, k, v = qkv(7)
+    tk = rand(B, H, SK, D, seed=40)
+    with fwAD.dual_level():
+        to_none = fwAD.unpack_dual(triton_attn(q, fwAD.make_dual(k, tk), v)).tangent
+    to_zero = torch.func.jvp(triton_attn, (q, k, v), (torch.zeros_like(q), tk, torch.zeros_like(v)))[1]
+    torch.testing.assert_close(to_none, to_zero, rtol=1e-6, atol=1e-6)
+
+
+def test_non_contiguous_inputs():
+    """q, k, v as views of one packed (B, S, 3, H, D) tensor, the usual transformer layout."""
+    packed = rand(B, SK, 3, H, D, seed=8)
+    tpacked = rand(B, SK, 3, H, D, seed=9)
+    views = packed.permute(2, 0, 3, 1, 4)
+    tviews = tpacked.permute(2, 0, 3, 1, 4)
+    assert not views[0].is_contiguous()
+    got = torch.func.jvp(triton_attn, tuple(views), tuple(tviews))
+    want = torch.func.jvp(triton_attn, tuple(x.contiguous() for x in views), tuple(x.contiguous() for x in tviews))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_runtime_batch_size():
+    """Different batch sizes in a row give each batch element the same result as alone (no shape baked in)."""
+    q, k, v = (torch.cat([x, 2 * x], 0) for x in qkv(9))
+    both = triton_attn(q, k, v)
+    torch.testing.assert_close(both[1:], triton_attn(q[1:], k[1:], v[1:]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda q, k, v: (q[0], k, v), "q must be 4-D"),
+    (lambda q, k, v: (q, k.double(), v), "share a dtype"),
+    (lambda q, k, v: (q, k[:, :, :5], v), "k and v must have the same shape"),
+    (lambda q, k, v: (q[..., :8], k[..., :8], v[..., :8]), "16 <= D <= 128"),
+    (lambda q, k, v: (q.repeat(1, 1, 1, 11), k.repeat(1, 1, 1, 11), v.repeat(1, 1, 1, 11)), "16 <= D <= 128"),
+    (lambda q, k, v: (q[:, :1], k, v), "must agree in B, H and D"),
+    (lambda q, k, v: (q.double(), k.double(), v.double()), "Triton backend supports"),
+])
+def test_clear_errors(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        triton_attn(*bad(*qkv(0)))
+
+
+def test_bad_backend_and_scale():
+    q, k, v = qkv(0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        attention(q, k, v, backend="flash")
+    with pytest.raises(ValueError, match="scale must be finite"):
+        attention(q, k, v, scale=float("nan"))
+
+
+def test_auto_backend_on_cpu_is_the_reference():
+    q, k, v = (x.cpu() for x in qkv(0))
+    assert torch.equal(attention(q, k, v), attention(q, k, v, backend="reference"))
+
+
+class _Block(torch.nn.Module):
+    """Pre-norm transformer block (attention + MLP) whose attention backend is a parameter."""
+
+    def __init__(self, width=48, heads=2, backend="triton"):
+        super().__init__()
+        self.heads, self.backend = heads, backend
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 2 * width), torch.nn.GELU(), torch.nn.Linear(2 * width, width))
+
+    def forward(self, x):  # x: (B, S, width)
+        b, s, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, s, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        a = attention(q, k, v, backend=self.backend).transpose(1, 2).reshape(b, s, w)
+        x = x + self.proj(a)
+        return x + self.mlp(self.norm2(x))
+
+
+def _block_jvp_grads(block, x, tx, g1, g2, compile_backend=None):
+    params = dict(block.named_parameters())
+    fn = lambda p, inp: torch.func.functional_call(block, p, (inp,))  # noqa: E731
+    if compile_backend is not None:
+        fn = torch.compile(fn, backend=compile_backend)
+    y, ty = torch.func.jvp(lambda inp: fn(params, inp), (x,), (tx,))
+    loss = (y * g1).sum() + (ty * g2).sum()
+    return y, ty, torch.autograd.grad(loss, list(params.values()))
+
+
+def test_transformer_block_matches_reference_backend():
+    torch.manual_seed(0)
+    block = _Block().to(DEVICE)
+    x, tx, g1, g2 = (rand(2, SQ, 48, seed=50 + i) for i in range(4))
+    got = _block_jvp_grads(block, x, tx, g1, g2)
+    block.backend = "reference"
+    want = _block_jvp_grads(block, x, tx, g1, g2)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=ATOL)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=ATOL)
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_block_tangents_match_eager():
+    """torch.compile must not silently change tangents (PyTorch #192985): the kernel call is kept out of the
+    compiled graph. aot_eager runs Dynamo and AOTAutograd without needing a C++ compiler."""
+    torch.manual_seed(1)
+    block = _Block().to(DEVICE)
+    x, tx, g1, g2 = (rand(2, SQ, 48, seed=60 + i) for i in range(4))
+    eager = _block_jvp_grads(block, x, tx, g1, g2)
+    compiled = _block_jvp_grads(block, x, tx, g1, g2, compile_backend="aot_eager")
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_tensors_without_interpreter_raise(monkeypatch):
+    import kernels.attention as attention_module
+
+    monkeypatch.setattr(attention_module._config, "INTERPRET", False)
+    q, k, v = (x.cpu() for x in qkv(0))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        attention(q, k, v, backend="triton")
