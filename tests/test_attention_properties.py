@@ -223,9 +223,9 @@ def test_compiled_block_tangents_match_eager():
 
 
 def test_cpu_tensors_without_interpreter_raise(monkeypatch):
-    import kernels.attention as attention_module
+    from kernels import _config
 
-    monkeypatch.setattr(attention_module._config, "INTERPRET", False)
+    monkeypatch.setattr(_config, "INTERPRET", False)
     q, k, v = (x.cpu() for x in qkv(0))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         attention(q, k, v, backend="triton")
