@@ -179,6 +179,10 @@ def test_huge_lipschitz_constants_are_handled_in_log_space():
     true = math.log10(0.1) + 2000 / math.log(10) - math.log10(2000)  # r ∫_0^1 e^{2000 s} ds, e^{-2000} dropped
     assert math.isfinite(la.value) and abs(la.value - true) <= la.quad
     assert rep.comparisons["D_t<=(a)"].scale == "log10" and rep.comparisons["D_t<=(a)"].verdict == "holds"
+    with np.errstate(invalid="raise"):  # a constant whose square overflows: (c) is inf, nothing is NaN
+        vast = exact_affine_report(model, bed, 1.0, s_grid=make_grid(1.0, 65), L=1e200)
+    assert math.isinf(vast.bounds["bound_c"].value) and math.isinf(vast.bounds_log10["bound_c"].value)
+    assert all(c.verdict == "holds" for k, c in vast.comparisons.items() if k.startswith("D_t"))
 
 
 finite = st.floats(-1e6, 1e6)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -104,6 +103,11 @@ def log_bounds(t: float, s: np.ndarray, A: np.ndarray, B: np.ndarray, L: np.ndar
     """
     w = trapezoid_weights(s)
     A, B = np.maximum(A, 0.0), np.maximum(B, 0.0)
+    with np.errstate(over="ignore"):  # a huge certified L: its square overflows to inf, and so does (c)
+        return _log_bounds(t, s, w, A, B, L)
+
+
+def _log_bounds(t, s, w, A, B, L):
     log_lam = cumulative_trapezoid(L, s)
     g, h = np.sqrt(A) + np.sqrt(B), A + B
     out = {"core": _log((w * g).sum(-1)), "bound_a": _logsumexp(log_lam + _log(w * g)),
@@ -112,7 +116,7 @@ def log_bounds(t: float, s: np.ndarray, A: np.ndarray, B: np.ndarray, L: np.ndar
         out["amplification"] = out["bound_a"] - out["core"]
     out["lambda_t"] = log_lam[-1] + np.zeros_like(out["core"])
     out["bound_b"] = math.log(2.0) + out["Lambda"] + out["paper"]
-    inner = cumulative_trapezoid(L**2 * (t - s), s)
+    inner = cumulative_trapezoid(np.where(s < t, L, 0.0) ** 2 * (t - s), s)  # no inf·0 at s = t
     out["bound_c"] = math.log(3.0 * t) + _logsumexp(3.0 * inner + _log(w * h))
     return out
 
@@ -282,7 +286,8 @@ def _profile_L(L, s: np.ndarray) -> np.ndarray:
     if L.shape != s.shape:
         raise ValueError(f"L: expected a number, a callable or an array of shape {s.shape}, got shape {L.shape}")
     if not np.isfinite(L).all() or (L < 0).any():
-        raise ValueError("L: expected finite, non-negative Lipschitz constants")
+        raise ValueError("L: expected finite, non-negative Lipschitz constants (a certificate that overflows float64 "
+                         "makes the bound vacuous)")
     return L
 
 
@@ -322,6 +327,8 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
     testbed._check_x(x_t, "x_t")
     n = x_t.shape[0]
     n_b = n if n_b is None else n_b
+    if not isinstance(n_b, int) or n_b < 2 or not isinstance(n_boot, int) or n_boot < 2:
+        raise ValueError(f"n_b, n_boot: expected ints ≥ 2, got {n_b!r}, {n_boot!r}")
     full = lambda v, m: torch.full((m,), float(v), dtype=x_t.dtype, device=x_t.device)  # noqa: E731
     tt = full(t, n)
 
@@ -369,7 +376,7 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
     return report
 
 
-def _affine_sq_mean(P: Tensor, q: Tensor, mean: Tensor, var: Tensor, dim: int) -> Tensor:
+def _affine_sq_mean(P: Tensor, q: Tensor, mean: Tensor, var: float | Tensor, dim: int) -> Tensor:
     """E‖P x + q‖² for x ~ N(mean, var I) in D dims, P scalar per row: ‖P mean + q‖² + P² var D."""
     return ((P[:, None] * mean + q) ** 2).sum(-1) + P**2 * var * dim
 
