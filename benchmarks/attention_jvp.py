@@ -2,6 +2,7 @@
 
 Times, on one CUDA card, at each (B, H, S, D):
   sdpa_fwd_bwd    plain flash SDPA forward + backward (the baseline; no tangent);
+  sdpa_default_fwd_bwd  the same with PyTorch's default backend choice (cuDNN where it applies);
   math_jvp_bwd    PyTorch math SDPA under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩;
   ours_fwd_jvp    kernels.attention under torch.func.jvp (O and Ȯ, no grad);
   ours_jvp_bwd    kernels.attention under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩;
@@ -28,7 +29,7 @@ from kernels import attention  # noqa: E402
 from kernels import _backward, _forward  # noqa: E402
 
 SHAPES = [(64, 18, 256, 64), (32, 18, 1024, 64), (1, 24, 4096, 128), (1, 24, 16384, 128), (64, 16, 256, 72)]
-UNITS = {"sdpa_fwd_bwd": 14, "math_jvp_bwd": 54, "ours_fwd_jvp": 12, "ours_jvp_bwd": 54,
+UNITS = {"sdpa_fwd_bwd": 14, "sdpa_default_fwd_bwd": 14, "math_jvp_bwd": 54, "ours_fwd_jvp": 12, "ours_jvp_bwd": 54,
          "k_fwd": 4, "k_tangent": 8, "k_bwd_primal": 10, "k_bwd_tangent": 32}
 
 
@@ -43,6 +44,17 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=max(25.0, 2 * est_ms), rep=rep, return_mode="median")
 
 
+def host_ms(fn, calls=10):
+    """Host (CPU) milliseconds per call to enqueue fn, without waiting for the GPU: the launch overhead floor."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    ms = (time.perf_counter() - t0) * 1e3 / calls
+    torch.cuda.synchronize()
+    return ms
+
+
 def peak_extra(fn):
     """Peak bytes allocated by one call of fn beyond what was allocated before it."""
     torch.cuda.synchronize()
@@ -53,7 +65,7 @@ def peak_extra(fn):
     return torch.cuda.max_memory_allocated() - base
 
 
-def run_shape(shape, dtype, skip_math_above):
+def run_shape(shape, dtype, skip_math_above, profile=False):
     b, h, s, d = shape
     gen = torch.Generator(device="cuda").manual_seed(0)
     mk = lambda: torch.randn(b, h, s, d, device="cuda", dtype=dtype, generator=gen)  # noqa: E731
@@ -65,6 +77,9 @@ def run_shape(shape, dtype, skip_math_above):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             o = F.scaled_dot_product_attention(*leaves[:3])
         torch.autograd.grad(o, leaves[:3], g1)
+
+    def sdpa_default_fwd_bwd():
+        torch.autograd.grad(F.scaled_dot_product_attention(*leaves[:3]), leaves[:3], g1)
 
     def jvp_bwd(fn):
         o, to = torch.func.jvp(fn, tuple(leaves[:3]), tuple(leaves[3:]))
@@ -84,6 +99,7 @@ def run_shape(shape, dtype, skip_math_above):
     to, mu = _forward.tangent(qc, kc, vc, o, lse, tq, tk, tv, scale)
     cases = {
         "sdpa_fwd_bwd": sdpa_fwd_bwd,
+        "sdpa_default_fwd_bwd": sdpa_default_fwd_bwd,
         "math_jvp_bwd": lambda: jvp_bwd(math_fn),
         "ours_fwd_jvp": ours_fwd_jvp,
         "ours_jvp_bwd": lambda: jvp_bwd(ours),
@@ -92,6 +108,16 @@ def run_shape(shape, dtype, skip_math_above):
         "k_bwd_primal": lambda: _backward.backward_primal(qc, kc, vc, o, lse, g1, scale),
         "k_bwd_tangent": lambda: _backward.backward_tangent(qc, kc, vc, o, lse, mu, tq, tk, tv, to, g2, scale),
     }
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+        cases["ours_jvp_bwd"]()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                cases["ours_jvp_bwd"]()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
+        return None
     unit = b * h * s * s * d
     row = {"shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
     for name, fn in cases.items():
@@ -101,7 +127,8 @@ def run_shape(shape, dtype, skip_math_above):
         try:
             mem = peak_extra(fn)  # the first call also autotunes
             ms = bench(fn)
-            row[name] = {"ms": ms, "tflops": UNITS[name] * unit / ms * 1e-9, "peak_extra_gb": mem / 1e9}
+            row[name] = {"ms": ms, "tflops": UNITS[name] * unit / ms * 1e-9, "peak_extra_gb": mem / 1e9,
+                         "host_ms": host_ms(fn)}
         except torch.OutOfMemoryError:
             row[name] = {"ms": None, "note": "out of memory"}
         torch.cuda.empty_cache()
@@ -119,8 +146,7 @@ def table(rows):
     fmt = lambda x, key="ms": "—" if x.get(key) is None else f"{x[key]:.3f}"  # noqa: E731
     for r in rows:
         m = r["math_jvp_bwd"]
-        math_cell = m.get("note", f"{m['ms']:.2f} ({m['peak_extra_gb']:.1f})") if m.get("ms") is None else \
-            f"{m['ms']:.2f} ({m['peak_extra_gb']:.1f})"
+        math_cell = m.get("note", "—") if m.get("ms") is None else f"{m['ms']:.2f} ({m['peak_extra_gb']:.1f})"
         ours_f, ours_b = r["ours_fwd_jvp"], r["ours_jvp_bwd"]
         lines.append(
             f"| {','.join(map(str, r['shape']))} | {fmt(r['sdpa_fwd_bwd'])} | {math_cell} | "
@@ -136,12 +162,17 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=None, help="B,H,S,D entries (default: the issue's five)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--skip-math-above", type=int, default=8192)
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of ours_jvp_bwd instead")
     ap.add_argument("--commit", default="unknown", help="commit the tree was at (the device copy has no .git)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("attention_jvp.py needs a CUDA device")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    if args.profile:
+        for shape in shapes:
+            run_shape(shape, dtype, args.skip_math_above, profile=True)
+        return
     rows = []
     for shape in shapes:
         rows.append(run_shape(shape, dtype, args.skip_math_above))

@@ -19,8 +19,13 @@ from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket,
 from ._forward import LOG2E, _load_rows, _store_rows
 
 _ROW_BLOCK = 64
-_KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(32, 32, 4, 2), cfg(*SMALL)]
-_Q_CONFIGS = [cfg(64, 64, 4, 2), cfg(128, 32, 8, 2), cfg(128, 64, 8, 2), cfg(64, 32, 4, 2), cfg(32, 64, 4, 2), cfg(*SMALL)]
+_KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(64, 64, 4, 3),
+               cfg(*SMALL)]
+_KV_TANGENT_CONFIGS = [cfg(32, 64, 4, 2, SPLIT=True), cfg(32, 64, 4, 2, SPLIT=False), cfg(64, 64, 4, 2, SPLIT=True),
+                       cfg(64, 64, 8, 2, SPLIT=False), cfg(32, 128, 8, 2, SPLIT=True), cfg(64, 64, 4, 3, SPLIT=True),
+                       cfg(32, 32, 4, 2, SPLIT=False), cfg(*SMALL, SPLIT=False)]
+_Q_CONFIGS = [cfg(64, 64, 4, 2), cfg(128, 32, 8, 2), cfg(128, 64, 8, 2), cfg(64, 32, 4, 2), cfg(64, 64, 4, 3),
+              cfg(128, 64, 8, 3), cfg(*SMALL)]
 
 
 @triton.jit
@@ -33,16 +38,12 @@ def _rowdot_kernel(X, Y, OUT, n_rows, head_dim, HEAD_BLOCK: tl.constexpr, ROWS: 
     tl.store(OUT + offs_r, tl.sum(x * y, 1), mask=offs_r < n_rows)
 
 
-@tuned(_KV_CONFIGS, extra_key=("TANGENT",))
+@tuned(_KV_CONFIGS)
 @triton.jit
-def _kv_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
-               qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+def _kv_kernel(Q, K, V, GO, LSE, DELTA, DK, DV, qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
                HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               TANGENT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """Key-side gradients for one key block (rows = keys, columns = queries, everything transposed).
-
-    TANGENT=False: GO = dO, DELTA = δ; writes dK, dV. TANGENT=True: GO = G, DELTA = δ̇, R = r; writes dK, dV, dK̇, dV̇.
-    """
+               UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Key-side gradients through O for one key block (rows = keys, columns = queries): dK, dV."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -50,46 +51,102 @@ def _kv_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
     offs_d = tl.arange(0, HEAD_BLOCK)
     q_base = bh * seq_q * head_dim
     k_base = bh * seq_k * head_dim
-    row_base = bh * seq_q
     k = _load_rows(K + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
     v = _load_rows(V + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
     dk = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
-    if TANGENT:
-        tk = _load_rows(TK + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        tv = _load_rows(TV + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        dtk = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
-        dtv = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
     for start_m in range(0, seq_q, BLOCK_M):
         rows = start_m + offs_m
         in_rows = rows < seq_q
         q = _load_rows(Q + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
         go = _load_rows(GO + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
-        lse = tl.load(LSE + row_base + rows, mask=in_rows, other=float("inf"))
-        delta = tl.load(DELTA + row_base + rows, mask=in_rows, other=0.0)
+        lse = tl.load(LSE + bh * seq_q + rows, mask=in_rows, other=float("inf"))
+        delta = tl.load(DELTA + bh * seq_q + rows, mask=in_rows, other=0.0)
         p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale - lse[None, :])
-        if TANGENT:
-            tq = _load_rows(TQ + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
-            mu = tl.load(MU + row_base + rows, mask=in_rows, other=0.0)
+        dl_t = p_t * (tl.dot(v, tl.trans(go), input_precision=PREC) - delta[None, :])
+        dk = tl.dot(dl_t.to(q.dtype), q, dk, input_precision=PREC)
+        dv = tl.dot(p_t.to(go.dtype), go, dv, input_precision=PREC)
+    _store_rows(DK + k_base, dk * scale, offs_n, offs_d, seq_k, head_dim)
+    _store_rows(DV + k_base, dv, offs_n, offs_d, seq_k, head_dim)
+
+
+@triton.jit
+def _kv_tangent_loop(Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale, seq_q, head_dim,
+                     HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     UPCAST: tl.constexpr, PREC: tl.constexpr, DO_K: tl.constexpr, DO_V: tl.constexpr):
+    """Loop over query blocks accumulating (dK, dK̇) if DO_K and (dV, dV̇) if DO_V, unscaled, transposed layout."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    dk = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+    dtk = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+    dtv = tl.zeros([BLOCK_N, HEAD_BLOCK], tl.float32)
+    for start_m in range(0, seq_q, BLOCK_M):
+        rows = start_m + offs_m
+        in_rows = rows < seq_q
+        q = _load_rows(Q + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+        tq = _load_rows(TQ + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+        go = _load_rows(GO + q_base, rows, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+        lse = tl.load(LSE + row_base + rows, mask=in_rows, other=float("inf"))
+        mu = tl.load(MU + row_base + rows, mask=in_rows, other=0.0)
+        p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale - lse[None, :])
+        t_t = tl.dot(tk, tl.trans(q), input_precision=PREC)
+        t_t = tl.dot(k, tl.trans(tq), t_t, input_precision=PREC) * scale
+        tc_t = t_t - mu[None, :]
+        if DO_K:
+            delta = tl.load(DELTA + row_base + rows, mask=in_rows, other=0.0)
             r = tl.load(R + row_base + rows, mask=in_rows, other=0.0)
-            t_t = tl.dot(tk, tl.trans(q), input_precision=PREC)
-            t_t = tl.dot(k, tl.trans(tq), t_t, input_precision=PREC) * scale
-            tc_t = t_t - mu[None, :]
             dt_t = p_t * (tl.dot(v, tl.trans(go), input_precision=PREC) - r[None, :])
             dl_t = p_t * (tl.dot(tv, tl.trans(go), input_precision=PREC) - delta[None, :]) + dt_t * tc_t
             dk = tl.dot(dl_t.to(q.dtype), q, dk, input_precision=PREC)
             dk = tl.dot(dt_t.to(q.dtype), tq, dk, input_precision=PREC)
             dtk = tl.dot(dt_t.to(q.dtype), q, dtk, input_precision=PREC)
+        if DO_V:
             dv = tl.dot((p_t * tc_t).to(go.dtype), go, dv, input_precision=PREC)
             dtv = tl.dot(p_t.to(go.dtype), go, dtv, input_precision=PREC)
+    return dk, dtk, dv, dtv
+
+
+@tuned(_KV_TANGENT_CONFIGS)
+@triton.jit
+def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
+                       qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+                       HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+                       UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Key-side gradients through Ȯ for one key block: dK, dK̇, dV, dV̇ (GO = G, DELTA = δ̇, R = r).
+
+    SPLIT=True launches two programs per key block, one for (dK, dK̇) and one for (dV, dV̇): more recomputation
+    (13 instead of 10 block products per step) but half the accumulators per program, which avoids register
+    spills at D = 128. The autotuner chooses.
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    pid_n = pid // 2 if SPLIT else pid
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    q_base = bh * seq_q * head_dim
+    k_base = bh * seq_k * head_dim
+    row_base = bh * seq_q
+    k = _load_rows(K + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+    tk = _load_rows(TK + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+    v = _load_rows(V + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+    tv = _load_rows(TV + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
+    args = (Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale, seq_q, head_dim,
+            HEAD_BLOCK, BLOCK_M, BLOCK_N, UPCAST, PREC)
+    if SPLIT:
+        if pid % 2 == 0:
+            dk, dtk, dv, dtv = _kv_tangent_loop(*args, True, False)
+            _store_rows(DK + k_base, dk * scale, offs_n, offs_d, seq_k, head_dim)
+            _store_rows(DTK + k_base, dtk * scale, offs_n, offs_d, seq_k, head_dim)
         else:
-            dl_t = p_t * (tl.dot(v, tl.trans(go), input_precision=PREC) - delta[None, :])
-            dk = tl.dot(dl_t.to(q.dtype), q, dk, input_precision=PREC)
-            dv = tl.dot(p_t.to(go.dtype), go, dv, input_precision=PREC)
-    _store_rows(DK + k_base, dk * scale, offs_n, offs_d, seq_k, head_dim)
-    _store_rows(DV + k_base, dv, offs_n, offs_d, seq_k, head_dim)
-    if TANGENT:
+            dk, dtk, dv, dtv = _kv_tangent_loop(*args, False, True)
+            _store_rows(DV + k_base, dv, offs_n, offs_d, seq_k, head_dim)
+            _store_rows(DTV + k_base, dtv, offs_n, offs_d, seq_k, head_dim)
+    else:
+        dk, dtk, dv, dtv = _kv_tangent_loop(*args, True, True)
+        _store_rows(DK + k_base, dk * scale, offs_n, offs_d, seq_k, head_dim)
         _store_rows(DTK + k_base, dtk * scale, offs_n, offs_d, seq_k, head_dim)
+        _store_rows(DV + k_base, dv, offs_n, offs_d, seq_k, head_dim)
         _store_rows(DTV + k_base, dtv, offs_n, offs_d, seq_k, head_dim)
 
 
@@ -157,24 +214,28 @@ def _launch(q, k, v, tq, tk, tv, go, lse, mu, delta, r, scale, tangent):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     fp32 = q.dtype == torch.float32
-    meta = dict(HEAD_BLOCK=head_block(head_dim), TANGENT=tangent, UPCAST=INTERPRET, PREC="ieee" if fp32 else "tf32")
-    bucket = seq_bucket(max(seq_q, seq_k))
+    meta = dict(HEAD_BLOCK=head_block(head_dim), UPCAST=INTERPRET, PREC="ieee" if fp32 else "tf32")
+    args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, seq_bucket(max(seq_q, seq_k)))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dtq, dtk, dtv = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)) if tangent else (dq, dk, dv)
-    args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, bucket)
-    kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]), batch * heads)  # noqa: E731
-    _kv_kernel[kv_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dk, dv, dtk, dtv, *args, **meta,
-                        **launch_meta(_KV_CONFIGS, fp32))
+    if tangent:
+        dtq, dtk, dtv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]) * (2 if m["SPLIT"] else 1), batch * heads)  # noqa: E731
+        _kv_tangent_kernel[kv_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dk, dv, dtk, dtv, *args, **meta,
+                                    **launch_meta(_KV_TANGENT_CONFIGS, fp32))
+    else:
+        dtq = dq
+        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]), batch * heads)  # noqa: E731
+        _kv_kernel[kv_grid](q, k, v, go, lse, delta, dk, dv, *args, **meta, **launch_meta(_KV_CONFIGS, fp32))
     q_grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), batch * heads)  # noqa: E731
-    _q_kernel[q_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dq, dtq, *args, **meta,
+    _q_kernel[q_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dq, dtq, *args, **meta, TANGENT=tangent,
                       **launch_meta(_Q_CONFIGS, fp32))
-    return dq, dk, dv, dtq, dtk, dtv
+    return (dq, dk, dv, dtq, dtk, dtv) if tangent else (dq, dk, dv)
 
 
 def backward_primal(q, k, v, o, lse, do, scale):
     """(dQ, dK, dV) of ⟨dO, O⟩; all tensors contiguous."""
     delta = _rowdot(do, o)
-    return _launch(q, k, v, q, k, v, do, lse, lse, delta, delta, scale, tangent=False)[:3]
+    return _launch(q, k, v, q, k, v, do, lse, lse, delta, delta, scale, tangent=False)
 
 
 def backward_tangent(q, k, v, o, lse, mu, tq, tk, tv, to, g, scale):

@@ -43,7 +43,7 @@ def tuned(configs, extra_key=()):
 def launch_meta(configs, fp32: bool) -> dict:
     """Extra keyword arguments for a launch: a fixed configuration unless autotuned (then nothing)."""
     if INTERPRET:
-        return dict(INTERPRET_META)
+        return {**configs[0].kwargs, **INTERPRET_META}
     if AUTOTUNE:
         return {}
     c = configs[-1] if fp32 else configs[0]
@@ -54,5 +54,5 @@ def launch_meta(configs, fp32: bool) -> dict:
 SMALL = (32, 32, 4, 1)
 
 
-def cfg(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+def cfg(block_m: int, block_n: int, warps: int, stages: int, **extra) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, **extra}, num_warps=warps, num_stages=stages)

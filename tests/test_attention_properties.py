@@ -229,3 +229,16 @@ def test_cpu_tensors_without_interpreter_raise(monkeypatch):
     q, k, v = (x.cpu() for x in qkv(0))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         attention(q, k, v, backend="triton")
+
+
+def test_split_and_fused_key_side_backward_agree(monkeypatch):
+    """The tangent KV kernel's two layouts (one program for dK, dK̇, dV, dV̇, or two programs per key block) agree."""
+    from kernels import _config
+
+    primals, tangents = qkv(11), qkv(21)
+    g1, g2 = rand(B, H, SQ, D, seed=70), rand(B, H, SQ, D, seed=71)
+    split = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
+    monkeypatch.setattr(_config, "INTERPRET_META", {**_config.INTERPRET_META, "SPLIT": False})
+    fused = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
+    for a, b in zip(split.grads, fused.grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
