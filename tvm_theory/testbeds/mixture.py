@@ -52,7 +52,13 @@ class GaussianMixture(TestBed):
         scale = max(1.0, float(cov.abs().max()))
         if asym > 1e-10 * scale:
             raise ValueError(f"covs: expected symmetric matrices, max |Σ − Σᵀ| = {asym:.3g}")
-        evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
+        # Diagonal covariances (every built-in shape) are their own eigen-decomposition: keep coordinates as they are.
+        self.diagonal = bool((cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))).abs().max() == 0)
+        if self.diagonal:
+            evals = torch.diagonal(cov, dim1=1, dim2=2).clone()
+            evecs = torch.eye(d, dtype=dtype, device=mu.device).expand(k, d, d)
+        else:
+            evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
         if float(evals.min()) < -1e-10 * scale:
             bad = int(evals.min(dim=1).values.argmin())
             raise ValueError(f"covs: expected positive semi-definite matrices, component {bad} has eigenvalue "
@@ -80,10 +86,10 @@ class GaussianMixture(TestBed):
         var = ((1 - te) ** 2 * lam + te**2).clamp_min(torch.finfo(x.dtype).tiny)  # eigenvalues of C_k
         slope = (te - (1 - te) * lam) / var  # eigenvalues of (tI − (1 − t)Σ_k) C_k⁻¹
         z = x[:, None, :] - (1 - te) * self.means[None]  # x − m_k, (B, K, D)
-        # coordinates in the eigenbasis of Σ_k, y = U_kᵀ z, and back, U_k (slope ⊙ y); broadcast products are
-        # faster than batched matmuls for the small D of test beds
-        y = (self.evecs[None] * z[..., :, None]).sum(-2)
-        u_k = (self.evecs[None] * (slope * y)[..., None, :]).sum(-1) - self.means[None]
+        # coordinates in the eigenbasis of Σ_k, y = U_kᵀ z, and back, U_k (slope ⊙ y)
+        y = z if self.diagonal else torch.einsum("kji,bkj->bki", self.evecs, z)
+        back = slope * y if self.diagonal else torch.einsum("kij,bkj->bki", self.evecs, slope * y)
+        u_k = back - self.means[None]
         log_lik = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
         log_w = torch.log_softmax(log_lik + self.weights.log()[None], dim=1)
         tau = (lam + 1 - (te - (1 - te) * lam) ** 2 / var).sum(-1)  # tr[Σ + I − (tI−(1−t)Σ)C⁻¹(tI−(1−t)Σ)]
@@ -122,7 +128,8 @@ class GaussianMixture(TestBed):
         self._check_n(n)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.dtype, device=self.device)
-        return self.means[k] + torch.einsum("nij,nj->ni", self.evecs[k], self.evals[k].sqrt() * eps)
+        scaled = self.evals[k].sqrt() * eps
+        return self.means[k] + (scaled if self.diagonal else torch.einsum("nij,nj->ni", self.evecs[k], scaled))
 
     def cond_variance(self, t: float, n: int = 20_000, generator: torch.Generator | None = None) -> Estimate:
         """σ²(t) by a Rao–Blackwellized Monte Carlo estimate with its standard error.
