@@ -181,7 +181,8 @@ def fid_and_is(samples, ref, *, weights=None, splits: int = 10, batch_size: int 
 
 def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Standardized latents (N, C, h, w) and optional labels from ``.safetensors`` (``latents``, ``labels``),
-    ``.npz`` (same keys, or ``arr_0``/``arr_1``) or ``.pt`` (a tensor or such a dict; weights_only)."""
+    ``.npz`` (same keys; ``samples``/``labels`` as ``full_scale.sample`` writes; or ``arr_0``/``arr_1``) or ``.pt``
+    (a tensor or such a dict; weights_only). Negative labels (unconditional samples) are dropped."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -195,10 +196,12 @@ def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | 
         data = data if isinstance(data, dict) else {"latents": data}
     else:
         raise ValueError(f"latents: expected a .safetensors, .npz or .pt file, got '{path}'")
-    latents = data.get("latents", data.get("arr_0"))
+    latents = next((data[k] for k in ("latents", "samples", "arr_0") if k in data), None)
     if latents is None or latents.ndim != 4:
-        raise ValueError(f"latents: {path} has no (N, C, h, w) tensor named 'latents' or 'arr_0'")
-    labels = data.get("labels", data.get("arr_1"))
+        raise ValueError(f"latents: {path} has no (N, C, h, w) array named 'latents', 'samples' or 'arr_0'")
+    labels = next((data[k] for k in ("labels", "arr_1") if k in data), None)
+    if labels is not None and (labels.shape != (len(latents),) or bool((labels < 0).any())):
+        labels = None
     return latents.float(), (labels.long() if labels is not None else None)
 
 

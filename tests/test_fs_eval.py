@@ -3,7 +3,6 @@ the FID Inception's weights handling, ADM .npz I/O, and prepare → train → sa
 with a tiny random AutoencoderKL, a tiny DiT and a randomly initialised Inception."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -225,57 +224,47 @@ def test_npz_arrays_memory_map_and_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, inception_file):
-    """Prepare 6 images with the tiny VAE, take one TVM step on a tiny DiT, sample 4 latents in one step, and
-    decode them to an ADM .npz through the command line."""
+    """Prepare 6 images with the tiny VAE; one training step of a tiny DiT with the ImageNet preset's trainer
+    (``full_scale.train``); 4 one-step samples (``full_scale.sample``); decode them to an ADM .npz (the CLI)."""
     pytest.importorskip("diffusers", reason="the VAE stages need the optional `diffusers` package")
     from test_fs_data import image_folder, tiny_vae_folder
 
-    from full_scale.data import LatentDataset, prepare
+    from full_scale import sample as fs_sample, train as fs_train
+    from full_scale.data import prepare
     from full_scale.evaluate import main as evaluate_main
-    from full_scale.models import DiT, dit_config
-    from tvm_theory.loss import CFGConfig, tvm_step_loss
-    from tvm_theory.param import NetworkJump
-    from tvm_theory.sampling import sample_few_step
-    from tvm_theory.time_samplers import make_time_sampler
 
     root = tmp_path_factory.mktemp("pipeline")
     vae = tiny_vae_folder(root / "vae")
     prepare(image_folder(root / "src", per_class=2), root / "data", resolution=16, vae=str(vae), shard_size=3,
             batch_size=3, num_workers=0, images=True)
-    ds = LatentDataset(root / "data", seed=0)
-    g = torch.Generator().manual_seed(0)
-    model = DiT(dit_config(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2,
-                           num_classes=ds.num_classes, freq_dim=16))
-    target = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x0, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=6)))
-    loss = tvm_step_loss(model, target, x0, make_time_sampler("gap")(6, generator=g), y=y,
-                         cfg=CFGConfig(null_class=model.null_class, weight=2.0), generator=g)
-    opt.zero_grad()
-    loss.loss.backward()
-    opt.step()
-    labels = torch.tensor([0, 1, 2, 0])
-    with torch.no_grad():
-        latents = sample_few_step(NetworkJump(model, w=2.0, y=labels), torch.randn(4, 4, 8, 8, generator=g), 1)
-    from safetensors.torch import save_file
-
-    save_file({"latents": latents.contiguous(), "labels": labels}, str(root / "samples.safetensors"))
-    evaluate_main(["decode", "--latents", str(root / "samples.safetensors"), "--vae", str(vae),
-                   "--latent-stats", str(root / "data"), "--out", str(root / "samples.npz"), "--batch-size", "3"])
-    return root, float(loss.loss), latents, labels
+    tiny = ["model.name=null", "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "model.input_size=8",
+            "model.num_classes=3", "model.patch_size=2", "model.freq_dim=16", f"data.root={root / 'data'}",
+            "data.num_workers=0", "train.global_batch=6", "train.micro_batch=6", "log.lipschitz_probes=4"]
+    fs_train.main(["--preset", "imagenet-256", "--out", str(root / "run"), "--steps", "1"]
+                  + [arg for item in tiny for arg in ("--set", item)])
+    fs_sample.main(["--run", str(root / "run"), "--steps", "1", "--classes", "0", "2", "--per-class", "2",
+                    "--out", str(root / "samples")])
+    latents = root / "samples" / "samples_1step.npz"
+    evaluate_main(["decode", "--latents", str(latents), "--vae", str(vae), "--latent-stats", str(root / "data"),
+                   "--out", str(root / "samples.npz"), "--batch-size", "3"])
+    return root, latents
 
 
 def test_decode_writes_the_vae_images_of_the_latents(pipeline):
     from full_scale.evaluate import resolve_latent_stats
     from full_scale.vae import decode_latents, load_vae
 
-    root, loss, latents, labels = pipeline
-    assert np.isfinite(loss)
+    root, latents_file = pipeline
+    logged = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == 1 and np.isfinite(logged[-1]["loss"])  # the trainer took its step
+    with np.load(latents_file) as z:
+        latents, labels = torch.from_numpy(z["samples"]), z["labels"]
     with np.load(root / "samples.npz") as z:
         images, got_labels = z["arr_0"], z["arr_1"]
     want = decode_latents(load_vae(str(root / "vae")), latents, resolve_latent_stats(str(root / "data")))
-    assert images.dtype == np.uint8 and images.shape == (4, 16, 16, 3)
-    assert np.abs(images.astype(int) - want.astype(int)).max() <= 1 and np.array_equal(got_labels, labels.numpy())
+    assert latents.shape == (4, 4, 8, 8) and images.dtype == np.uint8 and images.shape == (4, 16, 16, 3)
+    assert np.abs(images.astype(int) - want.astype(int)).max() <= 1
+    assert np.array_equal(got_labels, labels) and labels.tolist() == [0, 0, 2, 2]
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +330,7 @@ def test_torchrun_two_ranks_give_the_single_process_numbers(pipeline, inception_
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "full_scale.evaluate"]
-    res = subprocess.run(run + ["decode", "--latents", str(root / "samples.safetensors"), "--vae", str(root / "vae"),
+    res = subprocess.run(run + ["decode", "--latents", str(pipeline[1]), "--vae", str(root / "vae"),
                                 "--latent-stats", str(root / "data"), "--out", str(tmp_path / "s.npz")],
                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
