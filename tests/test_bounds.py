@@ -140,6 +140,7 @@ def test_monte_carlo_ladder_on_a_mixture_with_ode_flow():
         assert rep.comparisons[claim].verdict == "holds", claim
     d = rep.to_dict()
     assert d["w2_kind"] == "empirical" and len(d["profiles"]["A"]) == 17
+    assert 0 < rep.w2_floor.value < 0.5 and d["w2_floor"]["value"] == rep.w2_floor.value
 
 
 class TanhNet(torch.nn.Module):

@@ -217,7 +217,8 @@ class BoundReport:
     """Everything of the verification ladder at one t (THEORY.md §6); ``to_dict()`` gives JSON-ready data.
 
     ``w2`` is the exact W2 (``w2_kind == "exact"``), the empirical W2 between the model's and ψ's samples
-    (``"empirical"``) or None. ``bounds`` / ``bounds_log10`` hold the quantities of ``BOUND_NAMES``;
+    (``"empirical"``) or None; with the empirical one, ``w2_floor`` is the finite-sample floor: the empirical W2
+    between ψ's samples (exact samples of p0 up to the ODE error) and as many fresh samples of p0 (THEORY.md §6). ``bounds`` / ``bounds_log10`` hold the quantities of ``BOUND_NAMES``;
     ``comparisons`` the ladder's claims with verdicts. Profiles A, B (and B_fm) are per grid point, with
     bootstrap standard errors ``A_se``, ``B_se`` (None where exact).
     """
@@ -233,6 +234,7 @@ class BoundReport:
     bounds_log10: dict[str, Estimate]
     w2: Estimate | None = None
     w2_kind: str = "none"
+    w2_floor: Estimate | None = None
     A_se: np.ndarray | None = None
     B_se: np.ndarray | None = None
     B_fm: np.ndarray | None = None
@@ -249,7 +251,8 @@ class BoundReport:
             return None if v is None else [float(x) for x in v]
         return {
             "t": self.t, "n_samples": self.n_samples, "w2_kind": self.w2_kind,
-            "w2": None if self.w2 is None else self.w2.to_dict(), "D_t": self.D.to_dict(),
+            "w2": None if self.w2 is None else self.w2.to_dict(),
+            "w2_floor": None if self.w2_floor is None else self.w2_floor.to_dict(), "D_t": self.D.to_dict(),
             "bounds": {k: v.to_dict() for k, v in self.bounds.items()},
             "bounds_log10": {k: v.to_dict() for k, v in self.bounds_log10.items()},
             "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
@@ -314,8 +317,8 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
         generator: torch generator for all sampling; seed: of the bootstrap (n_boot replicates).
         b_fm: also estimate B by the flow-matching form E‖u_θ(x_s, s) − v‖² − σ²(s) (``B_fm``, and the paper's form
             computed with it as ``bounds["paper_fm"]``); costs one σ²(s) per grid point (Monte Carlo for mixtures).
-        compute_w2: also the exact W2 between the model's samples x_t + f_θ(x_t, t, 0) and ψ(x_t, t, 0) (POT;
-            O(n²) memory).
+        compute_w2: also the exact W2 between the model's samples x_t + f_θ(x_t, t, 0) and ψ(x_t, t, 0), and the
+            finite-sample floor W2(ψ samples, fresh p0 samples) (POT; O(n²) memory).
     """
     t = scalar_time("t", t)
     if t == 0.0:
@@ -372,6 +375,7 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
                          A_se=A_reps.std(0, ddof=1), B_se=B_reps.std(0, ddof=1), B_fm=B_fm, B_fm_se=B_fm_se)
     if compute_w2:
         report.w2, report.w2_kind = Estimate(w2(y0, psi.x), 0.0, 0.0, ode), "empirical"
+        report.w2_floor = Estimate(w2(psi.x, testbed.sample(n, generator)), 0.0, 0.0, ode)
     report._compare_all(k)
     return report
 
