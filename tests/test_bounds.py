@@ -141,6 +141,15 @@ def test_monte_carlo_ladder_on_a_mixture_with_ode_flow():
     d = rep.to_dict()
     assert d["w2_kind"] == "empirical" and len(d["profiles"]["A"]) == 17
     assert 0 < rep.w2_floor.value < 0.5 and d["w2_floor"]["value"] == rep.w2_floor.value
+    # a precomputed ψ is reused as given (here a deliberately shifted one: D_t moves accordingly)
+    x_t = bed.sample_path(50, 0.8, gen(4)).x_t
+    psi = bed.flow_with_error(x_t, 0.8, 0.0)
+    shifted = type(psi)(x=psi.x + 1.0, err=psi.err, err_max=psi.err_max)
+    kw = dict(L=1.0, s_grid=make_grid(0.8, 5), x_t=x_t, generator=gen(5))
+    assert bound_report(model, bed, 0.8, psi=psi, **kw).D.value == bound_report(model, bed, 0.8, **kw).D.value
+    assert bound_report(model, bed, 0.8, psi=shifted, **kw).D.value != bound_report(model, bed, 0.8, **kw).D.value
+    with pytest.raises(ValueError, match="psi"):
+        bound_report(model, bed, 0.8, psi=type(psi)(psi.x[:10], psi.err[:10], 0.0), **kw)
 
 
 class TanhNet(torch.nn.Module):

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .estimate import Estimate
+from .ode import OdeSolution
 from .testbeds import AffineJump, Gaussian, TestBed
 from .testbeds.base import scalar_time
 from .transport import w2
@@ -306,7 +307,7 @@ def _bootstrap_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarr
 def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = None, n: int = 4096,
                  s_grid=None, n_b: int | None = None, generator: torch.Generator | None = None, n_boot: int = 200,
                  seed: int = 0, b_fm: bool = False, sigma2_n: int = 20_000, compute_w2: bool = False,
-                 k: float = 3.0) -> BoundReport:
+                 psi: OdeSolution | None = None, k: float = 3.0) -> BoundReport:
     """The Monte Carlo verification ladder of THEORY.md §6 for ``model`` (a JumpModel) on ``testbed`` at time t.
 
     Args:
@@ -319,6 +320,7 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
             computed with it as ``bounds["paper_fm"]``); costs one σ²(s) per grid point (Monte Carlo for mixtures).
         compute_w2: also the exact W2 between the model's samples x_t + f_θ(x_t, t, 0) and ψ(x_t, t, 0), and the
             finite-sample floor W2(ψ samples, fresh p0 samples) (POT; O(n²) memory).
+        psi: ``testbed.flow_with_error(x_t, t, 0)`` computed before, to reuse (an ODE solve for mixtures).
     """
     t = scalar_time("t", t)
     if t == 0.0:
@@ -349,7 +351,10 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
         fm_mat[:, j] = _sq_norm(u_model - path.v).cpu().numpy()
 
     y0 = x_t + model.displacement(x_t, tt, full(0.0, n))
-    psi = testbed.flow_with_error(x_t, t, 0.0)
+    if psi is None:
+        psi = testbed.flow_with_error(x_t, t, 0.0)
+    elif psi.x.shape != x_t.shape or psi.err.shape != (n,):
+        raise ValueError(f"psi: expected ψ(x_t, t, 0) of shape {tuple(x_t.shape)} with errors of shape ({n},)")
     d = _sq_norm(y0 - psi.x).cpu().numpy()
     ode = float(psi.err.pow(2).mean().sqrt())
 
