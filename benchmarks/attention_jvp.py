@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import attention  # noqa: E402
 from kernels import _backward, _forward  # noqa: E402
+from kernels.testing import jvp_with_grads, relative_errors  # noqa: E402
 
 SHAPES = [(64, 18, 256, 64), (32, 18, 1024, 64), (1, 24, 4096, 128), (1, 24, 16384, 128), (64, 16, 256, 72)]
 UNITS = {"sdpa_fwd_bwd": 14, "sdpa_default_fwd_bwd": 14, "math_jvp_bwd": 54, "ours_fwd_jvp": 12, "ours_jvp_bwd": 54,
@@ -63,6 +64,23 @@ def peak_extra(fn):
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base
+
+
+def check_against_math(ours, leaves, g1, g2, use_math):
+    """Relative errors of ours (autotuned configs) against float32 math attention on the same bf16 inputs."""
+    primals = [x.detach() for x in leaves]
+    if not use_math:  # too large for S² buffers: check O alone against flash SDPA
+        with torch.no_grad():
+            o = ours(*primals[:3])
+            ref = F.scaled_dot_product_attention(*primals[:3])
+        return {"O_vs_flash": ((o.float() - ref.float()).norm() / ref.float().norm()).item()}
+    f32 = [x.float() for x in primals]
+    b = primals[0].shape[0]
+    n = max(1, b // 8)  # a slice of the batch keeps the float32 reference's S² buffers small
+    ref = jvp_with_grads(lambda q, k, v: attention(q, k, v, backend="reference"), [x[:n] for x in f32[:3]],
+                         [x[:n] for x in f32[3:]], g1[:n], g2[:n])
+    out = jvp_with_grads(ours, [x[:n] for x in primals[:3]], [x[:n] for x in primals[3:]], g1[:n], g2[:n])
+    return relative_errors(out, ref)
 
 
 def run_shape(shape, dtype, skip_math_above, profile=False):
@@ -120,6 +138,7 @@ def run_shape(shape, dtype, skip_math_above, profile=False):
         return None
     unit = b * h * s * s * d
     row = {"shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
+    row["check"] = check_against_math(ours, leaves, g1, g2, s <= skip_math_above)
     for name, fn in cases.items():
         if name == "math_jvp_bwd" and s > skip_math_above:
             row[name] = {"ms": None, "note": f"skipped (S > {skip_math_above}: S² buffers exceed the card)"}
@@ -177,6 +196,9 @@ def main():
     for shape in shapes:
         rows.append(run_shape(shape, dtype, args.skip_math_above))
         print(json.dumps(rows[-1]), flush=True)
+        bad = {k: e for k, e in rows[-1]["check"].items() if not e < 3e-2}
+        if bad:
+            print(f"CHECK FAILED at {shape}: {bad}", flush=True)
         Path(args.out).write_text(json.dumps({"rows": rows}, indent=1))
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "commit": args.commit, "rows": rows}
