@@ -180,7 +180,8 @@ def _q_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DQ, DTQ,
         k = _load_rows(K + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
         v = _load_rows(V + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
+        if start_n + BLOCK_N > seq_k:  # only the ragged last key block needs the mask
+            s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
         p = tl.exp2(s - lse[:, None])
         if TANGENT:
             tk = _load_rows(TK + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)

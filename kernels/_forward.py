@@ -56,7 +56,8 @@ def _fwd_kernel(Q, K, V, O, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
         k = _load_rows(K + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
         v = _load_rows(V + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
+        if start_n + BLOCK_N > seq_k:  # only the ragged last key block needs the mask
+            s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -96,7 +97,8 @@ def _tangent_kernel(Q, K, V, O, LSE, TQ, TK, TV, TO, MU, qk_scale, scale, seq_q,
         v = _load_rows(V + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
         tv = _load_rows(TV + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
+        if start_n + BLOCK_N > seq_k:  # only the ragged last key block needs the mask
+            s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
         p = tl.exp2(s - lse[:, None])
         t = tl.dot(tq, tl.trans(k), input_precision=PREC)
         t = tl.dot(q, tl.trans(tk), t, input_precision=PREC) * scale
