@@ -83,7 +83,8 @@ class Gaussian(TestBed):
         return self.mean + self.std * eps
 
     def cond_variance(self, t: float, **_) -> Estimate:
-        """σ²(t) = D(1 + σ0² − c(t)²/σ_t²), exact (THEORY.md §7)."""
+        """σ²(t) = D(1 + σ0² − c(t)²/σ_t²), exact (THEORY.md §7); the Monte Carlo keywords of the mixture
+        (n, generator) are accepted and ignored, so both beds share one call."""
         t = scalar_time("t", t)
         c = t - (1 - t) * self.std**2
         return Estimate(self.dim * (1 + self.std**2 - c**2 / self.sigma(t) ** 2))
