@@ -84,6 +84,16 @@ def test_gradient_reaches_parameters_through_the_tangent():
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
 
 
+def test_scalar_times_are_accepted_under_jvp():
+    torch.manual_seed(0)
+    F = MLP(2, 8, 1, 4)
+    x = torch.randn(3, 2)
+    f, dfds = displacement_and_ds(F, x, 0.9, 0.3)
+    f_ref, dfds_ref = displacement_and_ds(F, x, torch.full((3,), 0.9), torch.full((3,), 0.3))
+    torch.testing.assert_close(f, f_ref)
+    torch.testing.assert_close(dfds, dfds_ref)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(t=torch.full((3,), 1.5)), "t: expected times in"),
     (dict(s=torch.full((3,), float("nan"))), "s: expected finite"),

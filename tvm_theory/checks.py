@@ -32,7 +32,7 @@ def as_batch_time(name: str, t: float | Tensor, x: Tensor) -> Tensor:
     """Turn a float, a 0-d tensor or a (B,) tensor into a validated (B,) tensor on ``x``'s device and dtype."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.ndim == 0:
-        t = t.expand(x.shape[0])
+        t = t.repeat(x.shape[0])  # a real (B,) buffer: torch.func.jvp rejects stride-0 expanded primals
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"{name}: expected a scalar or shape ({x.shape[0]},) to match the batch, got {tuple(t.shape)}")
     check_time(name, t)
