@@ -7,11 +7,11 @@ Commands::
     python -m full_scale.data stats --root /data/in256 [--write]      # recompute the per-channel constants
     python -m full_scale.data verify --root /data/in256 [--full]      # shapes, sizes, counts (+ sha256 with --full)
 
-Layout of ``--out``: ``plan.json`` (what is being built), ``latents-KKKKK.safetensors`` (``latents`` float32 (n, C, h, w)
-raw, i.e. unstandardized, ``labels`` int64 (n,), ``indices`` int64 (n,) positions in the sorted listing), a sidecar
-``latents-KKKKK.json`` per finished shard, optional ``images-KKKKK.npz`` (ADM batch: ``arr_0`` uint8 (n, H, W, 3),
-``arr_1`` labels), and ``manifest.json`` written last, which records the standardization constants (paper's, by
-resolution, ANCHORS.md; or recomputed from the data) that :class:`LatentDataset` applies.
+Layout of ``--out``: ``plan.json`` (what is being built); ``latents-KKKKK.safetensors`` (``latents`` float32
+(n, C, h, w) raw, i.e. unstandardized, ``labels`` int64 (n,), ``indices`` int64 (n,) positions in the sorted
+listing); a sidecar ``latents-KKKKK.json`` per finished shard; optional ``images-KKKKK.npz`` (ADM batch: ``arr_0``
+uint8 (n, H, W, 3), ``arr_1`` labels); and ``manifest.json``, written last, which records the standardization
+constants (the paper's by resolution, ANCHORS.md, or recomputed from the data) that :class:`LatentDataset` applies.
 """
 from __future__ import annotations
 
@@ -234,6 +234,9 @@ class LatentDataset(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def __getstate__(self):  # DataLoader workers (spawn) re-open the memory maps instead of copying them
+        return {**self.__dict__, "_maps": None}
+
     def __len__(self) -> int:
         return self.num_items // self.world_size
 
@@ -308,11 +311,9 @@ def _shard_done(out: Path, k: int, want_images: bool) -> bool:
     if not side.is_file():
         return False
     info = json.loads(side.read_text())
-    ok = (out / info["file"]).is_file() and (out / info["file"]).stat().st_size == info["bytes"]
-    if want_images:
-        img = info.get("images")
-        ok = ok and img is not None and (out / img["file"]).is_file() and (out / img["file"]).stat().st_size == img["bytes"]
-    return ok
+    entries = [info] + ([info.get("images")] if want_images else [])
+    return all(e is not None and (out / e["file"]).is_file() and (out / e["file"]).stat().st_size == e["bytes"]
+               for e in entries)
 
 
 def _write_shard(out: Path, k: int, latents, labels, indices, images) -> None:
@@ -359,8 +360,8 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
     src = ImageSource(source)
     n = len(src) if limit is None else min(limit, len(src))
     plan = {"format": FORMAT, "source_fingerprint": src.fingerprint(), "num_items": n, "resolution": resolution,
-            "shard_size": shard_size, "vae": vae, "posterior": posterior, "seed": seed, "images": images,
-            "classes": src.classes}
+            "shard_size": shard_size, "vae": vae, "dtype": dtype, "posterior": posterior, "seed": seed,
+            "images": images, "classes": src.classes}
     if (out / PLAN).is_file():  # every rank checks, so all stop together
         old = json.loads((out / PLAN).read_text())
         diff = sorted(key for key in plan if old.get(key) != plan[key])
@@ -372,15 +373,16 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
     _barrier(world)
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     num_shards = -(-n // shard_size)
+    shard_items = [range(k * shard_size, min(n, (k + 1) * shard_size)) for k in range(num_shards)]
     mine = [k for k in range(rank, num_shards, world) if not _shard_done(out, k, images)]
     if mine:
         model = load_vae(vae, device=device, dtype=torch_dtype)
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(range(k * shard_size, min(n, (k + 1) * shard_size))) for k in mine),
-                   desc=f"prepare (rank {rank}/{world})", unit="img", disable=rank != 0)
+        bar = tqdm(total=sum(len(shard_items[k]) for k in mine), desc=f"prepare (rank {rank}/{world})", unit="img",
+                   disable=rank != 0)
         for k in mine:
-            ds = _CroppedImages(src, range(k * shard_size, min(n, (k + 1) * shard_size)), resolution)
+            ds = _CroppedImages(src, shard_items[k], resolution)
             loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
             latents, labels, indices, crops = [], [], [], []

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from tvm_theory.transport import w2_gaussian
 
-INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                 "pt_inception-2015-12-05-6726825d.pth")
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
@@ -38,7 +39,8 @@ class InceptionWeightsError(RuntimeError):
 
 def tf1_bilinear_matrix(n_in: int, n_out: int, dtype=torch.float64) -> Tensor:
     """(n_out, n_in) matrix of TF1 ``resize_bilinear`` (align_corners=False, legacy): output i samples the input at
-    x = i · (n_in / n_out) (float32, as TF does), i.e. (1 − f)·in[⌊x⌋] + f·in[min(⌊x⌋ + 1, n_in − 1)] with f = x − ⌊x⌋."""
+    x = i · (n_in / n_out) (float32, as TF does), i.e. (1 − f)·in[⌊x⌋] + f·in[min(⌊x⌋ + 1, n_in − 1)] with
+    f = x − ⌊x⌋."""
     scale = torch.tensor(n_in / n_out, dtype=torch.float32)  # TF computes the source position in float32
     x = (torch.arange(n_out, dtype=torch.float32) * scale).double()
     lo = x.floor().long()
@@ -105,7 +107,8 @@ class _BlockC(nn.Module):  # Mixed_6b–e, 17×17: factorized 7×7 convolutions,
         super().__init__()
         row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
         self.branch1x1 = _Conv(c, 192, 1)
-        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = _Conv(c, c7, 1), _Conv(c7, c7, **row), _Conv(c7, 192, **col)
+        self.branch7x7_1 = _Conv(c, c7, 1)
+        self.branch7x7_2, self.branch7x7_3 = _Conv(c7, c7, **row), _Conv(c7, 192, **col)
         self.branch7x7dbl_1 = _Conv(c, c7, 1)
         self.branch7x7dbl_2, self.branch7x7dbl_3 = _Conv(c7, c7, **col), _Conv(c7, c7, **row)
         self.branch7x7dbl_4, self.branch7x7dbl_5 = _Conv(c7, c7, **col), _Conv(c7, 192, **row)
@@ -139,7 +142,8 @@ class _BlockE(nn.Module):  # Mixed_7b/c, 8×8: 320 + 768 + 768 + 192 = 2048 chan
         self.max_pool = max_pool  # the TF graph's last block pools with max, the one before with average
         self.branch1x1 = _Conv(c, 320, 1)
         self.branch3x3_1 = _Conv(c, 384, 1)
-        self.branch3x3_2a, self.branch3x3_2b = _Conv(384, 384, (1, 3), padding=(0, 1)), _Conv(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3_2a = _Conv(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = _Conv(384, 384, (3, 1), padding=(1, 0))
         self.branch3x3dbl_1, self.branch3x3dbl_2 = _Conv(c, 448, 1), _Conv(448, 384, 3, padding=1)
         self.branch3x3dbl_3a = _Conv(384, 384, (1, 3), padding=(0, 1))
         self.branch3x3dbl_3b = _Conv(384, 384, (3, 1), padding=(1, 0))
@@ -231,8 +235,8 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2}), the squared W2 between the two Gaussians."""
-    return w2_gaussian(torch.as_tensor(np.asarray(mu1, np.float64)), torch.as_tensor(np.asarray(sigma1, np.float64)),
-                       torch.as_tensor(np.asarray(mu2, np.float64)), torch.as_tensor(np.asarray(sigma2, np.float64))) ** 2
+    m1, s1, m2, s2 = (torch.as_tensor(np.asarray(a, np.float64)) for a in (mu1, sigma1, mu2, sigma2))
+    return w2_gaussian(m1, s1, m2, s2) ** 2
 
 
 def frechet_distance_to_samples(features: np.ndarray, mu2, sigma2) -> float:
