@@ -60,10 +60,11 @@ class VAEWeightsError(RuntimeError):
     """The VAE weights could not be found (offline, wrong path, or missing files)."""
 
 
-def _how_to_provide(source: str) -> str:
+def _how_to_provide() -> str:
     return (
         f"Provide the weights in one of two ways: (1) on a machine with network access run "
-        f"`huggingface-cli download {SD_VAE_ID} --local-dir /path/to/sd-vae-ft-ema` (or "
+        f"`hf download {SD_VAE_ID} --local-dir /path/to/sd-vae-ft-ema` (`huggingface-cli download` before "
+        f"huggingface_hub 1.0; or "
         f"`python -c \"from diffusers import AutoencoderKL; AutoencoderKL.from_pretrained('{SD_VAE_ID}')"
         f".save_pretrained('/path/to/sd-vae-ft-ema')\"`), copy the folder (config.json + "
         f"diffusion_pytorch_model.safetensors) here and pass --vae /path/to/sd-vae-ft-ema; or (2) let the hub "
@@ -86,13 +87,13 @@ def load_vae(source: str = SD_VAE_ID, *, device: str | torch.device = "cpu", dty
         path = Path(source).expanduser()
         if not (path / "config.json").is_file():
             raise VAEWeightsError(f"vae: no AutoencoderKL folder at '{path}' (config.json missing). "
-                                  + _how_to_provide(source))
+                                  + _how_to_provide())
     try:
         vae = AutoencoderKL.from_pretrained(str(Path(source).expanduser()) if looks_local else source,
                                             torch_dtype=dtype)
     except (OSError, ValueError) as e:
         raise VAEWeightsError(f"vae: could not load '{source}' ({type(e).__name__}: {str(e).splitlines()[0]}). "
-                              + _how_to_provide(source)) from e
+                              + _how_to_provide()) from e
     return vae.to(device).eval().requires_grad_(False)
 
 

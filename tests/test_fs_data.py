@@ -294,7 +294,7 @@ def test_latent_stats_invert_and_decode_rounds_to_uint8(prepared):
 
 
 def test_missing_weights_give_instructions(tmp_path):
-    with pytest.raises(VAEWeightsError, match="huggingface-cli download stabilityai/sd-vae-ft-ema"):
+    with pytest.raises(VAEWeightsError, match="hf download stabilityai/sd-vae-ft-ema"):
         load_vae(str(tmp_path / "no-such-vae"))
     # a hub id with the hub switched off (no network, nothing cached): same clear error
     code = ("from full_scale.vae import load_vae, VAEWeightsError\n"
