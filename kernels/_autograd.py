@@ -25,6 +25,7 @@ class _Attention(torch.autograd.Function):
         q, k, v, scale = inputs
         o, lse = output
         ctx.scale = scale
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for lse (or an unused O)
         ctx.mark_non_differentiable(lse)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.save_for_forward(q, k, v, o, lse)
@@ -58,6 +59,7 @@ class _AttentionTangent(torch.autograd.Function):
         q, k, v, o, lse, tq, tk, tv, scale = inputs
         to, mu = output
         ctx.scale = scale
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for μ (or an unused Ȯ)
         ctx.mark_non_differentiable(mu)
         ctx.save_for_backward(q, k, v, o, lse, tq, tk, tv, to, mu)
 
