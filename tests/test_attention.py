@@ -63,7 +63,7 @@ def compare(seed, b, h, sq, sk, d, dtype, scale, magnitude):
     return relative_errors(out, ref, floor=FLOOR[dtype])
 
 
-@settings(max_examples=16, deadline=None)
+@settings(max_examples=24, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
     bh=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
