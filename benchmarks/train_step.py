@@ -1,0 +1,555 @@
+"""Benchmark of full TVM training steps of the real trainer (issue 10): step time, images/s, peak memory, MFU.
+
+Each run is ``full_scale.train.main`` itself (StudentStep under DDP when several GPUs, bf16 autocast, target and
+evaluation EMAs, AdamW), started in a fresh process (``torchrun`` for several GPUs). Each optimizer step is one
+micro-batch per GPU (``global_batch = batch × GPUs``, no accumulation) and is logged (``log.every: 1``); the step
+time is the median of the trainer's own ``sec_per_step`` records after ``--warmup`` steps (host clock between
+consecutive log points; every step ends in a device synchronisation, so each interval holds one whole step: data,
+forward and JVP, targets, backward, all-reduce, clipping, AdamW, both EMAs, logging). Peak memory is
+``torch.cuda.max_memory_allocated`` of each rank over the whole run (the largest rank is reported).
+
+The trainer process is given three substitutes (:func:`install_substitutes`), none of them inside the step's
+arithmetic: its data set is :class:`SyntheticLatents` (random standardized latents of the preset's shape, 4×32×32
+for ``--resolution 256`` and 4×64×64 for 512, labels uniform over the classes; no disk), the model's attention
+call gets the variant's ``backend``, and checkpoint writing is a no-op (I/O, not a step).
+
+Variants (``--variants``): ``baseline`` = the reference PyTorch attention, no compilation (``torch.compile`` cannot
+enter a ``torch.func.jvp`` called from eager code: Dynamo falls back to eager, PyTorch #128711); ``triton`` = the
+Triton JVP attention kernel; ``triton-jvplinear`` = the same with every ``nn.Linear`` routed through
+:func:`jvp_linear`, which drops the zero-weight-tangent matmuls PyTorch's linear rule performs under JVP (a
+candidate change for ``full_scale/models.py``); ``…-expandable`` adds
+``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``. Ratios are against ``baseline`` of the same model, batch and
+GPU count in the same invocation.
+
+Model FLOPs of one step, per image (2 FLOPs per multiply-add; :func:`forward_flops` gives L, the linear and patch
+matmuls of one forward, and A, the attention products QKᵀ and PV, 4·T²·hidden per block; recomputation is not
+counted, so this is model FLOP utilisation, not hardware utilisation):
+
+    student f and ∂_s f by one JVP:   2L + 3A   (a tangent matmul per linear; QKᵀ, PV and four tangent products)
+    backward through f and ∂_s f:     4L + 6A   (twice the forward)
+    student u at the flow-matching point, forward and backward:   3L + 3A
+    target forwards (no gradient): u_tgt at x̂_s and, with guidance, the unconditional u_tgt:   2L + 2A
+    total with guidance:              11L + 14A     (without guidance 10L + 13A)
+
+MFU = step FLOPs × batch per GPU / step time / peak, with the dense bf16 peak of the card's datasheet
+(989.4 TFLOP/s for H100 SXM and H200); the measured rate of one 8192³ bf16 matmul is reported beside it.
+
+Usage (on the GPU machine; the device copy has no .git, so pass the commit):
+    python benchmarks/train_step.py --models DiT-B/2,DiT-XL/2 --batches 32,64 --variants baseline,triton \
+        --out train_step.json --commit $(git rev-parse --short HEAD)
+    python benchmarks/train_step.py --gpus 1,2 --models DiT-XL/2 --batches 32 --variants triton
+    python benchmarks/train_step.py --loss-check 150 --models DiT-B/2 --batches 32   # 1 vs 2 GPUs, same global batch
+Any ``--set section.key=value`` is applied to every run (e.g. a tiny model for the CPU smoke test).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from full_scale.config import apply_overrides, load_preset, model_config  # noqa: E402
+from full_scale.models import DiTConfig  # noqa: E402
+
+# variant → (kernels.attention backend, JVP-aware linear layers, extra environment of the trainer process)
+VARIANTS = {
+    "baseline": ("reference", False, {}),
+    "triton": ("triton", False, {}),
+    "triton-jvplinear": ("triton", True, {}),
+    "triton-jvplinear-expandable": ("triton", True, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+}
+# Dense bf16 peak of the datasheets (TFLOP/s); a card not listed gets no MFU.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
+# NVLink multicast stays off on the shared machines (KINDS.md); set for every process we start.
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+# ------------------------------------------------------------------------------------------------------------ FLOPs
+
+def forward_flops(m: DiTConfig) -> tuple[int, int]:
+    """(L, A): matmul FLOPs of one DiT forward of one image, 2 per multiply-add.
+
+    L: patch embedding (T·C·p²·d), the three time-embedding MLPs (freq·d + d²), per block the adaLN modulation
+    (6d², per image), qkv (3d²·T), projection (d²·T) and MLP (2·r·d²·T), and the final layer (2d² + T·d·p²·C).
+    A: attention products QKᵀ and PV, 2·T²·d each per block (d = hidden = heads × head dim).
+    """
+    d, T, p, C = m.hidden_size, m.num_patches, m.patch_size, m.in_channels
+    r = int(d * m.mlp_ratio)
+    embed = T * C * p * p * d + 3 * (m.freq_dim * d + d * d)
+    block = 6 * d * d + T * (3 * d * d + d * d + 2 * d * r)
+    final = 2 * d * d + T * d * p * p * C
+    return 2 * (embed + m.depth * block + final), 2 * m.depth * 2 * T * T * d
+
+
+def step_flops(m: DiTConfig, guidance: bool) -> int:
+    """Model FLOPs of one TVM training step per image: 11L + 14A with guidance, 10L + 13A without (module doc)."""
+    lin, att = forward_flops(m)
+    return (11 * lin + 14 * att) if guidance else (10 * lin + 13 * att)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+
+
+# ----------------------------------------------------------------------------------------------------------- worker
+
+class SyntheticLatents(torch.utils.data.IterableDataset):
+    """Random standardized latents z ~ N(0, I) of shape (C, H, W) with labels uniform on {0, …, K − 1}, yielded as
+    ``full_scale.data.LatentDataset`` yields them (float32 z, int64 scalar label). Item i of epoch e on rank r is
+    drawn from ``numpy.random.default_rng([seed, e, r, i])``: reproducible, different across ranks and epochs, and
+    split over DataLoader workers by index. An epoch has ImageNet's 1,281,167 items split evenly over the ranks."""
+
+    def __init__(self, latent_shape: tuple[int, int, int], num_classes: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, num_items: int = 1_281_167):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
+        self.latent_shape, self.num_classes = tuple(latent_shape), int(num_classes)
+        self.rank, self.world_size, self.seed, self.num_items, self.epoch = rank, world_size, seed, num_items, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_items // self.world_size
+
+    def __iter__(self):
+        indices = range(len(self))
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            indices = indices[worker.id:: worker.num_workers]
+        for i in indices:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, i])
+            z = rng.standard_normal(self.latent_shape, dtype=np.float32)
+            yield torch.from_numpy(z), torch.tensor(int(rng.integers(self.num_classes)))
+
+
+class _JVPLinear(torch.autograd.Function):
+    """y = x Wᵀ + b whose forward-mode derivative skips the tangents that do not exist.
+
+    PyTorch's own rule for a linear layer (``addmm``/``mm``) is ẏ = ẋ Wᵀ + x Ẇᵀ + ḃ and, under ``torch.func.jvp`` or
+    ``forward_ad``, it is handed zero tensors for the weight and bias, which carry no tangent in a TVM step (the
+    tangent is on s alone): it then multiplies x by a zero matrix (one wasted matmul per layer in the JVP forward)
+    and back-propagates through that product (one more in the backward). With ``set_materialize_grads(False)`` the
+    missing tangents arrive as None and ẏ = ẋ Wᵀ (+ x Ẇᵀ + ḃ only where they exist); the tangent is built from
+    differentiable ops, so the backward through it is autograd's.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias):
+        return Fn.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None
+        x, weight = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gx = grad @ weight if ctx.needs_input_grad[0] else None
+        gw = g2.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        gb = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+    @staticmethod
+    def jvp(ctx, x_t, w_t, b_t):
+        x, weight = ctx.saved_tensors
+        parts = ([Fn.linear(x_t, weight)] if x_t is not None else []) + \
+            ([Fn.linear(x, w_t)] if w_t is not None else []) + ([b_t] if b_t is not None else [])
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+
+
+def jvp_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.nn.functional.linear`` through :class:`_JVPLinear`. Under autocast the operands are cast first (as
+    autocast would cast them for ``linear``) and the product runs in that dtype, so the saved tensors and the
+    backward are in it too."""
+    kind = x.device.type
+    if not torch.is_autocast_enabled(kind):
+        return _JVPLinear.apply(x, weight, bias)
+    dtype = torch.get_autocast_dtype(kind)
+    with torch.autocast(kind, enabled=False):
+        return _JVPLinear.apply(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+def install_substitutes(backend: str, jvp_linears: bool = False) -> None:
+    """Point the trainer at :class:`SyntheticLatents`, give the model's attention calls ``backend``, optionally
+    route every ``nn.Linear`` through :func:`jvp_linear`, and make checkpoint writing a no-op. Module attributes are
+    replaced, so the step code that runs is the trainer's own."""
+    import functools
+
+    import full_scale.checkpoint as checkpoint
+    import full_scale.models as models
+    import kernels
+    from full_scale import train
+
+    def build_dataset(cfg: dict, rank: int, world_size: int) -> SyntheticLatents:
+        m = model_config(cfg)
+        return SyntheticLatents((m.in_channels, m.input_size, m.input_size), m.num_classes, rank=rank,
+                                world_size=world_size, seed=int(cfg["train"]["seed"]))
+
+    train.build_dataset = build_dataset
+    models.attention = functools.partial(kernels.attention, backend=backend)
+    if jvp_linears:
+        torch.nn.Linear.forward = lambda self, x: jvp_linear(x, self.weight, self.bias)
+    checkpoint.save = lambda run_dir, step, **kwargs: Path(run_dir)
+
+
+ATTENTION_KERNELS = ("_fwd_kernel", "_tangent_kernel", "_rowdot_kernel", "_kv_kernel", "_kv_tangent_kernel",
+                     "_q_kernel")
+
+
+def kernel_category(name: str) -> str:
+    """A coarse class of a GPU kernel by its name: matmul, attention (our Triton kernels), elementwise, other."""
+    low = name.lower()
+    if any(k in low for k in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")):
+        return "matmul"
+    if any(name.startswith(k) for k in ATTENTION_KERNELS):
+        return "attention"
+    if any(k in low for k in ("elementwise", "vectorized", "unrolled", "foreach", "copy", "fill")):
+        return "elementwise"
+    if "reduce" in low or "norm" in low or "softmax" in low:
+        return "reduction/norm"
+    return "other"
+
+
+def profile_summary(prof, steps: int, top: int = 25) -> dict:
+    """Device time per step of the profiled steps: total over kernels, by :func:`kernel_category`, top kernels."""
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in kernels) / 1e3 / steps
+    cats: dict[str, float] = {}
+    for e in kernels:
+        c = kernel_category(e.key)
+        cats[c] = cats.get(c, 0.0) + e.self_device_time_total / 1e3 / steps
+    ranked = sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]
+    return {"steps": steps, "kernel_ms_per_step": total, "ms_per_step_by_category": cats,
+            "top": [{"kernel": e.key[:120], "ms_per_step": e.self_device_time_total / 1e3 / steps,
+                     "calls_per_step": e.count / steps} for e in ranked]}
+
+
+def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", profile_steps: str = "0") -> None:
+    """One trainer run (this process is one rank); writes ``rank{r}.json`` with its peak memory into ``run_dir``,
+    and on rank 0 of a CUDA run with ``profile_steps`` > 0, ``profile.json`` of the steps after ``profile_after``
+    + 1 (the profiler is stepped by an optimizer-step hook)."""
+    from full_scale import train
+
+    backend, jvp_linears, _ = VARIANTS[variant]
+    install_substitutes(backend, jvp_linears)
+    rank = int(os.environ.get("RANK", "0"))
+    status, error = "ok", ""
+    profile_after, profile_steps = int(profile_after), int(profile_steps)
+    prof = None
+    if profile_steps and rank == 0 and torch.cuda.is_available():
+        from torch.profiler import ProfilerActivity, profile, schedule
+        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                       schedule=schedule(wait=profile_after, warmup=1, active=profile_steps, repeat=1))
+        prof.start()
+        torch.optim.optimizer.register_optimizer_step_post_hook(lambda *_: prof.step())
+    try:
+        train.main(["--preset", config, "--out", run_dir])
+    except torch.OutOfMemoryError as err:
+        status, error = "oom", str(err).splitlines()[0]
+    if prof is not None:
+        prof.stop()
+        if status == "ok":
+            (Path(run_dir) / "profile.json").write_text(json.dumps(profile_summary(prof, profile_steps)))
+    cuda = torch.cuda.is_available()
+    record = {"rank": rank, "status": status, "error": error,
+              "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+              "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+              "peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None}
+    (Path(run_dir) / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+# ----------------------------------------------------------------------------------------------------------- driver
+
+def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, sets: list[str],
+               global_batch: int | None = None) -> dict:
+    """The trainer configuration of one run: preset, model name, --set overrides, then the benchmark's own keys
+    (synthetic data, one logged step per micro-batch, no Lipschitz probe, no checkpoint before the end)."""
+    cfg = load_preset(preset)
+    cfg["model"]["name"] = model
+    cfg = apply_overrides(cfg, sets)
+    cfg["data"].update(kind="synthetic", root=None, num_workers=2)
+    cfg["train"].update(steps=steps, micro_batch=batch, global_batch=global_batch or batch * gpus)
+    cfg["log"].update(every=1, lipschitz_every=0, tensorboard=False)
+    cfg["checkpoint"].update(every=10 ** 9)
+    return cfg
+
+
+def launch(cfg: dict, gpus: int, variant: str, workdir: Path, timeout: float,
+           profile: tuple[int, int] = (0, 0)) -> tuple[Path, str]:
+    """Run the trainer on ``cfg`` in a fresh process (torchrun when gpus > 1); returns (run dir, failure text)."""
+    env_extra = VARIANTS[variant][2]
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.in.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run_dir = workdir / "run"
+    script = [str(Path(__file__).resolve()), "--worker", str(config), str(run_dir), variant,
+                                                     *map(str, profile)]
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+                              if gpus > 1 else []) + script
+    env = {**os.environ, **SAFE_ENV, **env_extra, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return run_dir, f"timed out after {timeout:.0f} s"
+    (workdir / "log.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-3:]
+        return run_dir, f"exit {proc.returncode}: " + " | ".join(tail)
+    return run_dir, ""
+
+
+def summarize(run_dir: Path, warmup: int, last: int | None = None) -> dict:
+    """Step-time statistics from the trainer's metrics.jsonl and peak memory from the ranks' records."""
+    ranks = [json.loads(p.read_text()) for p in sorted(run_dir.glob("rank*.json"))]
+    out = {"status": "ok" if ranks and all(r["status"] == "ok" for r in ranks) else "failed"}
+    if ranks:
+        worst = max(ranks, key=lambda r: r["peak_allocated_bytes"] or 0)
+        out["device_name"] = worst["device_name"]
+        if worst["peak_allocated_bytes"] is not None:
+            out["peak_allocated_gb"] = max(r["peak_allocated_bytes"] for r in ranks) / 1e9
+            out["peak_reserved_gb"] = max(r["peak_reserved_bytes"] for r in ranks) / 1e9
+        bad = [r for r in ranks if r["status"] != "ok"]
+        if bad:
+            out.update(status=bad[0]["status"], error=bad[0]["error"])
+    metrics = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    steps = [r for r in records if "sec_per_step" in r]
+    timed = [r["sec_per_step"] for r in steps if warmup < r["step"] <= (last or r["step"])]
+    if steps:
+        out["loss"] = [r["loss"] for r in steps]
+    if len(timed) >= 3:
+        q1, med, q3 = statistics.quantiles(timed, n=4, method="inclusive")
+        out.update(steps_timed=len(timed), sec_per_step=statistics.median(timed), sec_per_step_q25=q1,
+                   sec_per_step_q75=q3, sec_per_step_min=min(timed), first_step_s=steps[0]["sec_per_step"])
+    elif out["status"] == "ok":
+        out.update(status="failed", error=f"only {len(timed)} steps after {warmup} warm-up steps")
+    return out
+
+
+def measure_matmul_tflops() -> float | None:
+    """Rate of an 8192³ bf16 matmul on this card (median of CUDA-event timings), TFLOP/s; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, variant: str,
+              matmul_tflops: float | None) -> dict:
+    extra = 1 + args.profile if args.profile else 0  # profiled steps come last and are not timed
+    cfg = run_config(preset, model, batch, gpus, args.warmup + args.steps + extra, args.set)
+    mcfg = model_config(cfg)
+    guided = cfg["guidance"]["mode"] != "none"
+    tag = f"{model.replace('/', '_')}-b{batch}-g{gpus}-{variant}"
+    t0 = time.perf_counter()
+    run_dir, failure = launch(cfg, gpus, variant, tmp / tag, args.timeout,
+                              (args.warmup + args.steps, args.profile))
+    row = {"model": model, "resolution": args.resolution, "latent_shape": [mcfg.in_channels, mcfg.input_size,
+                                                                             mcfg.input_size],
+           "batch_per_gpu": batch, "gpus": gpus, "global_batch": batch * gpus, "variant": variant,
+           "attention_backend": VARIANTS[variant][0], "jvp_linear": VARIANTS[variant][1],
+           "env": VARIANTS[variant][2],
+           "parameters": None, "wall_s": None}
+    row.update(summarize(run_dir, args.warmup, args.warmup + args.steps))
+    if (run_dir / "profile.json").exists():
+        row["profile"] = json.loads((run_dir / "profile.json").read_text())
+    row["wall_s"] = time.perf_counter() - t0
+    if failure and row["status"] == "ok":
+        row.update(status="failed", error=failure)
+    elif failure:
+        row.setdefault("error", failure)
+    start = run_dir / "metrics.jsonl"
+    if start.exists():
+        first = json.loads(start.read_text().splitlines()[0])
+        row["parameters"] = first.get("parameters")
+    flops = step_flops(mcfg, guided)
+    row["model_flops_per_image"] = flops
+    if "sec_per_step" in row:
+        spt = row["sec_per_step"]
+        row["images_per_s"] = batch * gpus / spt
+        row["images_per_s_per_gpu"] = batch / spt
+        row["tflops_per_gpu"] = flops * batch / spt / 1e12
+        peak = peak_tflops(row.get("device_name", ""))
+        row["mfu"] = row["tflops_per_gpu"] / peak if peak else None
+        row["fraction_of_measured_matmul"] = row["tflops_per_gpu"] / matmul_tflops if matmul_tflops else None
+    return row
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """speedup_vs_baseline = baseline step time / this step time, same model, resolution, batch and GPU count;
+    scaling_efficiency = images/s on g GPUs / (g × images/s on 1 GPU), same variant, model and batch per GPU."""
+    key = lambda r: (r["model"], r["resolution"], r["batch_per_gpu"])  # noqa: E731
+    for r in rows:
+        if "sec_per_step" not in r:
+            continue
+        base = next((b for b in rows if key(b) == key(r) and b["gpus"] == r["gpus"] and b["variant"] == "baseline"
+                     and "sec_per_step" in b), None)
+        if base is not None:
+            r["speedup_vs_baseline"] = base["sec_per_step"] / r["sec_per_step"]
+        one = next((b for b in rows if key(b) == key(r) and b["gpus"] == 1 and b["variant"] == r["variant"]
+                    and "sec_per_step" in b), None)
+        if one is not None and r["gpus"] > 1:
+            r["scaling_efficiency"] = r["images_per_s"] / (r["gpus"] * one["images_per_s"])
+
+
+def loss_check(args, tmp: Path, preset: str) -> dict:
+    """Loss curves of 1 GPU at micro-batch 2b and 2 GPUs at b each: the same global batch 2b, same seed and
+    initial weights; the noise and data draws differ per rank, so the curves agree only statistically. Compares
+    window means of the per-step loss: difference / its standard error (from the spread inside the windows)."""
+    model, b = args.models[0], args.batches[0]
+    curves = {}
+    for gpus in (1, 2):
+        cfg = run_config(preset, model, 2 * b // gpus, gpus, args.loss_check, args.set, global_batch=2 * b)
+        run_dir, failure = launch(cfg, gpus, args.variants[-1], tmp / f"loss-g{gpus}", args.timeout)
+        summary = summarize(run_dir, 0)
+        if failure or "loss" not in summary:
+            return {"status": "failed", "error": failure or summary.get("error", "no loss records")}
+        curves[gpus] = summary["loss"]
+    n = min(len(c) for c in curves.values())
+    w = max(n // 5, 2)
+    windows = []
+    for start in range(0, n - w + 1, w):
+        a, c = curves[1][start:start + w], curves[2][start:start + w]
+        diff = statistics.fmean(a) - statistics.fmean(c)
+        se = math.sqrt(statistics.variance(a) / w + statistics.variance(c) / w)
+        windows.append({"steps": [start + 1, start + w], "loss_1gpu": statistics.fmean(a),
+                        "loss_2gpu": statistics.fmean(c), "diff": diff, "z": diff / se if se > 0 else None})
+    zs = [abs(x["z"]) for x in windows if x["z"] is not None]
+    return {"status": "ok", "model": model, "global_batch": 2 * b, "steps": n, "windows": windows,
+            "max_abs_z": max(zs) if zs else None, "loss_1gpu": curves[1], "loss_2gpu": curves[2]}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | res | batch/GPU | GPUs | variant | step ms (IQR) | img/s | img/s/GPU | peak GB | "
+             "TFLOP/s/GPU | MFU | ×baseline | scaling |", "|" + "---|" * 13]
+    f = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        if "sec_per_step" not in r:
+            lines.append(f"| {r['model']} | {r['resolution']} | {r['batch_per_gpu']} | {r['gpus']} | {r['variant']} |"
+                         f" {r['status']}: {r.get('error', '')[:80]} | | | {f(r.get('peak_allocated_gb'), '.1f')} |"
+                         " | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['resolution']} | {r['batch_per_gpu']} | {r['gpus']} | {r['variant']} | "
+            f"{1e3 * r['sec_per_step']:.1f} ({1e3 * r['sec_per_step_q25']:.1f}–{1e3 * r['sec_per_step_q75']:.1f}) | "
+            f"{r['images_per_s']:.1f} | {r['images_per_s_per_gpu']:.1f} | {f(r.get('peak_allocated_gb'), '.1f')} | "
+            f"{r['tflops_per_gpu']:.0f} | {f(r.get('mfu'), '.1%')} | {f(r.get('speedup_vs_baseline'), '.2f')} | "
+            f"{f(r.get('scaling_efficiency'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="DiT-B/2,DiT-XL/2", type=lambda s: s.split(","))
+    ap.add_argument("--batches", default="32,64", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--gpus", default="1", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--variants", default="baseline,triton", type=lambda s: s.split(","))
+    ap.add_argument("--resolution", default=256, type=int, choices=[256, 512])
+    ap.add_argument("--steps", default=20, type=int, help="timed steps after the warm-up")
+    ap.add_argument("--warmup", default=6, type=int, help="steps left out of the statistics (autotuning, allocator)")
+    ap.add_argument("--profile", default=0, type=int, metavar="STEPS",
+                    help="after the timed steps, profile STEPS more (CUDA kernels by class, top kernels) into the JSON")
+    ap.add_argument("--timeout", default=600.0, type=float, help="seconds per run before it is killed")
+    ap.add_argument("--loss-check", default=0, type=int, metavar="STEPS",
+                    help="instead of timing: loss curves of 1 GPU (batch 2b) vs 2 GPUs (b each) for STEPS steps")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--out", default="train_step.json")
+    ap.add_argument("--workdir", default=None, help="keep run directories here (default: a temporary folder)")
+    ap.add_argument("--commit", default="unknown", help="commit the tree was at (the device copy has no .git)")
+    args = ap.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
+    if min(args.batches) < 1 or min(args.gpus) < 1 or args.steps < 3 or args.warmup < 0:
+        ap.error("--batches and --gpus must be ≥ 1, --steps ≥ 3, --warmup ≥ 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    preset = f"imagenet-{args.resolution}"
+    meta = {"torch": torch.__version__, "commit": args.commit, "argv": sys.argv[1:] if argv is None else argv,
+            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "gpu_count": torch.cuda.device_count(), "matmul_tflops_measured": measure_matmul_tflops(),
+            "peak_tflops_datasheet": PEAK_TFLOPS, "warmup": args.warmup, "steps": args.steps,
+            "flop_model": "per image: 11L + 14A with guidance, 10L + 13A without (benchmarks/train_step.py)"}
+    try:
+        import triton
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = None
+    result = {"meta": meta, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="train_step_") as tmp_name:
+        tmp = Path(args.workdir) if args.workdir else Path(tmp_name)
+        if args.loss_check:
+            result["loss_check"] = loss_check(args, tmp, preset)
+            Path(args.out).write_text(json.dumps(result, indent=1))
+            lc = result["loss_check"]
+            print(json.dumps({k: v for k, v in lc.items() if k not in ("loss_1gpu", "loss_2gpu")}, indent=1))
+            return result
+        for gpus in args.gpus:
+            for model in args.models:
+                for batch in args.batches:
+                    for variant in args.variants:
+                        row = bench_one(args, tmp, preset, model, batch, gpus, variant, meta["matmul_tflops_measured"])
+                        result["runs"].append(row)
+                        add_ratios(result["runs"])
+                        Path(args.out).write_text(json.dumps(result, indent=1))
+                        print(json.dumps({k: v for k, v in row.items() if k not in ("loss", "profile")}),
+                              flush=True)
+    print(f"device: {meta['device_name']}  torch {meta['torch']}  triton {meta['triton']}  commit {meta['commit']}  "
+          f"matmul {meta['matmul_tflops_measured'] or 0:.0f} TFLOP/s")
+    print(table(result["runs"]))
+    for r in result["runs"]:
+        if "profile" in r and "sec_per_step" in r:
+            p = r["profile"]
+            cats = ", ".join(f"{k} {v:.1f}" for k, v in sorted(p["ms_per_step_by_category"].items(), key=lambda kv: -kv[1]))
+            print(f"profile {r['model']} b{r['batch_per_gpu']} g{r['gpus']} {r['variant']}: kernels "
+                  f"{p['kernel_ms_per_step']:.1f} ms of a {1e3 * r['sec_per_step']:.1f} ms step ({cats})")
+    return result
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:  # one trainer process, started by launch()
+        worker(*sys.argv[2:5])
+    else:
+        main()
