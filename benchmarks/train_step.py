@@ -8,10 +8,10 @@ consecutive log points; every step ends in a device synchronisation, so each int
 forward and JVP, targets, backward, all-reduce, clipping, AdamW, both EMAs, logging). Peak memory is
 ``torch.cuda.max_memory_allocated`` of each rank over the whole run (the largest rank is reported).
 
-The trainer process is given three substitutes (:func:`install_substitutes`), none of them inside the step's
-arithmetic: its data set is :class:`SyntheticLatents` (random standardized latents of the preset's shape, 4×32×32
-for ``--resolution 256`` and 4×64×64 for 512, labels uniform over the classes; no disk), the model's attention
-call gets the variant's ``backend``, and checkpoint writing is a no-op (I/O, not a step).
+The attention backend is the trainer's ``train.attention_backend``. The trainer process is given two substitutes
+(:func:`install_substitutes`), neither inside the step's arithmetic: its data set is :class:`SyntheticLatents`
+(random standardized latents of the preset's shape, 4×32×32 for ``--resolution 256`` and 4×64×64 for 512, labels
+uniform over the classes; no disk), and checkpoint writing is a no-op (I/O, not a step).
 
 Variants (``--variants``): ``baseline`` = the reference PyTorch attention, no compilation (``torch.compile`` cannot
 enter a ``torch.func.jvp`` called from eager code: Dynamo falls back to eager, PyTorch #128711); ``triton`` = the
@@ -194,15 +194,11 @@ def jvp_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return _JVPLinear.apply(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
-def install_substitutes(backend: str, jvp_linears: bool = False) -> None:
-    """Point the trainer at :class:`SyntheticLatents`, give the model's attention calls ``backend``, optionally
-    route every ``nn.Linear`` through :func:`jvp_linear`, and make checkpoint writing a no-op. Module attributes are
-    replaced, so the step code that runs is the trainer's own."""
-    import functools
-
+def install_substitutes(jvp_linears: bool = False) -> None:
+    """Point the trainer at :class:`SyntheticLatents`, make checkpoint writing a no-op and optionally route every
+    ``nn.Linear`` through :func:`jvp_linear`. Module attributes are replaced, so the step code that runs is the
+    trainer's own."""
     import full_scale.checkpoint as checkpoint
-    import full_scale.models as models
-    import kernels
     from full_scale import train
 
     def build_dataset(cfg: dict, rank: int, world_size: int) -> SyntheticLatents:
@@ -211,7 +207,6 @@ def install_substitutes(backend: str, jvp_linears: bool = False) -> None:
                                 world_size=world_size, seed=int(cfg["train"]["seed"]))
 
     train.build_dataset = build_dataset
-    models.attention = functools.partial(kernels.attention, backend=backend)
     if jvp_linears:
         torch.nn.Linear.forward = lambda self, x: jvp_linear(x, self.weight, self.bias)
     checkpoint.save = lambda run_dir, step, **kwargs: Path(run_dir)
@@ -255,8 +250,7 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     + 1 (the profiler is stepped by an optimizer-step hook)."""
     from full_scale import train
 
-    backend, jvp_linears, _ = VARIANTS[variant]
-    install_substitutes(backend, jvp_linears)
+    install_substitutes(VARIANTS[variant][1])
     rank = int(os.environ.get("RANK", "0"))
     status, error = "ok", ""
     profile_after, profile_steps = int(profile_after), int(profile_steps)
@@ -285,13 +279,17 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
 
 # ----------------------------------------------------------------------------------------------------------- driver
 
-def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, sets: list[str],
+def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, variant: str, sets: list[str],
                global_batch: int | None = None) -> dict:
     """The trainer configuration of one run: preset, model name, --set overrides, then the benchmark's own keys
-    (synthetic data, one logged step per micro-batch, no Lipschitz probe, no checkpoint before the end)."""
+    (the variant's attention backend, synthetic data, one logged step per micro-batch, no Lipschitz probe, no
+    checkpoint before the end)."""
     cfg = load_preset(preset)
+    if "attention_backend" not in cfg["train"]:
+        raise RuntimeError(f"preset {preset}: no train.attention_backend key; this trainer cannot switch backends")
     cfg["model"]["name"] = model
     cfg = apply_overrides(cfg, sets)
+    cfg["train"]["attention_backend"] = VARIANTS[variant][0]
     cfg["data"].update(kind="synthetic", root=None, num_workers=2)
     cfg["train"].update(steps=steps, micro_batch=batch, global_batch=global_batch or batch * gpus)
     cfg["log"].update(every=1, lipschitz_every=0, tensorboard=False)
@@ -376,7 +374,7 @@ def measure_matmul_tflops() -> float | None:
 def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, variant: str,
               matmul_tflops: float | None) -> dict:
     extra = 1 + args.profile if args.profile else 0  # profiled steps come last and are not timed
-    cfg = run_config(preset, model, batch, gpus, args.warmup + args.steps + extra, args.set)
+    cfg = run_config(preset, model, batch, gpus, args.warmup + args.steps + extra, variant, args.set)
     mcfg = model_config(cfg)
     guided = cfg["guidance"]["mode"] != "none"
     tag = f"{model.replace('/', '_')}-b{batch}-g{gpus}-{variant}"
@@ -438,7 +436,8 @@ def loss_check(args, tmp: Path, preset: str) -> dict:
     model, b = args.models[0], args.batches[0]
     curves = {}
     for gpus in (1, 2):
-        cfg = run_config(preset, model, 2 * b // gpus, gpus, args.loss_check, args.set, global_batch=2 * b)
+        cfg = run_config(preset, model, 2 * b // gpus, gpus, args.loss_check, args.variants[-1], args.set,
+                         global_batch=2 * b)
         run_dir, failure = launch(cfg, gpus, args.variants[-1], tmp / f"loss-g{gpus}", args.timeout)
         summary = summarize(run_dir, 0)
         if failure or "loss" not in summary:
