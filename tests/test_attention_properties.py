@@ -242,3 +242,15 @@ def test_split_and_fused_key_side_backward_agree(monkeypatch):
     fused = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
     for a, b in zip(split.grads, fused.grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_loss_of_the_tangent_alone():
+    """Back-propagating only through Ȯ (O unused: its backward receives no gradient) equals G1 = 0."""
+    primals, tangents = qkv(8), qkv(18)
+    g2 = rand(B, H, SQ, D, seed=72)
+    leaves = [x.clone().requires_grad_() for x in (*primals, *tangents)]
+    _, to = torch.func.jvp(triton_attn, tuple(leaves[:3]), tuple(leaves[3:]))
+    alone = torch.autograd.grad(to, leaves, g2)
+    with_zero = jvp_with_grads(triton_attn, primals, tangents, torch.zeros_like(g2), g2).grads
+    for a, b in zip(alone, with_zero):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
