@@ -174,7 +174,8 @@ def table(rows):
             f"| {','.join(map(str, r['shape']))} | {fmt(r['sdpa_fwd_bwd'])} / {fmt(r['sdpa_default_fwd_bwd'])} | "
             f"{math_cell} | {fmt(ours_f)} ({ours_f.get('tflops', 0):.0f}) | "
             f"{fmt(ours_b)} ({ours_b.get('tflops', 0):.0f}) | {ours_b.get('peak_extra_gb', float('nan')):.2f} | "
-            f"{ours_b.get('ratio_to_sdpa', float('nan')):.2f} / {ours_b.get('ratio_to_fastest_sdpa', float('nan')):.2f} | "
+            f"{ours_b.get('ratio_to_sdpa', float('nan')):.2f} / "
+            f"{ours_b.get('ratio_to_fastest_sdpa', float('nan')):.2f} | "
             f"{fmt(ours_b, 'host_ms')} | "
             + "/".join(fmt(r[n]) for n in ("k_fwd", "k_tangent", "k_bwd_primal", "k_bwd_tangent")) + " |")
     return "\n".join(lines)

@@ -133,18 +133,21 @@ def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, 
     tv = _load_rows(TV + k_base, offs_n, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
     if SPLIT:
         if pid % 2 == 0:
-            dk, dtk, dv, dtv = _kv_tangent_loop(Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale,
-                                                 seq_q, head_dim, HEAD_BLOCK, BLOCK_M, BLOCK_N, UPCAST, PREC, True, False)
+            dk, dtk, dv, dtv = _kv_tangent_loop(
+                Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale, seq_q, head_dim,
+                HEAD_BLOCK, BLOCK_M, BLOCK_N, UPCAST, PREC, True, False)
             _store_rows(DK + k_base, dk * scale, offs_n, offs_d, seq_k, head_dim)
             _store_rows(DTK + k_base, dtk * scale, offs_n, offs_d, seq_k, head_dim)
         else:
-            dk, dtk, dv, dtv = _kv_tangent_loop(Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale,
-                                                 seq_q, head_dim, HEAD_BLOCK, BLOCK_M, BLOCK_N, UPCAST, PREC, False, True)
+            dk, dtk, dv, dtv = _kv_tangent_loop(
+                Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale, seq_q, head_dim,
+                HEAD_BLOCK, BLOCK_M, BLOCK_N, UPCAST, PREC, False, True)
             _store_rows(DV + k_base, dv, offs_n, offs_d, seq_k, head_dim)
             _store_rows(DTV + k_base, dtv, offs_n, offs_d, seq_k, head_dim)
     else:
-        dk, dtk, dv, dtv = _kv_tangent_loop(Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale,
-                                                 seq_q, head_dim, HEAD_BLOCK, BLOCK_M, BLOCK_N, UPCAST, PREC, True, True)
+        dk, dtk, dv, dtv = _kv_tangent_loop(
+            Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_base, qk_scale, scale, seq_q, head_dim,
+            HEAD_BLOCK, BLOCK_M, BLOCK_N, UPCAST, PREC, True, True)
         _store_rows(DK + k_base, dk * scale, offs_n, offs_d, seq_k, head_dim)
         _store_rows(DTK + k_base, dtk * scale, offs_n, offs_d, seq_k, head_dim)
         _store_rows(DV + k_base, dv, offs_n, offs_d, seq_k, head_dim)

@@ -14,8 +14,10 @@ from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket,
 
 LOG2E = 1.4426950408889634
 
-_FWD_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 128, 8, 2), cfg(*SMALL)]
-_JVP_CONFIGS = [cfg(128, 64, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 32, 8, 2), cfg(64, 64, 4, 2), cfg(*SMALL)]
+_FWD_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 128, 8, 2),
+                cfg(*SMALL)]
+_JVP_CONFIGS = [cfg(128, 64, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 32, 8, 2), cfg(64, 64, 4, 2),
+                cfg(*SMALL)]
 
 
 @triton.jit
