@@ -101,7 +101,8 @@ class LocalLipschitz:
     max: max_i σ̂_i — the local L (lower estimate of the true constant; depends on which points were probed).
     quantiles: {"q50", "q90", "q99", "max"} of per_point.
     iterations: power iterations run.
-    rel_change: the largest relative change of σ̂_i in the last iteration (convergence indicator).
+    rel_change: the largest relative change of σ̂_i among the rows still iterating at the end (0 if all stopped
+        on ``tol``; a convergence indicator).
     """
 
     per_point: Tensor
@@ -117,41 +118,51 @@ def _quantiles(v: Tensor) -> dict:
     return {"q50": float(q[0]), "q90": float(q[1]), "q99": float(q[2]), "max": float(v.max())}
 
 
-def local_lipschitz(u: Callable[[Tensor], Tensor], x: Tensor, *, n_iter: int = 100, tol: float = 1e-7,
-                    generator: torch.Generator | None = None) -> LocalLipschitz:
+def local_lipschitz(u: Callable[..., Tensor], x: Tensor, *, s: Tensor | None = None, n_iter: int = 100,
+                    tol: float = 1e-7, generator: torch.Generator | None = None) -> LocalLipschitz:
     """Largest singular value of ∂_x u at each probe point by batched power iteration (THEORY.md §6 "local L").
 
     ``u`` maps a batch (B, D) to (B, D) row by row (row i of the output depends only on row i of the input), so one
     JVP with tangents V gives the rows J_i v_i and one VJP with cotangents W gives J_iᵀ w_i for all i at once.
-    Iterates v ← JᵀJ v / ‖JᵀJ v‖ per row and returns σ̂_i = ‖J_i v_i‖ — a lower estimate of ‖J_i‖₂ (and the max
-    over rows a lower estimate of the Lipschitz constant). Stops when every σ̂_i changes by less than ``tol``
-    (relative) or after ``n_iter`` iterations.
+    With ``s`` (shape (B,)) ``u`` is called as u(x, s) and row i is probed at its own s_i. Iterates
+    v ← JᵀJ v / ‖JᵀJ v‖ per row and returns σ̂_i = ‖J_i v_i‖ — a lower estimate of ‖J_i‖₂ (and the max over rows a
+    lower estimate of the Lipschitz constant). A row stops once its σ̂_i changes by less than ``tol`` (relative);
+    all stop after ``n_iter`` iterations.
     """
     check_finite("x", x)
     if x.ndim != 2:
         raise ValueError(f"x: expected probe points of shape (B, D), got {tuple(x.shape)}")
+    if s is not None and s.shape != (x.shape[0],):
+        raise ValueError(f"s: expected shape ({x.shape[0]},) to match the probes, got {tuple(s.shape)}")
     if not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter: expected a positive int, got {n_iter!r}")
+
+    def fn(idx: Tensor) -> Callable[[Tensor], Tensor]:
+        return (lambda z: u(z)) if s is None else (lambda z: u(z, s[idx]))
+
     x = x.detach()
     v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
     sigma = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    rel, it = math.inf, 0
+    active = torch.arange(x.shape[0], device=x.device)
+    rel, it = 0.0, 0
     with torch.enable_grad():
         for it in range(1, n_iter + 1):
-            y, jv = torch.func.jvp(u, (x,), (v,))
-            _, vjp_fn = torch.func.vjp(u, x)
+            f = fn(active)
+            _, jv = torch.func.jvp(f, (x[active],), (v[active],))
+            _, vjp_fn = torch.func.vjp(f, x[active])
             (jtjv,) = vjp_fn(jv)
             new_sigma = jv.norm(dim=1).detach()
             norm = jtjv.norm(dim=1, keepdim=True)
-            v = torch.where(norm > 0, jtjv / norm.clamp_min(1e-300), v).detach()
-            rel = float(((new_sigma - sigma).abs() / new_sigma.clamp_min(1e-300)).max())
-            sigma = new_sigma
-            if rel < tol:
+            v[active] = torch.where(norm > 0, jtjv / norm.clamp_min(1e-300), v[active]).detach()
+            change = (new_sigma - sigma[active]).abs() / new_sigma.clamp_min(1e-300)
+            sigma[active] = new_sigma
+            rel = float(change.max())
+            active = active[change >= tol]
+            if active.numel() == 0:
                 break
-    # One last product with the final direction: σ̂ = ‖J v‖ for a unit v, which never exceeds ‖J‖₂.
-    with torch.enable_grad():
-        _, jv = torch.func.jvp(u, (x,), (v,))
+        # One last product with each final unit direction: σ̂ = ‖J v‖ never exceeds ‖J‖₂.
+        _, jv = torch.func.jvp(fn(torch.arange(x.shape[0], device=x.device)), (x,), (v,))
     sigma = jv.norm(dim=1).detach()
     check_finite("local Lipschitz estimates", sigma)
     return LocalLipschitz(per_point=sigma, max=float(sigma.max()), quantiles=_quantiles(sigma), iterations=it,
@@ -162,13 +173,19 @@ def model_local_lipschitz(velocity: Callable[[Tensor, Tensor], Tensor], probes: 
                           **kwargs) -> list[LocalLipschitz]:
     """Local L(s) of x ↦ u_θ(x, s) on an s-grid: ``probes[k]`` (B_k, D) are the points probed at ``s_grid[k]``.
 
-    ``velocity(x, s)`` is a model's u_θ with s of shape (B,) (e.g. ``JumpModel.velocity``). Each entry is a
-    :func:`local_lipschitz` result; its ``max`` is the lower estimate of L(s_k).
+    ``velocity(x, s)`` is a model's u_θ with s of shape (B,) (e.g. ``JumpModel.velocity``). All probes run as one
+    batch (row i at its own s), which is far cheaper than one call per s; the power iteration stops when every
+    row has converged. Returns one :class:`LocalLipschitz` per grid point; its ``max`` is the lower estimate of
+    L(s_k).
     """
     if len(probes) != s_grid.numel():
         raise ValueError(f"probes: expected one probe set per s in s_grid ({s_grid.numel()}), got {len(probes)}")
+    x = torch.cat(list(probes))
+    s = torch.cat([torch.full((p.shape[0],), float(sk), dtype=x.dtype, device=x.device)
+                   for sk, p in zip(s_grid.tolist(), probes)])
+    res = local_lipschitz(velocity, x, s=s, **kwargs)
     out = []
-    for s_k, xk in zip(s_grid.tolist(), probes):
-        s = torch.full((xk.shape[0],), s_k, dtype=xk.dtype, device=xk.device)
-        out.append(local_lipschitz(lambda z, s=s: velocity(z, s), xk, **kwargs))
+    for part in torch.split(res.per_point, [p.shape[0] for p in probes]):
+        out.append(LocalLipschitz(per_point=part, max=float(part.max()), quantiles=_quantiles(part),
+                                  iterations=res.iterations, rel_change=res.rel_change))
     return out

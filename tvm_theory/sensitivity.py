@@ -164,17 +164,19 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
     for name, v in (("n_panels", n_panels), ("max_rounds", max_rounds), ("ode_steps", ode_steps)):
         if not isinstance(v, int) or v < (0 if name == "max_rounds" else 1):
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    # Nodes are kept in units of t (σ = t·v, v ∈ [0, 1]): bisection of [0, 1] gives exact dyadic floats, so a node
+    # reached from two panels is the same dictionary key.
     cache: dict[float, tuple] = {}
 
     def evaluate(points: list[float]) -> None:
         new = sorted({p for p in points if p not in cache})
         if new:
-            vals = _integrand(model, u, x_t, t, new, ode_steps, n_ode_check)
+            vals = _integrand(model, u, x_t, t, [t * p for p in new], ode_steps, n_ode_check)
             for i, p in enumerate(new):
                 cache[p] = tuple(v[i] for v in vals)
 
     def simpson(a, m, b, idx):
-        return (b - a) / 6 * (cache[a][idx] + 4 * cache[m][idx] + cache[b][idx])
+        return t * (b - a) / 6 * (cache[a][idx] + 4 * cache[m][idx] + cache[b][idx])
 
     def composite(panel, idx):
         a, b = panel
@@ -182,7 +184,7 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
         return simpson(a, (3 * a + b) / 4, m, idx) + simpson(m, (a + 3 * b) / 4, b, idx)
 
     with torch.no_grad():
-        edges = [t * i / n_panels for i in range(n_panels + 1)]
+        edges = [i / n_panels for i in range(n_panels + 1)]
         panels = list(zip(edges[:-1], edges[1:]))
         evaluate(edges + [(a + b) / 2 for a, b in panels])
         done: list[tuple[float, float, float, float]] = []  # accepted panels: (a, b, error, mean integral)
@@ -197,7 +199,7 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
                 # Richardson estimate for both the scalar integrand and the identity's vector integrand.
                 err_vec = float((composite((a, b), 1) - simpson(a, (a + b) / 2, b, 1)).norm(dim=1).mean())
                 err = max(float((fine[(a, b)] - coarse[(a, b)]).abs().mean()), err_vec) / 15
-                if err <= rtol * scale * (b - a) / t or rnd == max_rounds:
+                if err <= rtol * scale * (b - a) or rnd == max_rounds:
                     done.append((a, b, err, float(fine[(a, b)].mean())))
                 else:
                     keep += [(a, (a + b) / 2), ((a + b) / 2, b)]
@@ -215,7 +217,7 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
             per_sample += composite((a, b), 0)
             vec += composite((a, b), 1)
             core += composite((a, b), 2)
-            ode_err += (b - a) * max(float(cache[p][4]) for p in (a, (3 * a + b) / 4, (a + b) / 2, (a + 3 * b) / 4, b))
+            ode_err += t * (b - a) * max(float(cache[p][4]) for p in (a, (3 * a + b) / 4, (a + b) / 2, (a + 3 * b) / 4, b))
             quad_err_mean += err
         y0 = x_t + model.displacement(x_t, torch.full((x_t.shape[0],), t, dtype=x_t.dtype),
                                       torch.zeros(x_t.shape[0], dtype=x_t.dtype))
@@ -237,5 +239,5 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
         error_direct=err_direct, paired_rmse=rmse, identity_residual=resid,
         identity_rel=float(resid.pow(2).mean().sqrt()) / max(rmse, 1e-300), core=core_rms,
         amplification=bound / core_rms if core_rms > 0 else math.inf, quad_err=quad_err, ode_err=ode_err,
-        sigma_nodes=torch.tensor(nodes, dtype=torch.float64), jac_norm_quantiles=_quantiles(jn),
+        sigma_nodes=t * torch.tensor(nodes, dtype=torch.float64), jac_norm_quantiles=_quantiles(jn),
         residual_quantiles=_quantiles(rn))
