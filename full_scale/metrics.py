@@ -73,8 +73,9 @@ def lipschitz_probe(F, x: Tensor, s: Tensor, *, w=None, y: Tensor | None = None,
     shape = x.shape[1:]
     cond = {} if y is None else {"y": y}
 
-    def u(flat: Tensor) -> Tensor:
-        return velocity(F, flat.view(-1, *shape), s, w, **cond).flatten(1)
+    def u(flat: Tensor, s_: Tensor) -> Tensor:
+        return velocity(F, flat.view(-1, *shape), s_, w, **cond).flatten(1)
 
-    est = local_lipschitz(u, x.flatten(1), n_iter=n_iter, tol=1e-3, generator=generator)
+    # tol=0 keeps every probe row in each iteration (a fixed n_iter), so the labels y stay aligned with the rows.
+    est = local_lipschitz(u, x.flatten(1), s=s, n_iter=n_iter, tol=0.0, generator=generator)
     return {"lip_max": est.max, "lip_q50": est.quantiles["q50"], "lip_q90": est.quantiles["q90"]}

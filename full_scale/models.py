@@ -23,6 +23,7 @@ Attention goes through ``kernels.attention`` (Triton on CUDA, the PyTorch refere
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -105,10 +106,10 @@ def rms(x: Tensor) -> Tensor:
 
 def sinusoidal(t: Tensor, dim: int, scale: float, max_period: float = 10000.0) -> Tensor:
     """[cos(ω_k · scale · t), sin(ω_k · scale · t)], ω_k = max_period^(−k/(dim/2)); (B,) → (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    arg = (scale * t.float())[:, None] * freqs[None]
-    return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1).to(t.dtype)
+    half, dtype = dim // 2, torch.promote_types(t.dtype, torch.float32)  # at least float32 phases
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    arg = (scale * t.to(dtype))[:, None] * freqs[None]
+    return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
 
 
 def spectral_init_(weight: Tensor) -> None:
@@ -137,6 +138,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qk_norm: bool):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        self.backend = "auto"  # kernels.attention backend; see DiT.attention_backend
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if qk_norm else nn.Identity()
@@ -145,7 +147,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, d)
-        o = attention(self.q_norm(q), self.k_norm(k), v)  # (B, H, T, d)
+        o = attention(self.q_norm(q), self.k_norm(k), v, backend=self.backend)  # (B, H, T, d)
         return self.proj(o.transpose(1, 2).reshape(B, T, D))
 
 
@@ -238,6 +240,28 @@ class DiT(nn.Module):
     @property
     def null_class(self) -> int:
         return self.cfg.num_classes
+
+    def set_attention_backend(self, backend: str) -> str:
+        """Make every attention layer call ``kernels.attention(..., backend=backend)``; returns the previous one."""
+        if backend not in ("auto", "triton", "reference"):
+            raise ValueError(f"attention backend: expected auto, triton or reference, got {backend!r}")
+        previous = self.blocks[0].attn.backend
+        for block in self.blocks:
+            block.attn.backend = backend
+        return previous
+
+    @contextlib.contextmanager
+    def attention_backend(self, backend: str):
+        """``with model.attention_backend("reference"):`` — a temporary :meth:`set_attention_backend`.
+
+        The Lipschitz probe uses ``"reference"``: its reverse-mode products go through ``torch.func.vjp``, which the
+        Triton kernel's backward does not support (it needs real storage, not functorch wrappers).
+        """
+        previous = self.set_attention_backend(backend)
+        try:
+            yield self
+        finally:
+            self.set_attention_backend(previous)
 
     def spectral_layers(self) -> list[nn.Module]:
         """The layers of §8.4: attention and MLP linears and the patch embedding."""

@@ -42,7 +42,7 @@ from .models import DiT
 class StudentStep(nn.Module):
     """The module DDP wraps: its forward is the student's part of the loss, JVP included (THEORY.md §3).
 
-    forward(batch) → (f_θ(x_t, t, s), ∂_s f_θ(x_t, t, s), u_θ(x_{s′}, s′)) in float32.
+    forward(batch) → (f_θ(x_t, t, s), ∂_s f_θ(x_t, t, s), u_θ(x_{s′}, s′)), upcast to float32 under bf16 autocast.
     """
 
     def __init__(self, model: nn.Module):
@@ -51,7 +51,7 @@ class StudentStep(nn.Module):
 
     def forward(self, batch: TVMBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = student_forward(self.model, batch)
-        return out.f.float(), out.dfds.float(), out.u_fm.float()
+        return tuple(a.to(torch.promote_types(a.dtype, torch.float32)) for a in (out.f, out.dfds, out.u_fm))
 
 
 def guidance_config(cfg: dict, null_class: int) -> CFGConfig | None:
@@ -177,6 +177,7 @@ def main(argv=None) -> Path:
     torch.manual_seed(int(tc["seed"]))  # identical initial weights on every rank
     with torch.device(device):
         model = DiT(mcfg)
+    model.set_attention_backend(tc["attention_backend"])
     target_ema = copy.deepcopy(model).requires_grad_(False).eval()
     eval_ema = copy.deepcopy(model).requires_grad_(False).eval()
     student = StudentStep(model)
@@ -229,7 +230,7 @@ def main(argv=None) -> Path:
         nonlocal stop_requested
         stop_requested = True
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
 
     # --- the loop.
     total = int(tc["steps"])
@@ -282,6 +283,7 @@ def main(argv=None) -> Path:
                      "grad_norm": float(grad_norm), "n_nonfinite_examples": int(bad.sum()),
                      "t": culprits[0].tolist(), "s": culprits[1].tolist()})
             if tc["nan_policy"] == "stop" or nan_run > int(tc["max_nan_skips"]):
+                signal.signal(signal.SIGTERM, previous_handler)
                 raise FloatingPointError(f"non-finite loss or gradient at step {step} (policy "
                                          f"{tc['nan_policy']}, {nan_run} in a row); see {out / 'metrics.jsonl'}")
             optimizer.zero_grad(set_to_none=True)
@@ -309,9 +311,10 @@ def main(argv=None) -> Path:
                 if probe is not None and (step % lip_every == 0 or step == total):
                     model.eval()
                     w = guidance.weight if guidance is not None and guidance.weight_range is None else None
-                    record.update(lipschitz_probe(model, probe[0], probe[1], w=w, y=probe[2],
-                                                  n_iter=int(cfg["log"]["lipschitz_iters"]),
-                                                  generator=torch.Generator(device).manual_seed(0)))
+                    with model.attention_backend("reference"):
+                        record.update(lipschitz_probe(model, probe[0], probe[1], w=w, y=probe[2],
+                                                      n_iter=int(cfg["log"]["lipschitz_iters"]),
+                                                      generator=torch.Generator(device).manual_seed(0)))
                     model.train()
                 log.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -326,6 +329,7 @@ def main(argv=None) -> Path:
             save()
     bar.close()
     log.close()
+    signal.signal(signal.SIGTERM, previous_handler)
     if distributed:
         dist.destroy_process_group()
     return out

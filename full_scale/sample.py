@@ -1,0 +1,134 @@
+"""Few-step class-conditional sampling from a trained run (THEORY.md §3), from the evaluation EMA by default.
+
+    python -m full_scale.sample --run runs/digits [--steps 1 2 4] [--weight 1.5] [--per-class 10] [--out DIR]
+
+For each N in ``--steps``: x starts as N(0, I) noise (the same noise for every N), and N jumps on the grid
+linspace(1, 0, N + 1) with x ← x + (t_{k+1} − t_k) · w · F_θ(x, t_k, t_{k+1}, c, 1/w) give the samples. Writes
+``samples_{N}step.npz`` (``samples`` float32 (n, C, H, W), ``labels``, ``n_steps``, ``weight``) and, for pixel data or
+with ``--vae`` for latents, a PNG grid ``samples_{N}step.png`` with one row per class.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from tvm_theory.param import NetworkJump
+from tvm_theory.sampling import sample_few_step
+
+from . import checkpoint
+from .config import model_config
+from .models import DiT
+
+
+def load_run(run: str | Path, which: str = "eval_ema", ckpt: str | Path | None = None,
+             device: str | torch.device = "cpu") -> tuple[DiT, dict, dict]:
+    """(model in eval mode with the chosen weights, the run's resolved config, the checkpoint's meta)."""
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"--run: {run} has no config.yaml; is it a full_scale.train run directory?")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    path = Path(ckpt) if ckpt is not None else checkpoint.latest(run)
+    if path is None:
+        raise FileNotFoundError(f"--run: {run} has no checkpoints yet")
+    mcfg = model_config(cfg)
+    with torch.device(device):
+        model = DiT(mcfg)
+    meta = checkpoint.load_weights(path, model, which)
+    checkpoint.check_model_config(meta, mcfg.to_dict(), path)
+    model.set_attention_backend(cfg["train"].get("attention_backend", "auto"))  # runs older than the key: auto
+    return model.eval().requires_grad_(False), cfg, meta
+
+
+@torch.no_grad()
+def generate(model: DiT, labels: torch.Tensor | None, n_steps: int, weight: float | None, *, n: int | None = None,
+             seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """Samples (n, C, H, W) on the CPU: class-conditional with guidance ``weight`` when ``labels`` (n,) are given,
+    unconditional (null class, plain parameterization) when ``labels`` is None."""
+    cfg = model.cfg
+    n = len(labels) if labels is not None else n
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    x1 = torch.randn((n, cfg.in_channels, cfg.input_size, cfg.input_size), generator=gen)
+    out = []
+    for i in range(0, n, batch_size):
+        cond = {} if labels is None else {"y": labels[i:i + batch_size].to(device)}
+        jump = NetworkJump(model, w=weight if labels is not None else None, **cond)
+        out.append(sample_few_step(jump, x1[i:i + batch_size].to(device), n_steps).float().cpu())
+    return torch.cat(out)
+
+
+def grid_png(path: Path, images: np.ndarray, rows: int, scale: int = 4) -> None:
+    """Save uint8 images (n, H, W) or (n, H, W, 3) as a rows × (n / rows) grid, upscaled ``scale``× (nearest)."""
+    n, h, w = images.shape[:3]
+    cols = n // rows
+    grid = images[: rows * cols].reshape(rows, cols, h, w, -1).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, -1)
+    img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Pixel data in [−1, 1] (n, C, H, W) → uint8 (n, H, W, C)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def main(argv=None) -> list[Path]:
+    p = argparse.ArgumentParser(prog="python -m full_scale.sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="a full_scale.train run directory")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the run's latest)")
+    p.add_argument("--weights", default="eval_ema", choices=checkpoint.WEIGHTS)
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="numbers of jumps N (default: sample.steps)")
+    p.add_argument("--weight", type=float, default=None, help="guidance weight w ≥ 1 (default: sample.weight)")
+    p.add_argument("--per-class", type=int, default=None, help="samples per class (default: sample.per_class)")
+    p.add_argument("--classes", type=int, nargs="+", default=None, help="classes to sample (default: all)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--vae", default=None, help="latents only: VAE source to decode a PNG grid (full_scale.vae)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN/samples)")
+    args = p.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg, meta = load_run(args.run, args.weights, args.checkpoint, device)
+    sc = cfg["sample"]
+    steps = args.steps or list(sc["steps"])
+    weight = args.weight if args.weight is not None else float(sc["weight"])
+    per_class = args.per_class or int(sc["per_class"])
+    seed = args.seed if args.seed is not None else int(sc["seed"])
+    out = Path(args.out) if args.out else Path(args.run) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    conditional = cfg["guidance"]["mode"] != "none"
+    classes = args.classes if args.classes is not None else list(range(model.cfg.num_classes))
+    labels = torch.tensor(classes).repeat_interleave(per_class) if conditional else None
+    n = len(classes) * per_class
+
+    decode = None
+    if cfg["data"]["kind"] == "latents" and args.vae:
+        from .data import LatentDataset
+        from .vae import decode_latents, load_vae
+        vae, stats = load_vae(args.vae, device=device), LatentDataset(cfg["data"]["root"]).stats
+        decode = lambda z: decode_latents(vae, z, stats)  # noqa: E731
+    elif cfg["data"]["kind"] != "latents":
+        decode = to_uint8
+
+    written = []
+    for n_steps in steps:
+        x = generate(model, labels, n_steps, weight, n=n, seed=seed, batch_size=args.batch_size)
+        stem = out / f"samples_{n_steps}step"
+        np.savez(stem.with_suffix(".npz"), samples=x.numpy(), labels=(labels if labels is not None else
+                 torch.full((n,), -1)).numpy(), n_steps=n_steps, weight=weight, step=meta["step"])
+        written.append(stem.with_suffix(".npz"))
+        if decode is not None:
+            grid_png(stem.with_suffix(".png"), decode(x), rows=len(classes) if conditional else 1)
+            written.append(stem.with_suffix(".png"))
+        print(f"{n_steps}-step samples: {stem}.npz" + (" and .png" if decode is not None else
+                                                       " (pass --vae to decode latents to a PNG grid)"))
+    return written
+
+
+if __name__ == "__main__":
+    main()

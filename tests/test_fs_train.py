@@ -1,0 +1,185 @@
+"""The distributed trainer: DDP gradients equal single-process gradients, exact resume (after SIGTERM and after a
+crash), the NaN policy, configuration errors, and a few steps of the digits pipeline."""
+import copy
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from full_scale import checkpoint, pipeline, train
+from full_scale.metrics import read_metrics
+from full_scale.models import DiT, dit_config
+from tvm_theory.loss import CFGConfig, StudentOutput, prepare_batch, tvm_loss
+from tvm_theory.time_samplers import GapSampler
+
+TINY = ["--set", "model.depth=1", "--set", "model.hidden_size=32", "--set", "model.num_heads=2",
+        "--set", "train.global_batch=8", "--set", "log.every=1", "--set", "log.lipschitz_every=2",
+        "--set", "log.lipschitz_probes=4", "--set", "log.lipschitz_iters=3", "--set", "checkpoint.every=2",
+        "--set", "checkpoint.keep=5"]
+N = 8
+
+
+def ddp_model():
+    torch.manual_seed(0)
+    cfg = dit_config(input_size=4, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                     num_classes=3, freq_dim=8, lipschitz=True)
+    model = DiT(cfg).double()
+    with torch.no_grad():  # non-zero adaLN and output layers, so every parameter has a gradient
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+def full_batch():
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(N, 1, 4, 4, generator=g, dtype=torch.float64)
+    times = GapSampler()(N, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (N,), generator=g)
+    return prepare_batch(x0, times, y=y, cfg=CFGConfig(null_class=3, weight=2.0, label_dropout=0.25), generator=g)
+
+
+def shard(batch, rank, world):
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).chunk(world)[rank]
+                                         for f in dataclasses.fields(batch)})
+
+
+def grads_of(step_module, model, target, batch):
+    f, dfds, u_fm = step_module(batch)
+    tvm_loss(batch, StudentOutput(f=f, dfds=dfds, u_fm=u_fm), target, null_class=3).loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _ddp_worker(rank, world, rdv, out):
+    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = ddp_model()
+    target = copy.deepcopy(model).requires_grad_(False)
+    grads = grads_of(DDP(train.StudentStep(model)), model, target, shard(full_batch(), rank, world))
+    torch.save(grads, os.path.join(out, f"grads{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_equal_one_process_full_batch(tmp_path):
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    model = ddp_model()
+    target = copy.deepcopy(model).requires_grad_(False)
+    full = grads_of(train.StudentStep(model), model, target, full_batch())
+    model_half = ddp_model()
+    half = grads_of(train.StudentStep(model_half), model_half, copy.deepcopy(model_half), shard(full_batch(), 0, 2))
+    assert max(float((a - b).abs().max()) for a, b in zip(half, full)) > 1e-3  # one shard alone is different
+    for rank in range(2):
+        got = torch.load(tmp_path / f"grads{rank}.pt", weights_only=True)
+        for a, b in zip(got, full):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)  # float64: only summation order differs
+
+
+def losses(run):
+    return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
+
+
+def test_exact_resume_after_sigterm_and_after_a_crash(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.main(["--out", str(a), "--steps", "5"] + TINY)
+
+    calls = {"n": 0}
+    real_loss = train.tvm_loss
+
+    def sigterm_during_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train, "tvm_loss", sigterm_during_step_3)
+    train.main(["--out", str(b), "--steps", "5"] + TINY)
+    monkeypatch.undo()
+    events = [r for r in read_metrics(b) if r.get("event") == "sigterm"]
+    assert [e["step"] for e in events] == [3]
+    assert [p.name for p in checkpoint.list_checkpoints(b)] == ["step_00000002", "step_00000003"]
+
+    # Resume from the SIGTERM checkpoint (step 3) …
+    train.main(["--out", str(b), "--steps", "4"] + TINY)
+    assert losses(b) == {k: v for k, v in losses(a).items() if k <= 4}
+    # … and after a "crash": drop the latest checkpoints so the run restarts from step 2 with records of 3, 4 left.
+    for path in checkpoint.list_checkpoints(b)[1:]:
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()
+    train.main(["--out", str(b), "--steps", "5"] + TINY)
+    steps = [r["step"] for r in read_metrics(b) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5]  # records after the resumed checkpoint were replaced, not duplicated
+    assert losses(b) == losses(a)  # bit-for-bit the uninterrupted run
+    assert "lip_max" in read_metrics(a)[2] and read_metrics(a)[2]["lip_max"] > 0
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nan_policy(tmp_path, monkeypatch, policy):
+    real = train.prepare_batch
+    seen = []
+
+    def nan_in_second_batch(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        seen.append(batch)
+        if len(seen) == 2:
+            x_t = batch.x_t.clone()
+            x_t[1] = float("nan")
+            batch = dataclasses.replace(batch, x_t=x_t)
+        return batch
+
+    monkeypatch.setattr(train, "prepare_batch", nan_in_second_batch)
+    argv = ["--out", str(tmp_path), "--steps", "3", "--set", f"train.nan_policy={policy}"] + TINY
+    if policy == "stop":
+        with pytest.raises(FloatingPointError, match="step 2"):
+            train.main(argv)
+    else:
+        train.main(argv)
+        opt = torch.load(checkpoint.latest(tmp_path) / "optimizer.pt", weights_only=True)
+        assert all(int(s["step"]) == 2 for s in opt["state"].values())  # 3 steps, one skipped
+    event = [r for r in read_metrics(tmp_path) if r.get("event") == "nonfinite"][0]
+    assert event["step"] == 2 and event["policy"] == policy and event["n_nonfinite_examples"] == 1
+    assert event["t"] == [pytest.approx(float(seen[1].t[1]))] and event["s"] == [pytest.approx(float(seen[1].s[1]))]
+
+
+def test_configuration_errors(tmp_path):
+    with pytest.raises(ValueError, match="data.root"):
+        train.main(["--preset", "imagenet-256", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown key"):
+        train.main(["--out", str(tmp_path), "--set", "train.lr_schedule=cosine"])
+    with pytest.raises(ValueError, match="global_batch"):
+        train.main(["--out", str(tmp_path), "--set", "train.global_batch=10", "--set", "train.micro_batch=4"])
+
+
+def test_digits_pipeline_few_steps(tmp_path):
+    out = tmp_path / "run"
+    # The preset's model and batch for two steps; the Lipschitz probe is exercised in the resume test.
+    results = pipeline.main(["--out", str(out), "--steps", "2", "--set", "sample.per_class=3",
+                             "--set", "sample.steps=[1,2]", "--set", "log.lipschitz_every=0",
+                             "--cache-dir", str(tmp_path / "cache")])
+    assert set(results) == {"1-step", "2-step"}
+    for r in results.values():
+        assert r["n"] == 30 and 0 <= r["accuracy"] <= 1 and r["classifier_held_out_accuracy"] > 0.9
+        assert r["frechet"] >= 0 and r["w2"] > 0 and r["train_step"] == 2
+    assert json.loads((out / "eval.json").read_text()) == results
+    assert (out / "samples" / "samples_1step.png").stat().st_size > 0
+    assert (tmp_path / "cache" / "digits_classifier.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "full_scale.train",
+           "--out", str(tmp_path), "--steps", "2"] + TINY
+    subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=600)
+    start = read_metrics(tmp_path)[0]
+    assert start["world_size"] == 2 and start["micro_batch"] == 4
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002"]
+    assert len(list(checkpoint.latest(tmp_path).glob("rng_rank*.pt"))) == 2
