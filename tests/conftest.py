@@ -11,6 +11,11 @@ settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+# `kernels` reads TRITON_INTERPRET when first imported (full_scale.models imports it too): without a GPU the Triton
+# kernels run in the interpreter, so the CPU tests exercise the same kernels as the GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Two cores on CI and two pytest-xdist workers: one intra-op thread per worker avoids oversubscription.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
