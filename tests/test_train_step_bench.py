@@ -1,0 +1,158 @@
+"""CPU checks of the training-step benchmark (benchmarks/train_step.py): its FLOP model against PyTorch's FLOP
+counter on real TVM steps, the JVP-aware linear layer against ``torch.nn.functional.linear`` in float64, the
+synthetic latents, and one end-to-end run of the command at a tiny model size (output schema; numbers finite and
+positive — not speed)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as Fn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import train_step as bench  # noqa: E402
+
+from full_scale.models import DiT, dit_config  # noqa: E402
+from full_scale.train import StudentStep  # noqa: E402
+from tvm_theory.loss import CFGConfig, StudentOutput, prepare_batch, tvm_loss  # noqa: E402
+from tvm_theory.time_samplers import make_time_sampler  # noqa: E402
+
+TINY = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.input_size=4", "model.num_classes=4"]
+
+
+def tiny_dit(seed: int, **fields) -> DiT:
+    """A small DiT with every weight random (the zero-initialized adaLN and output layers too)."""
+    torch.manual_seed(seed)
+    model = DiT(dit_config(None, **fields)).double()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+@settings(max_examples=4)
+@given(depth=st.integers(1, 2), heads=st.sampled_from([1, 2]), grid=st.sampled_from([2, 4]),
+       patch=st.sampled_from([1, 2]), batch=st.integers(1, 2))
+def test_forward_flops_equal_the_flop_counter_on_a_dit_forward(depth, heads, grid, patch, batch):
+    cfg = dict(input_size=grid * patch, in_channels=3, patch_size=patch, hidden_size=16 * heads, depth=depth,
+               num_heads=heads, num_classes=5, freq_dim=8)
+    model = tiny_dit(0, **cfg)
+    x = torch.randn(batch, 3, grid * patch, grid * patch, dtype=torch.float64)
+    t = torch.rand(batch, dtype=torch.float64)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t, t * 0.5, y=torch.zeros(batch, dtype=torch.long))
+    lin, att = bench.forward_flops(model.cfg)
+    assert counter.get_total_flops() == batch * (lin + att)
+
+
+def counted_step_flops(model: DiT, target: DiT, batch_size: int) -> tuple[int, float, list[torch.Tensor]]:
+    """FLOPs PyTorch counts in one real TVM step (student JVP + flow-matching forward, targets, backward)."""
+    shape = (batch_size, model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, model.cfg.num_classes, (batch_size,), generator=gen)
+    times = make_time_sampler("gap")(batch_size, generator=gen, dtype=torch.float64)
+    batch = prepare_batch(x0, times, y=y, cfg=CFGConfig(null_class=model.null_class, weight=2.0, label_dropout=0.0),
+                          generator=gen)
+    model.zero_grad()
+    with FlopCounterMode(display=False) as counter:
+        f, dfds, u = StudentStep(model)(batch)
+        terms = tvm_loss(batch, StudentOutput(f=f, dfds=dfds, u_fm=u), target, null_class=model.null_class)
+        terms.loss.backward()
+    return counter.get_total_flops(), float(terms.loss.detach()), [p.grad.clone() for p in model.parameters()]
+
+
+def test_step_flop_model_matches_a_counted_tvm_step_with_jvp_linears(monkeypatch):
+    """11L + 14A agrees with the counted step within 2% once the linear layers skip the zero weight tangents
+    (the model counts tangents of the time and patch embeddings, which carry none: 1.2% at this size, less for
+    larger ones); PyTorch's own linear rule counts ≥ 10% more, for the same loss and gradients."""
+    fields = dict(input_size=8, in_channels=4, patch_size=2, hidden_size=64, depth=1, num_heads=1,
+                  num_classes=10, freq_dim=16, lipschitz=True)
+    model, target = tiny_dit(0, **fields), tiny_dit(1, **fields).requires_grad_(False)
+    expected = 2 * bench.step_flops(model.cfg, guidance=True)
+    plain, loss_plain, grads_plain = counted_step_flops(model, target, 2)
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: bench.jvp_linear(x, self.weight, self.bias))
+    ours, loss_ours, grads_ours = counted_step_flops(model, target, 2)
+    assert 0.98 * expected <= ours <= expected
+    assert plain >= 1.1 * ours
+    assert loss_ours == pytest.approx(loss_plain, rel=1e-12)
+    for a, b in zip(grads_plain, grads_ours):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@settings(max_examples=8)
+@given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), fan_in=st.integers(1, 6),
+       fan_out=st.integers(1, 6), bias=st.booleans(), weight_tangent=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_jvp_linear_equals_linear_in_value_tangent_and_gradients(lead, fan_in, fan_out, bias, weight_tangent, seed):
+    gen = torch.Generator().manual_seed(seed)
+    mk = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, w, b = mk(*lead, fan_in).requires_grad_(), mk(fan_out, fan_in).requires_grad_(), mk(fan_out).requires_grad_()
+    tx, tw = mk(*lead, fan_in), mk(fan_out, fan_in)
+    g_out, g_tan = mk(*lead, fan_out), mk(*lead, fan_out)
+    results = []
+    for linear in (Fn.linear, bench.jvp_linear):
+        if weight_tangent:  # a tangent on the weight too: the general rule ẋWᵀ + xẆᵀ must hold
+            y, ty = torch.func.jvp(lambda x_, w_: linear(x_, w_, b if bias else None), (x, w), (tx, tw))
+        else:
+            y, ty = torch.func.jvp(lambda x_: linear(x_, w, b if bias else None), (x,), (tx,))
+        leaves = [x, w] + ([b] if bias else [])
+        grads = torch.autograd.grad((y * g_out).sum() + (ty * g_tan * y).sum(), leaves)
+        results.append([y, ty, *grads])
+    for a, c in zip(*results):
+        assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_synthetic_latents_are_standard_normal_reproducible_and_differ_across_ranks():
+    ds = bench.SyntheticLatents((2, 3, 3), 7, rank=1, world_size=2, seed=5, num_items=400)
+    assert len(ds) == 200
+    items = list(ds)
+    z = torch.stack([a for a, _ in items])
+    labels = torch.stack([b for _, b in items])
+    assert z.shape == (200, 2, 3, 3) and z.dtype == torch.float32 and labels.dtype == torch.int64
+    assert labels.min() >= 0 and labels.max() < 7
+    n = z.numel()  # mean 0 and variance 1 within 5 standard errors
+    assert abs(float(z.mean())) < 5 / math.sqrt(n)
+    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
+    again = torch.stack([a for a, _ in bench.SyntheticLatents((2, 3, 3), 7, rank=1, world_size=2, seed=5,
+                                                              num_items=400)])
+    assert torch.equal(z, again)
+    other = next(iter(bench.SyntheticLatents((2, 3, 3), 7, rank=0, world_size=2, seed=5, num_items=400)))[0]
+    ds.set_epoch(1)
+    assert not torch.equal(other, z[0]) and not torch.equal(next(iter(ds))[0], z[0])
+    with pytest.raises(ValueError, match="rank"):
+        bench.SyntheticLatents((2, 3, 3), 7, rank=2, world_size=2)
+
+
+def test_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "baseline,nonsense"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "2"])
+
+
+def test_benchmark_command_runs_the_trainer_and_writes_its_schema(tmp_path):
+    out = tmp_path / "ts.json"
+    steps, warmup = 3, 1
+    result = bench.main(["--models", "DiT-S/2", "--batches", "2", "--variants", "baseline", "--steps", str(steps),
+                         "--warmup", str(warmup), "--timeout", "120", "--out", str(out)]
+                        + [a for kv in TINY for a in ("--set", kv)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["meta"]["flop_model"].startswith("per image")
+    (row,) = result["runs"]
+    assert row["status"] == "ok", row.get("error")
+    assert row["steps_timed"] == steps and len(row["loss"]) == steps + warmup
+    assert row["latent_shape"] == [4, 4, 4] and row["global_batch"] == 2 and row["variant"] == "baseline"
+    for key in ("sec_per_step", "sec_per_step_q25", "sec_per_step_q75", "images_per_s", "images_per_s_per_gpu",
+                "tflops_per_gpu", "model_flops_per_image", "parameters", "wall_s"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["sec_per_step_q25"] <= row["sec_per_step"] <= row["sec_per_step_q75"]
+    assert row["images_per_s"] == pytest.approx(2 / row["sec_per_step"])
+    assert row["speedup_vs_baseline"] == 1.0
+    assert all(np.isfinite(row["loss"]))
