@@ -32,6 +32,7 @@ def test_bound_is_tight_for_a_constant_velocity_bias():
     res = sensitivity_bound(model, bed.velocity, x1, 1.0, bed.flow(x1, 1.0, 0.0), ode_steps=32)
     assert res.paired_rmse > 0.05
     assert res.bound == pytest.approx(res.paired_rmse, rel=1e-6)
+    assert res.bound_directional == pytest.approx(res.bound, rel=1e-12)
     assert res.identity_rel < 1e-6
     assert res.residual_quantiles["max"] == pytest.approx(math.hypot(0.1, 0.05), rel=1e-9)
 
@@ -55,6 +56,8 @@ def test_identity_and_pathwise_bound_for_a_random_network(name, t):
     assert res.bound >= res.paired_rmse - float(res.identity_residual.pow(2).mean().sqrt())
     assert res.quad_err < 1e-2 * res.bound and res.ode_err < 1e-2 * res.bound
     assert res.amplification == pytest.approx(res.bound / res.core)
+    # ‖∫ Jρ‖ ≤ ∫ ‖Jρ‖ ≤ ∫ ‖J‖‖ρ‖
+    assert res.paired_rmse - 1e-3 * res.bound <= res.bound_directional <= res.bound * (1 + 1e-12)
 
 
 def test_sensitivity_rejects_bad_arguments():

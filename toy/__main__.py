@@ -18,17 +18,13 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """For now: the theorem check of THEORY.md §4 with its defaults, into --out."""
-    return theorem_check.run(args)
-
-
 COMMANDS: dict[str, Command] = {
     "theorem-check": Command("the paper's explicit W2 bound vs. the 1-D Gaussian counterexample (THEORY.md §4)",
                              theorem_check.add_arguments, theorem_check.run),
     "verify": Command("train TVM on a test bed and check the W2 bounds against the true W2 during training",
                       verify.add_arguments, verify.run),
-    "demo": Command("the main job of `make demo` (now: the theorem check)", theorem_check.add_arguments, _demo),
+    "demo": Command("`make demo`: TVM on the 8-mode ring, every W2 bound vs. the true W2 during training",
+                    verify.add_demo_arguments, verify.run_demo),
 }
 
 

@@ -1,0 +1,1 @@
+"""Jupytext percent-format notebooks of the toy experiments; ``python -m toy.notebooks.render`` executes them."""
