@@ -63,12 +63,15 @@ def generate(model: DiT, labels: torch.Tensor | None, n_steps: int, weight: floa
     return torch.cat(out)
 
 
-def grid_png(path: Path, images: np.ndarray, rows: int, scale: int = 4) -> None:
-    """Save uint8 images (n, H, W) or (n, H, W, 3) as a rows × (n / rows) grid, upscaled ``scale``× (nearest)."""
-    n, h, w = images.shape[:3]
+def grid_png(path: Path, images: np.ndarray, rows: int, scale: int = 4, pad: int = 1) -> None:
+    """Save uint8 images (n, H, W, C) as a rows × (n / rows) grid with ``pad`` grey pixels between cells, upscaled
+    ``scale``× (nearest neighbour)."""
+    n, h, w, c = images.shape
     cols = n // rows
-    grid = images[: rows * cols].reshape(rows, cols, h, w, -1).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, -1)
-    img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    cells = np.full((rows, cols, h + pad, w + pad, c), 128, dtype=np.uint8)
+    cells[:, :, :h, :w] = images[: rows * cols].reshape(rows, cols, h, w, c)
+    grid = cells.transpose(0, 2, 1, 3, 4).reshape(rows * (h + pad), cols * (w + pad), c)[:-pad or None, :-pad or None]
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
 
 

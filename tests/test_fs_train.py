@@ -183,3 +183,25 @@ def test_torchrun_two_processes(tmp_path):
     assert start["world_size"] == 2 and start["micro_batch"] == 4
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002"]
     assert len(list(checkpoint.latest(tmp_path).glob("rng_rank*.pt"))) == 2
+
+
+def test_imagenet_preset_starts_on_a_latent_dataset(tmp_path):
+    # The imagenet-256 recipe (shrunk model) on a tiny prepared latent set: 9 images of 3 classes through a random
+    # 2×-downsampling VAE → 4×8×8 latents; micro-batch 2 of a global batch 4 exercises gradient accumulation.
+    pytest.importorskip("diffusers")
+    from full_scale.data import prepare
+    from test_fs_data import RES, image_folder, tiny_vae_folder
+
+    vae = tiny_vae_folder(tmp_path / "vae")
+    prepare(image_folder(tmp_path / "src"), tmp_path / "latents", resolution=RES, vae=str(vae), shard_size=4,
+            batch_size=3, num_workers=0)
+    out = tmp_path / "run"
+    train.main(["--preset", "imagenet-256", "--out", str(out), "--steps", "2",
+                "--set", f"data.root={tmp_path / 'latents'}", "--set", "data.num_workers=0",
+                "--set", "model.input_size=8", "--set", "model.num_classes=3", "--set", "model.hidden_size=32",
+                "--set", "model.depth=1", "--set", "model.num_heads=2", "--set", "train.global_batch=4",
+                "--set", "train.micro_batch=2", "--set", "log.every=1", "--set", "log.lipschitz_every=0"])
+    records = read_metrics(out)
+    assert records[0]["accumulation"] == 2 and records[0]["micro_batch"] == 2
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert checkpoint.latest(out).name == "step_00000002"
