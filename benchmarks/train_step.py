@@ -63,6 +63,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
 from full_scale.config import apply_overrides, load_preset, model_config  # noqa: E402
 from full_scale.models import DiTConfig  # noqa: E402
 
@@ -457,6 +459,93 @@ def loss_check(args, tmp: Path, preset: str) -> dict:
             "max_abs_z": max(zs) if zs else None, "loss_1gpu": curves[1], "loss_2gpu": curves[2]}
 
 
+class _OpCensus(TorchDispatchMode):
+    """Counts the ATen operators dispatched, those that are not views (views launch no kernel) and those given a
+    zero-filled floating-point tensor input (≥ 16 elements)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.compute_ops = self.zero_input_ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.compute_ops += not func.is_view
+        flat = [a for a in torch.utils._pytree.tree_leaves((args, kwargs or {})) if isinstance(a, torch.Tensor)]
+        if any(a.device.type == "cpu" and a.numel() >= 16 and a.is_floating_point() and not bool(a.any())
+               for a in flat):
+            self.zero_input_ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _census_step(cfg: dict, depth: int, jvp_linears: bool) -> dict:
+    """Operator counts of one trainer step (the trainer's StudentStep, tvm_loss, AdamW and ema_update) of a
+    ``depth``-block copy of the configured model at a tiny width, on the CPU in float32, every weight random."""
+    from full_scale.models import DiT
+    from full_scale.train import StudentStep, ema_update, guidance_config
+    from tvm_theory.loss import StudentOutput, prepare_batch, tvm_loss
+    from tvm_theory.time_samplers import make_time_sampler
+
+    m = model_config(cfg)
+    fields = {**m.to_dict(), "depth": depth, "hidden_size": 8 * m.num_heads, "input_size": 2 * m.patch_size,
+              "freq_dim": 16}
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(**fields))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    target = DiT(DiTConfig(**fields)).requires_grad_(False)
+    target.load_state_dict(model.state_dict())
+    tc = cfg["train"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]), betas=tuple(tc["betas"]),
+                                  weight_decay=float(tc["weight_decay"]), foreach=True)  # as on CUDA
+    guidance = guidance_config(cfg, model.null_class)
+    gen = torch.Generator().manual_seed(0)
+    n = 4
+    x0 = torch.randn(n, m.in_channels, fields["input_size"], fields["input_size"], generator=gen)
+    y = torch.randint(0, m.num_classes, (n,), generator=gen)
+    times = make_time_sampler(tc["time_sampler"])(n, generator=gen)
+    batch = prepare_batch(x0, times, y=y if guidance is not None else None, cfg=guidance, generator=gen)
+    linear_forward = torch.nn.Linear.forward
+    if jvp_linears:
+        torch.nn.Linear.forward = lambda self, x: jvp_linear(x, self.weight, self.bias)
+    phases = {}
+    try:
+        with _OpCensus() as c:
+            f, dfds, u = StudentStep(model)(batch)
+        phases["student forward (JVP + flow matching)"] = c
+        with _OpCensus() as c:
+            terms = tvm_loss(batch, StudentOutput(f=f, dfds=dfds, u_fm=u), target, null_class=model.null_class)
+        phases["targets and loss"] = c
+        with _OpCensus() as c:
+            terms.loss.backward()
+        phases["backward"] = c
+    finally:
+        torch.nn.Linear.forward = linear_forward
+    optimizer.step()  # the second step is counted: the first fills the moments
+    with _OpCensus() as c:
+        optimizer.step()
+    phases["AdamW (foreach)"] = c
+    with _OpCensus() as c:
+        ema_update(target, model, float(tc["target_ema"]))
+        ema_update(target, model, float(tc["eval_ema"]))
+    phases["two EMAs"] = c
+    return {k: (v.ops, v.compute_ops, v.zero_input_ops) for k, v in phases.items()}
+
+
+def census(cfg: dict, jvp_linears: bool) -> dict:
+    """ATen operators one step dispatches at the configured depth, per phase: counted at depth 1 and 2 and
+    extrapolated linearly (every block runs the same code). Each operator is at least one kernel launch on a GPU,
+    so ``ops`` × (host time per operator) bounds an eager step's time from below when the GPU is fast enough."""
+    one, two = _census_step(cfg, 1, jvp_linears), _census_step(cfg, 2, jvp_linears)
+    depth = model_config(cfg).depth
+    out = {}
+    keys = ("ops", "compute_ops", "zero_input_ops")
+    for phase in one:
+        out[phase] = {k: a + (depth - 1) * (b - a) for k, a, b in zip(keys, one[phase], two[phase])}
+        out[phase]["compute_ops_per_block"] = two[phase][1] - one[phase][1]
+    out["total"] = {k: sum(v[k] for v in out.values()) for k in (*keys, "compute_ops_per_block")}
+    return out
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | res | batch/GPU | GPUs | variant | step ms (IQR) | img/s | img/s/GPU | peak GB | "
              "TFLOP/s/GPU | MFU | ×baseline | scaling |", "|" + "---|" * 13]
@@ -490,6 +579,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--timeout", default=600.0, type=float, help="seconds per run before it is killed")
     ap.add_argument("--loss-check", default=0, type=int, metavar="STEPS",
                     help="instead of timing: loss curves of 1 GPU (batch 2b) vs 2 GPUs (b each) for STEPS steps")
+    ap.add_argument("--census", action="store_true",
+                    help="instead of timing: count the ATen operators of one step per phase (CPU, seconds)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--out", default="train_step.json")
     ap.add_argument("--workdir", default=None, help="keep run directories here (default: a temporary folder)")
@@ -519,6 +610,18 @@ def main(argv=None) -> dict:
     result = {"meta": meta, "runs": []}
     with tempfile.TemporaryDirectory(prefix="train_step_") as tmp_name:
         tmp = Path(args.workdir) if args.workdir else Path(tmp_name)
+        if args.census:
+            result["census"] = {}
+            for model in args.models:
+                cfg = run_config(preset, model, 1, 1, 1, args.variants[0], args.set)
+                result["census"][model] = {v: census(cfg, v) for v in (False, True)}
+                for jvp_lin, phases in result["census"][model].items():
+                    print(f"{model}, {'JVP-aware' if jvp_lin else 'PyTorch'} linears:")
+                    for phase, c in phases.items():
+                        print(f"  {phase:38s} {c['ops']:6d} ops, {c['compute_ops']:6d} not views "
+                              f"({c['compute_ops_per_block']} per block), {c['zero_input_ops']} with a zero input")
+            Path(args.out).write_text(json.dumps(result, indent=1))
+            return result
         if args.loss_check:
             result["loss_check"] = loss_check(args, tmp, preset)
             Path(args.out).write_text(json.dumps(result, indent=1))

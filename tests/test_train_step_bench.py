@@ -156,3 +156,17 @@ def test_benchmark_command_runs_the_trainer_and_writes_its_schema(tmp_path):
     assert row["images_per_s"] == pytest.approx(2 / row["sec_per_step"])
     assert row["speedup_vs_baseline"] == 1.0
     assert all(np.isfinite(row["loss"]))
+
+
+def test_op_census_counts_every_phase_and_the_jvp_linears_remove_zero_tangent_work():
+    cfg = bench.run_config("imagenet-256", "DiT-S/2", 1, 1, 1, "baseline", ["model.depth=3", "model.num_heads=1",
+                                                                                     "model.num_classes=4"])
+    plain, ours = bench.census(cfg, jvp_linears=False), bench.census(cfg, jvp_linears=True)
+    assert set(plain) == set(ours) and "total" in plain and len(plain) == 6
+    for c in (plain, ours):
+        assert all(0 < v["compute_ops"] <= v["ops"] for v in c.values())
+        assert c["total"]["ops"] == sum(v["ops"] for k, v in c.items() if k != "total")
+    student = "student forward (JVP + flow matching)"
+    assert ours[student]["compute_ops"] < plain[student]["compute_ops"]
+    assert ours["total"]["zero_input_ops"] < plain["total"]["zero_input_ops"]
+    assert ours["targets and loss"] == plain["targets and loss"]  # no JVP there: the same operators
