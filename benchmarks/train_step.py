@@ -39,6 +39,7 @@ Usage (on the GPU machine; the device copy has no .git, so pass the commit):
         --out train_step.json --commit $(git rev-parse --short HEAD)
     python benchmarks/train_step.py --gpus 1,2 --models DiT-XL/2 --batches 32 --variants triton
     python benchmarks/train_step.py --loss-check 150 --models DiT-B/2 --batches 32   # 1 vs 2 GPUs, same global batch
+    python benchmarks/train_step.py --census --models DiT-XL/2   # CPU: ATen operators of one step, per phase
 Any ``--set section.key=value`` is applied to every run (e.g. a tiny model for the CPU smoke test).
 """
 from __future__ import annotations
@@ -644,7 +645,8 @@ def main(argv=None) -> dict:
     for r in result["runs"]:
         if "profile" in r and "sec_per_step" in r:
             p = r["profile"]
-            cats = ", ".join(f"{k} {v:.1f}" for k, v in sorted(p["ms_per_step_by_category"].items(), key=lambda kv: -kv[1]))
+            by_class = sorted(p["ms_per_step_by_category"].items(), key=lambda kv: -kv[1])
+            cats = ", ".join(f"{k} {v:.1f}" for k, v in by_class)
             print(f"profile {r['model']} b{r['batch_per_gpu']} g{r['gpus']} {r['variant']}: kernels "
                   f"{p['kernel_ms_per_step']:.1f} ms of a {1e3 * r['sec_per_step']:.1f} ms step ({cats})")
     return result
