@@ -8,8 +8,9 @@ One step: each rank draws its micro-batches, times (t, s, s′) and noise; the s
 u_θ(x_{s′}) run inside the DDP-wrapped :class:`StudentStep` forward (PyTorch cannot JVP through DDP from outside,
 and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
 (rate 0.99); AdamW steps on the averaged gradient; both EMAs follow. DDP uses NCCL on GPUs and gloo on the CPU;
-bf16 autocast on GPUs. The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/``; a run restarted
-with the same ``--out`` resumes exactly from its latest checkpoint. SIGTERM saves a checkpoint and exits.
+bf16 autocast on GPUs. The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/``;
+a run restarted with the same ``--out`` resumes exactly from its latest checkpoint. SIGTERM saves a checkpoint and
+exits.
 """
 from __future__ import annotations
 
