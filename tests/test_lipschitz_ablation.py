@@ -36,11 +36,16 @@ def test_smoke_run_two_variants_one_seed(tmp_path):
     assert "| all_on |" in table and "| vanilla |" in table
     for name in ("lipschitz_training.png", "lipschitz_gradnorm.png", "lipschitz_quality.png"):
         assert (out / name).stat().st_size > 0 and (tmp_path / "figs" / name).exists()
-    # A second call reuses finished runs instead of training again.
+    # A finished run is reused instead of trained again.
     stamp = (out / "runs/digits/all_on/seed0/result.json").stat().st_mtime_ns
-    la.main(["--out", str(out), "--seeds", "1", "--datasets", "digits", "--variants", "all_on", "vanilla",
-             "--steps", "2"])
+    spec = la.run_specs(out, "small", ["digits"], ["all_on"], 1, 2, 1)[0]
+    assert json.dumps(la.run_one(spec)) == json.dumps(runs[0])
     assert (out / "runs/digits/all_on/seed0/result.json").stat().st_mtime_ns == stamp
+    # --report-only aggregates finished runs and trains nothing (the missing seed 1 is simply absent).
+    again = la.main(["--out", str(out), "--seeds", "2", "--datasets", "digits", "--variants", "all_on", "vanilla",
+                     "--steps", "2", "--report-only"])
+    assert again["meta"]["runs_finished"] == 2 and again["meta"]["runs_planned"] == 4
+    assert not (out / "runs/digits/all_on/seed1").exists()
 
 
 def test_run_config_switches_each_change_and_is_accepted_by_the_trainer_config():
@@ -51,7 +56,8 @@ def test_run_config_switches_each_change_and_is_accepted_by_the_trainer_config()
         assert {k: getattr(mcfg, k) for k in switches} == switches
         assert mcfg.num_classes == patches.NUM_CLASSES and cfg["data"]["kind"] == "patches"
         assert cfg["train"]["seed"] == 3 and cfg["train"]["steps"] == 7
-        assert cfg["train"]["betas"] == train_over.get("betas", cfg["train"]["betas"])
+        assert cfg["train"]["betas"] == train_over.get("betas", la.RECIPE["train"]["betas"])
+        assert cfg["guidance"]["weight"] == la.GUIDANCE_WEIGHT and mcfg.time_scale == la.RECIPE["model"]["time_scale"]
     assert la.VARIANTS["no_spectral_init"][0]["spectral_init_time"] is False
     with pytest.raises(ValueError, match="variant"):
         la.run_config("digits", "no_such_change", 0, budget)

@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -65,19 +66,27 @@ DEFAULT_VARIANTS = [v for v in VARIANTS if v != "adam_beta2_0999"]
 DATASETS = ("digits", "patches")
 
 # Budgets: model size, batch, steps, how often the probes run, and how many probes. "small" fits a shared 2-core CPU
-# (cut --steps/--seeds/--variants further if needed); "gpu" is a ten-times longer run of a 4-block DiT.
+# (cut --steps/--seeds/--variants further if needed); "gpu" is a four-times longer run of a 4-block DiT at twice the
+# width and batch (sized to the 10-minute GPU calls it was run in: one data set, 21 runs, 8 workers).
 BUDGETS = {
     "small": {"model": {"hidden_size": 64, "depth": 2, "num_heads": 4, "freq_dim": 64},
-              "train": {"steps": 300, "global_batch": 64, "eval_ema": 0.99},
-              "probe_every": 100, "n_probes": 16, "s_grid": [0.1, 0.5, 0.9], "power_iters": 10,
+              "train": {"steps": 150, "global_batch": 64, "eval_ema": 0.98},
+              "probe_every": 75, "n_probes": 16, "s_grid": [0.1, 0.5, 0.9], "power_iters": 10,
               "sample_steps": [1, 2]},
     "gpu": {"model": {"hidden_size": 128, "depth": 4, "num_heads": 4, "freq_dim": 64},
-            "train": {"steps": 3000, "global_batch": 128, "eval_ema": 0.995},
-            "probe_every": 250, "n_probes": 32, "s_grid": [0.05, 0.25, 0.5, 0.75, 0.95], "power_iters": 20,
+            "train": {"steps": 600, "global_batch": 128, "eval_ema": 0.99},
+            "probe_every": 150, "n_probes": 32, "s_grid": [0.05, 0.25, 0.5, 0.75, 0.95], "power_iters": 15,
             "sample_steps": [1, 2]},
 }
+# The recipe every run shares, pinned here so that edits of the preset cannot change a study half-way: the paper's
+# time embedding of t itself (time_scale 1, as the official code), gap* sampler, target EMA 0.99, AdamW β = (0.9, 0.95)
+# at lr 1e-3 (§8.5 and ANCHORS.md, with the larger small-model learning rate), constant CFG w = 1.5, label dropout 0.1.
+RECIPE = {"model": {"input_size": 8, "in_channels": 1, "patch_size": 2, "mlp_ratio": 4.0, "time_scale": 1.0},
+          "train": {"lr": 1.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "grad_clip": None, "target_ema": 0.99,
+                    "time_sampler": "gap", "micro_batch": None, "nan_policy": "skip", "max_nan_skips": 20},
+          "guidance": {"mode": "constant", "weight": 1.5, "label_dropout": 0.1}}
 NORM_PATTERNS = (r"blocks\.\d+\.modulation", r"final\.modulation", r"blocks\.\d+")
-GUIDANCE_WEIGHT = 1.5  # the preset's constant CFG weight
+GUIDANCE_WEIGHT = RECIPE["guidance"]["weight"]  # training, probes and sampling use the same CFG weight
 SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_WARMUP = 5.0, 50, 20
 PROBE_SEED, SAMPLE_SEED = 12345, 2024
 
@@ -114,8 +123,10 @@ def run_config(dataset: str, variant: str, seed: int, budget: dict, steps: int |
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     switches, train_over = VARIANTS[variant]
     num_classes = dataset_module(dataset).NUM_CLASSES
-    sets = {f"model.{k}": v for k, v in (budget["model"] | switches | {"num_classes": num_classes}).items()}
-    sets |= {f"train.{k}": v for k, v in (budget["train"] | train_over | {"seed": seed}).items()}
+    model = RECIPE["model"] | budget["model"] | switches | {"num_classes": num_classes}
+    sets = {f"model.{k}": v for k, v in model.items()}
+    sets |= {f"train.{k}": v for k, v in (RECIPE["train"] | budget["train"] | train_over | {"seed": seed}).items()}
+    sets |= {f"guidance.{k}": v for k, v in RECIPE["guidance"].items()}
     if steps is not None:
         sets["train.steps"] = steps
     total = int(sets["train.steps"])
@@ -191,12 +202,18 @@ def sample_quality(model: torch.nn.Module, dataset: str, n_steps: int, device: t
     return {"finite": True, **scores}
 
 
+def existing_result(spec: dict) -> dict | None:
+    """A run's result.json, or None if it has not finished."""
+    path = Path(spec["run_dir"]) / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def run_one(spec: dict) -> dict:
     """Train one (dataset, variant, seed), probe its checkpoints, score its samples; write and return result.json."""
     run_dir = Path(spec["run_dir"])
     result_path = run_dir / "result.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        return existing_result(spec)
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,10 +229,11 @@ def run_one(spec: dict) -> dict:
     train_seconds = time.perf_counter() - t0
     cfg = apply_overrides(load_preset(PRESET), spec["sets"])
     mcfg = model_config(cfg)
+    # The probes run on the CPU, where the DiT uses the PyTorch reference attention: the Triton kernel supports
+    # torch.func.jvp but not the torch.func.vjp of the power iteration. Sampling uses the training device.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    probes = probe_set(spec["dataset"], spec["budget"], device)
-    with torch.device(device):
-        model = DiT(mcfg)
+    probes = probe_set(spec["dataset"], spec["budget"], torch.device("cpu"))
+    model = DiT(mcfg)
     series = []
     for ck in checkpoint.list_checkpoints(run_dir):
         step = int(ck.name.removeprefix(checkpoint.PREFIX))
@@ -225,6 +243,8 @@ def run_one(spec: dict) -> dict:
     last = checkpoint.latest(run_dir)
     quality = {}
     if last is not None:
+        with torch.device(device):
+            model = DiT(mcfg)
         _load(model, last / "eval_ema.safetensors")
         quality = {f"{n}step": sample_quality(model, spec["dataset"], n, device)
                    for n in spec["budget"]["sample_steps"]}
@@ -235,6 +255,8 @@ def run_one(spec: dict) -> dict:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, allow_nan=True))
     os.replace(tmp, result_path)
+    if not spec.get("keep_checkpoints"):
+        shutil.rmtree(checkpoint.checkpoint_dir(run_dir), ignore_errors=True)
     return result
 
 
@@ -261,9 +283,11 @@ def toy_certified_vs_local(seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------------------------------------ the study
 
-def run_specs(out: Path, budget_name: str, datasets, variants, seeds: int, steps: int | None, threads: int) -> list:
+def run_specs(out: Path, budget_name: str, datasets, variants, seeds: int, steps: int | None, threads: int,
+              keep_checkpoints: bool = False) -> list:
     budget = BUDGETS[budget_name]
     return [{"dataset": d, "variant": v, "seed": k, "budget": budget, "threads": threads,
+             "keep_checkpoints": keep_checkpoints,
              "sets": run_config(d, v, k, budget, steps), "run_dir": str(out / "runs" / d / v / f"seed{k}")}
             for k in range(seeds) for d in datasets for v in variants]
 
@@ -279,6 +303,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="override the budget's training steps")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: aggregate the runs of these arguments that have finished")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each run's checkpoints (by default they are deleted once result.json is written)")
     p.add_argument("--figures-dir", default=None, help="also copy the figures here (e.g. docs/figures)")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.workers < 1 or args.threads < 1 or (args.steps is not None and args.steps < 1):
@@ -294,18 +322,24 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    specs = run_specs(out, args.budget, args.datasets, args.variants, args.seeds, args.steps, args.threads)
+    specs = run_specs(out, args.budget, args.datasets, args.variants, args.seeds, args.steps, args.threads,
+                      args.keep_checkpoints)
     if "digits" in args.datasets:  # train and cache the classifier once, before workers race for it
         dataset_module("digits").load_classifier()
     t0 = time.perf_counter()
-    if args.workers == 1:
+    if args.report_only:
+        results = [r for r in map(existing_result, specs) if r is not None]
+        if not results:
+            raise SystemExit(f"--report-only: no finished run under {out / 'runs'}")
+    elif args.workers == 1:
         results = [run_one(s) for s in specs]
     else:
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
             results = list(pool.map(run_one, specs))
     meta = {"budget": args.budget, "budget_config": BUDGETS[args.budget], "seeds": args.seeds,
             "datasets": args.datasets, "variants": {v: VARIANTS[v] for v in args.variants},
-            "steps": args.steps or BUDGETS[args.budget]["train"]["steps"], "wall_seconds": time.perf_counter() - t0,
+            "steps": args.steps or BUDGETS[args.budget]["train"]["steps"], "recipe": RECIPE,
+            "runs_finished": len(results), "runs_planned": len(specs), "wall_seconds": time.perf_counter() - t0,
             "device": results[0]["device"] if results else "none", "torch": torch.__version__}
     return write_report(out, results, meta, figures_dir=args.figures_dir, extra={"toy": toy_certified_vs_local()})
 
