@@ -205,3 +205,16 @@ def test_imagenet_preset_starts_on_a_latent_dataset(tmp_path):
     assert records[0]["accumulation"] == 2 and records[0]["micro_batch"] == 2
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
     assert checkpoint.latest(out).name == "step_00000002"
+
+
+def test_guidance_modes():
+    cfg = {"guidance": {"mode": "constant", "weight": 2.5, "weight_range": [1.0, 4.0], "label_dropout": 0.2}}
+    const = train.guidance_config(cfg, null_class=10)
+    assert (const.weight, const.weight_range, const.label_dropout, const.null_class) == (2.5, None, 0.2, 10)
+    cfg["guidance"]["mode"] = "random"
+    assert train.guidance_config(cfg, null_class=10).weight_range == (1.0, 4.0)
+    cfg["guidance"]["mode"] = "none"
+    assert train.guidance_config(cfg, null_class=10) is None
+    cfg["guidance"]["mode"] = "cfg"
+    with pytest.raises(ValueError, match="guidance.mode"):
+        train.guidance_config(cfg, null_class=10)
