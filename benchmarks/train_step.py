@@ -249,8 +249,8 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
 
 def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", profile_steps: str = "0") -> None:
     """One trainer run (this process is one rank); writes ``rank{r}.json`` with its peak memory into ``run_dir``,
-    and on rank 0 of a CUDA run with ``profile_steps`` > 0, ``profile.json`` of the steps after ``profile_after``
-    + 1 (the profiler is stepped by an optimizer-step hook)."""
+    and on rank 0 with ``profile_steps`` > 0, ``profile.json`` of the steps after ``profile_after`` + 1 (the profiler
+    is stepped by an optimizer-step hook; without CUDA it lists no kernels)."""
     from full_scale import train
 
     install_substitutes(VARIANTS[variant][1])
@@ -258,12 +258,14 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     status, error = "ok", ""
     profile_after, profile_steps = int(profile_after), int(profile_steps)
     prof = None
-    if profile_steps and rank == 0 and torch.cuda.is_available():
+    if profile_steps and rank == 0:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
         from torch.profiler import ProfilerActivity, profile, schedule
-        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        prof = profile(activities=activities,
                        schedule=schedule(wait=profile_after, warmup=1, active=profile_steps, repeat=1))
         prof.start()
-        torch.optim.optimizer.register_optimizer_step_post_hook(lambda *_: prof.step())
+        register_optimizer_step_post_hook(lambda *_: prof.step())
     try:
         train.main(["--preset", config, "--out", run_dir])
     except torch.OutOfMemoryError as err:
@@ -654,6 +656,6 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:  # one trainer process, started by launch()
-        worker(*sys.argv[2:5])
+        worker(*sys.argv[2:])
     else:
         main()

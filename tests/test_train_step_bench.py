@@ -109,6 +109,20 @@ def test_jvp_linear_equals_linear_in_value_tangent_and_gradients(lead, fan_in, f
         assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)
 
 
+def test_jvp_linear_under_bf16_autocast_equals_autocast_linear():
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(*shape, generator=gen).requires_grad_() for shape in ((2, 5, 8), (6, 8), (6,)))
+    tx = torch.randn(2, 5, 8, generator=gen)
+    results = []
+    for linear in (Fn.linear, bench.jvp_linear):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, ty = torch.func.jvp(lambda x_: linear(x_, w, b), (x,), (tx,))
+        assert y.dtype == ty.dtype == torch.bfloat16
+        results.append([y, ty, *torch.autograd.grad((y.float() * ty.float()).sum(), (x, w, b))])
+    for a, c in zip(*results):
+        assert a.dtype == c.dtype and torch.allclose(a.float(), c.float(), rtol=1e-2, atol=1e-2)
+
+
 def test_synthetic_latents_are_standard_normal_reproducible_and_differ_across_ranks():
     ds = bench.SyntheticLatents((2, 3, 3), 7, rank=1, world_size=2, seed=5, num_items=400)
     assert len(ds) == 200
@@ -141,13 +155,14 @@ def test_benchmark_command_runs_the_trainer_and_writes_its_schema(tmp_path):
     out = tmp_path / "ts.json"
     steps, warmup = 3, 1
     result = bench.main(["--models", "DiT-S/2", "--batches", "2", "--variants", "baseline", "--steps", str(steps),
-                         "--warmup", str(warmup), "--timeout", "120", "--out", str(out)]
+                         "--warmup", str(warmup), "--profile", "1", "--timeout", "120", "--out", str(out)]
                         + [a for kv in TINY for a in ("--set", kv)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["meta"]["flop_model"].startswith("per image")
     (row,) = result["runs"]
     assert row["status"] == "ok", row.get("error")
-    assert row["steps_timed"] == steps and len(row["loss"]) == steps + warmup
+    assert row["steps_timed"] == steps and len(row["loss"]) == steps + warmup + 2  # + profiler warm-up + 1 profiled
+    assert row["profile"]["steps"] == 1 and row["profile"]["kernel_ms_per_step"] >= 0  # no CUDA kernels here
     assert row["latent_shape"] == [4, 4, 4] and row["global_batch"] == 2 and row["variant"] == "baseline"
     for key in ("sec_per_step", "sec_per_step_q25", "sec_per_step_q75", "images_per_s", "images_per_s_per_gpu",
                 "tflops_per_gpu", "model_flops_per_image", "parameters", "wall_s"):
