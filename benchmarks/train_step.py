@@ -322,8 +322,9 @@ def launch(cfg: dict, gpus: int, variant: str, workdir: Path, timeout: float,
         return run_dir, f"timed out after {timeout:.0f} s"
     (workdir / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-3:]
-        return run_dir, f"exit {proc.returncode}: " + " | ".join(tail)
+        lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error:" in line and "error_file" not in line]
+        return run_dir, f"exit {proc.returncode}: " + (errors[-1] if errors else " | ".join(lines[-3:]))
     return run_dir, ""
 
 
@@ -581,7 +582,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="after the timed steps, profile STEPS more (CUDA kernels by class, top kernels) into the JSON")
     ap.add_argument("--timeout", default=600.0, type=float, help="seconds per run before it is killed")
     ap.add_argument("--loss-check", default=0, type=int, metavar="STEPS",
-                    help="instead of timing: loss curves of 1 GPU (batch 2b) vs 2 GPUs (b each) for STEPS steps")
+                    help="instead of timing: loss curves of 1 GPU (batch 2b) vs 2 GPUs (b each) for STEPS steps, "
+                         "b the first of --batches, with the first of --models and the last of --variants")
     ap.add_argument("--census", action="store_true",
                     help="instead of timing: count the ATen operators of one step per phase (CPU, seconds)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
