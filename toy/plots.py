@@ -23,7 +23,9 @@ LN10 = math.log(10.0)
 SERIES = (  # (label, log10 key or linear key, style)
     ("W2_emp (true)", "w2_emp", dict(color="k", lw=2.5, marker="o")),
     ("D_t (paired RMSE)", "paired_rmse", dict(color="0.4", lw=1.5, marker=".")),
-    ("sensitivity bound (§6.1)", "log10_bound_sensitivity", dict(color="tab:green", lw=2, marker="s")),
+    ("sensitivity bound ∫‖∂ψ‖‖ρ‖ (§6.1)", "log10_bound_sensitivity", dict(color="tab:green", lw=2, marker="s")),
+    ("sensitivity, directional ∫‖∂ψ ρ‖", "bound_sensitivity_directional",
+     dict(color="tab:green", lw=1.5, ls="--", marker="s", mfc="none")),
     ("(a), local L", "log10_bound_a_local", dict(color="tab:blue", marker="^")),
     ("(a), certified L", "log10_bound_a_certified", dict(color="tab:blue", ls="--", marker="v")),
     ("√(b), certified L", "log10_bound_b_certified", dict(color="tab:purple", ls="--", marker="x")),
@@ -53,10 +55,13 @@ def plot_bounds(report: dict, path: Path) -> Path:
     w2 = _log10_series(entries, "w2_emp")
     floor = entries[0]["w2_floor"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    lows = []
     for ax, zoom in zip(axes, (False, True)):
         for label, key, style in SERIES:
             y = _log10_series(entries, key)
-            ax.plot(steps, 10.0 ** y if zoom else y, label=label, **style)
+            lows.append(np.nanmin(y))
+            with np.errstate(over="ignore"):  # huge bounds become inf: off the zoomed chart, drawn on the left
+                ax.plot(steps, 10.0 ** y if zoom else y, label=label, **style)
         ax.axhline(floor if zoom else math.log10(floor), color="0.6", ls=":", label="finite-sample floor")
         positive = steps[steps > 0]
         ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
@@ -67,8 +72,14 @@ def plot_bounds(report: dict, path: Path) -> Path:
             ax.set_ylabel("W2 (distance units)")
             ax.set_title("zoom: up to 100× the largest W2 (higher bounds are off the chart)")
         else:
-            ax.set_yscale("symlog", linthresh=1.0)  # linear in [−1, 1], logarithmic beyond: 1e-1 … 1e16000
-            ax.set_ylabel("log10 of the bound on W2 (symlog axis)")
+            # the axis is log10(bound), linear up to 10 and logarithmic beyond, so 0.1 and 1e16000 share a panel
+            ax.set_yscale("symlog", linthresh=10.0, linscale=2.0)
+            top = max(np.nanmax(_log10_series(entries, key)) for _, key, _ in SERIES)
+            ticks = [k for k in (-3, -2, -1, 0, 1, 2, 5, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+                     if min(lows) - 1 <= k <= max(top, 1) * 1.5]
+            ax.set_yticks(ticks, [f"1e{k}" if abs(k) > 2 else f"{10.0 ** k:g}" for k in ticks])
+            ax.set_ylim(min(lows) - 0.3, max(top, 1) * 1.5)
+            ax.set_ylabel("bound on W2 (axis ∝ log10 below 1e10, ∝ log10 log10 above)")
             ax.set_title(f"{report['testbed']}: every bound vs. the true W2 (t = {entries[0]['t']:g})")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left")

@@ -51,8 +51,8 @@ for name, extra in VARIANTS.items():
 print(f"{'model':>28} {'W2_emp':>8} {'W2 exact':>9} {'D_t':>8} {'sens':>8} {'log10 L_cert':>12} "
       f"{'(a) local':>10} {'(a) cert':>12} {'(b) cert':>12}")
 for name, e in results.items():
-    exact = e.get("w2_exact")
-    print(f"{name:>28} {e['w2_emp']:8.4f} {exact if exact is None else f'{exact:9.4f}':>9} {e['paired_rmse']:8.4f} "
+    exact = "-" if e.get("w2_exact") is None else f"{e['w2_exact']:.4f}"
+    print(f"{name:>28} {e['w2_emp']:8.4f} {exact:>9} {e['paired_rmse']:8.4f} "
           f"{e['bound_sensitivity']:8.4f} {e['lipschitz']['log10_certified']:12.2f} "
           f"{10 ** e['log10_bound_a_local']:10.3g} {10 ** e['log10_bound_a_certified']:12.3g} "
           f"{10 ** e['log10_bound_b_certified']:12.3g}")
