@@ -100,6 +100,8 @@ def plot_profiles(report: dict, path: Path) -> Path:
         axes[0].semilogy(s, np.maximum(p["A"], 1e-16), alpha=alpha, label=tag)
         axes[1].semilogy(s, np.maximum(p["B"], 1e-16), alpha=alpha, label=tag)
         axes[2].semilogy(s, np.maximum(p["L_local"], 1e-16), alpha=alpha, label=f"local, {tag}")
+        if e is last and "L_true_local" in p:
+            axes[2].semilogy(s, np.maximum(p["L_true_local"], 1e-16), color="k", ls=":", label="true field u, local")
         axes[2].semilogy(s, 10.0 ** np.minimum(p["log10_L_certified"], 300), ls="--", alpha=alpha,
                          label=f"certified, {tag}")
         axes[3].plot(s, np.array(p["log_lambda_local"]) / LN10, alpha=alpha, label=f"local, {tag}")
