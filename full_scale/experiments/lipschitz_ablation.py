@@ -260,24 +260,43 @@ def run_one(spec: dict) -> dict:
     return result
 
 
-def toy_certified_vs_local(seed: int = 0) -> dict:
-    """Issue item 4: the same Jacobian probe on 2-D toy MLPs (``toy.models.MLP``), whose certified constant is known
-    (product of spectral norms): an unconstrained MLP and one spectrally capped at 2. Probes: 512 path points per s
-    between N(0, I) draws, s ∈ {0.05, 0.25, 0.5, 0.75, 0.95}; 100 power iterations."""
-    from tvm_theory.probes import certified_vs_local, path_probes
-    from toy.models import MLP
+def toy_certified_vs_local(steps: int = 400, seed: int = 0) -> dict:
+    """Issue item 4: the same Jacobian probe on 2-D toy MLPs, whose certified constant is known (product of spectral
+    norms, THEORY.md §6): ``toy.train`` fits the ring of 8 Gaussians for ``steps`` steps (0: left at initialization)
+    with an unconstrained MLP and with a spectrally normalized one (``mlp-sn``, cap 4); the trained student is probed
+    at 512 path points x_s = (1 − s) x0 + s ε (x0 from the test bed) for s ∈ {0.05, 0.25, 0.5, 0.75, 0.95}, 100 power
+    iterations. Returns, per model, the certified constant, the largest local estimate and their ratio (≥ 1)."""
+    import tempfile
 
-    torch.manual_seed(seed)
+    from toy.train import TrainConfig, build_model, train
+    from tvm_theory.probes import certified_vs_local, path_probes
+    from tvm_theory.testbeds import make_testbed
+
     gen = torch.Generator().manual_seed(seed)
     s_grid = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
-    probes = path_probes(torch.randn(512, 2, generator=gen), torch.randn(512, 2, generator=gen), s_grid)
-    out = {}
-    for name, mlp in {"mlp": MLP(2, 64, 3, 16), "mlp_capped_2": MLP(2, 64, 3, 16, lipschitz_cap=2.0)}.items():
-        mlp.eval()
-        r = certified_vs_local(mlp, mlp.linears, mlp.act_lipschitz, mlp.x_dim, probes, s_grid, n_iter=100, tol=1e-6,
-                               generator=gen)
-        out[name] = {"certified": 10 ** r.log10_certified, "local_max": float(r.local_max.max()),
-                     "local_max_per_s": r.local_max.tolist(), "certified_over_local": 10 ** r.log10_ratio}
+    bed = make_testbed("ring8")
+    x0 = bed.sample(512, gen).float()
+    probes = path_probes(x0, torch.randn(x0.shape, generator=gen), s_grid)
+
+    def compare(model: torch.nn.Module) -> dict:
+        model.eval()
+        r = certified_vs_local(model, model.linears, model.act_lipschitz, model.x_dim, probes, s_grid, n_iter=100,
+                               tol=1e-6, generator=torch.Generator().manual_seed(seed))
+        return {"log10_certified": r.log10_certified, "local_max": float(r.local_max.max()),
+                "local_max_per_s": r.local_max.tolist(), "log10_certified_over_local": r.log10_ratio}
+
+    out = {"testbed": "ring8", "steps": steps}
+    for name in ("mlp", "mlp-sn"):
+        cfg = TrainConfig(testbed="ring8", steps=max(steps, 1), seed=seed, model=name)
+        if steps == 0:
+            torch.manual_seed(seed)
+            out[name] = compare(build_model(cfg, bed.dim))
+            continue
+        found = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            train(cfg, tmp, hook_steps=[steps], hook=lambda step, ema, student: found.update(compare(student)) or {},
+                  resume=False, progress=False)
+        out[name] = found
     return out
 
 
@@ -307,10 +326,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train nothing: aggregate the runs of these arguments that have finished")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each run's checkpoints (by default they are deleted once result.json is written)")
+    p.add_argument("--toy-steps", type=int, default=400,
+                   help="training steps of the 2-D toy MLPs for the certified-vs-local comparison (0: at init)")
     p.add_argument("--figures-dir", default=None, help="also copy the figures here (e.g. docs/figures)")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.workers < 1 or args.threads < 1 or (args.steps is not None and args.steps < 1):
         p.error("--seeds, --workers, --threads and --steps must be positive")
+    if args.toy_steps < 0:
+        p.error("--toy-steps must be non-negative")
     if "all_on" not in args.variants:
         p.error("--variants: 'all_on' is the reference of every comparison and must be included")
     return args
@@ -341,7 +364,7 @@ def main(argv=None) -> dict:
             "steps": args.steps or BUDGETS[args.budget]["train"]["steps"], "recipe": RECIPE,
             "runs_finished": len(results), "runs_planned": len(specs), "wall_seconds": time.perf_counter() - t0,
             "device": results[0]["device"] if results else "none", "torch": torch.__version__}
-    return write_report(out, results, meta, figures_dir=args.figures_dir, extra={"toy": toy_certified_vs_local()})
+    return write_report(out, results, meta, figures_dir=args.figures_dir, extra={"toy": toy_certified_vs_local(args.toy_steps)})
 
 
 if __name__ == "__main__":
