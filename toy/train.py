@@ -3,7 +3,8 @@
 One flat loop, readable top to bottom: build the test bed, the model, the target EMA (rate ``ema``, the paper's
 0.99) and an evaluation EMA (rate ``eval_ema``, with warm-up min(rate, (1 + n)/(10 + n))); then per step draw
 x0 ~ p0 and (t, s, s′) from the time sampler (gap* by default), compute the shared loss
-``tvm_theory.loss.tvm_step_loss``, take an AdamW step, update both EMAs and log one JSON line.
+``tvm_theory.loss.tvm_step_loss`` (or, with ``objective``, a baseline of ``tvm_theory.baselines.OBJECTIVES`` with
+its own time sampler), take an AdamW step, update both EMAs and log one JSON line.
 
 Every random draw of training comes from one ``torch.Generator`` seeded with ``seed``; its state, the weights, both
 EMAs, the optimizer state and the hook's results are saved in an atomic checkpoint (weights as safetensors, the rest
@@ -25,9 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from tvm_theory.loss import tvm_step_loss
+from tvm_theory.baselines import OBJECTIVES, make_objective
 from tvm_theory.testbeds import make_testbed
-from tvm_theory.time_samplers import make_time_sampler
 
 from .models import MLP, AffineModel
 
@@ -59,11 +59,14 @@ class TrainConfig:
     ema: float = 0.99
     eval_ema: float = 0.999
     time_sampler: str = "gap"
+    objective: str = "tvm"  # a key of tvm_theory.baselines.OBJECTIVES (tvm, meanflow, fm)
     log_every: int = 25
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model: expected one of {MODELS}, got {self.model!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {self.objective!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps: expected a positive int, got {self.steps!r}")
         for name in ("ema", "eval_ema"):
@@ -204,7 +207,7 @@ def train(cfg: TrainConfig, out: str | Path, *, hook_steps=(), hook: Hook | None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bed = make_testbed(cfg.testbed)
-    sampler = make_time_sampler(cfg.time_sampler)
+    step_loss, sampler = make_objective(cfg.objective, cfg.time_sampler)
     hook_steps = sorted(set(int(s) for s in hook_steps))
     if hook_steps and (hook_steps[0] < 0 or hook_steps[-1] > cfg.steps):
         raise ValueError(f"hook_steps: expected steps in [0, {cfg.steps}], got {hook_steps}")
@@ -235,7 +238,7 @@ def train(cfg: TrainConfig, out: str | Path, *, hook_steps=(), hook: Hook | None
             x0 = bed.sample(cfg.batch, state.gen).to(torch.float32)
             times = sampler(cfg.batch, generator=state.gen)
             state.model.train()
-            out_loss = tvm_step_loss(state.model, state.target, x0, times, generator=state.gen)
+            out_loss = step_loss(state.model, state.target, x0, times, generator=state.gen)
             state.opt.zero_grad(set_to_none=True)
             out_loss.loss.backward()
             gnorm = float(nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip))
