@@ -4,6 +4,7 @@ MeanFlow's target is recomputed with central finite differences of the total der
 d/dt F(x_t, t, s) ≈ [F(x_t + h v, t + h, s) − F(x_t − h v, t − h, s)] / 2h, instead of a JVP; its gradient with the
 target and the adaptive weight held constant. Flow matching is recomputed from its definition.
 """
+import json
 import math
 
 import pytest
@@ -227,3 +228,62 @@ def test_registry_and_errors():
             fn(F, None, x0, ts, y=torch.zeros(3, dtype=torch.long), cfg=CFGConfig(null_class=0))
     with pytest.raises(ValueError, match="adaptive_p"):
         meanflow_step_loss(F, None, x0, ts, adaptive_p=-1.0)
+
+
+# ---- the comparison command (toy/compare.py) through the trainer's ``objective`` hook --------------------------
+def test_compare_short_run_recomputes_independently(tmp_path):
+    """A tiny `compare` run: its W2 floor equals the exact assignment-problem W2 (scipy, independent of POT), its
+    RMSE equals the distance of the saved one-step samples to ψ, and the table, verdicts and figures exist."""
+    from scipy.optimize import linear_sum_assignment
+    from safetensors.torch import load_file
+
+    from toy.__main__ import main as toy_main
+
+    torch.set_default_dtype(torch.float32)  # the trainer works in float32
+    assert toy_main(["compare", "--out", str(tmp_path), "--testbeds", "gaussian-2d", "--seeds", "2", "--steps", "3",
+                         "--hidden", "8", "--batch", "16", "--n-eval", "64"]) == 0
+    res = json.loads((tmp_path / "compare.json").read_text())
+    bed = res["testbeds"]["gaussian-2d"]
+    assert set(bed["methods"]) == {"tvm", "tvm-sg", "meanflow", "fm"}
+    assert set(bed["methods"]["fm"]["steps"]) == {"1", "2", "4", "100"}
+    assert set(bed["verdicts"]) == {"tvm-sg", "meanflow", "fm", "fm-100"}
+    tvm1 = bed["methods"]["tvm"]["steps"]["1"]["w2"]["values"]
+    fm100 = bed["methods"]["fm"]["steps"]["100"]["w2"]["values"]
+    assert math.isclose(bed["verdicts"]["fm-100"]["1"]["w2"]["diff"], sum(a - b for a, b in zip(tvm1, fm100)) / 2)
+    for seed in range(2):
+        d = load_file(str(tmp_path / "eval" / f"gaussian-2d_seed{seed}_n64_tol1e-06.safetensors"))
+        cost = torch.cdist(d["x_other"], d["x_test"]).pow(2).numpy()
+        rows, cols = linear_sum_assignment(cost)
+        assert math.isclose(bed["floor_w2"]["values"][seed], math.sqrt(cost[rows, cols].mean()), rel_tol=1e-9)
+        for m in bed["methods"]:
+            x = load_file(str(tmp_path / "runs" / "gaussian-2d" / m / f"seed{seed}" / "samples_1step.safetensors"))["x"]
+            rmse = float((x.double() - d["psi"]).pow(2).sum(1).mean().sqrt())
+            assert math.isclose(bed["methods"][m]["steps"]["1"]["rmse"]["values"][seed], rmse, rel_tol=1e-9)
+    md = (tmp_path / "compare.md").read_text()
+    assert "| TVM (EMA 0.99) |" in md and "python -m toy compare" in md
+    assert (tmp_path / "compare.png").stat().st_size > 0 and (tmp_path / "samples.png").stat().st_size > 0
+
+
+def test_trainer_objective_hook(tmp_path):
+    """toy.train's ``objective`` selects the step loss and its time sampler; an unknown name is refused."""
+    from toy.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="consistency")
+    torch.set_default_dtype(torch.float32)
+    for name in OBJECTIVES:
+        cfg = TrainConfig(testbed="gaussian-2d", steps=2, hidden=8, batch=8, objective=name)
+        assert train(cfg, tmp_path / name, resume=False, progress=False).step == 2
+        last = json.loads((tmp_path / name / "train.jsonl").read_text().splitlines()[-1])
+        assert math.isfinite(last["loss"]) and math.isfinite(last["terminal"])
+        assert name != "fm" or last["terminal"] == 0.0
+
+
+def test_paired_verdict():
+    from toy.compare import paired_verdict
+
+    assert paired_verdict([1.0, 1.1, 0.9], [2.0, 2.2, 1.9])["verdict"] == "win"
+    assert paired_verdict([2.0, 2.2, 1.9], [1.0, 1.1, 0.9])["verdict"] == "loss"
+    v = paired_verdict([1.0, 2.0, 3.0], [1.5, 1.5, 3.1])
+    assert v["verdict"] == "tie" and math.isclose(v["diff"], (-0.5 + 0.5 - 0.1) / 3)
+    assert paired_verdict([1.0], [2.0])["verdict"] == "tie"  # one seed: no interval

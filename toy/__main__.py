@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable, NamedTuple
 
-from . import theorem_check, verify
+from . import compare, theorem_check, verify
 
 
 class Command(NamedTuple):
@@ -23,6 +23,8 @@ COMMANDS: dict[str, Command] = {
                              theorem_check.add_arguments, theorem_check.run),
     "verify": Command("train TVM on a test bed and check the W2 bounds against the true W2 during training",
                       verify.add_arguments, verify.run),
+    "compare": Command("TVM against MeanFlow and flow matching on the 2-D test beds: W2, RMSE to ψ, wall time",
+                       compare.add_arguments, compare.run),
     "demo": Command("`make demo`: TVM on the 8-mode ring, every W2 bound vs. the true W2 during training",
                     verify.add_demo_arguments, verify.run_demo),
 }
