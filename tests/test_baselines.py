@@ -20,12 +20,7 @@ from tvm_theory.sampling import sample_few_step
 from tvm_theory.time_samplers import GapSampler, TimeSample
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _setup(seed, dim, n):

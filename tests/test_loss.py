@@ -5,28 +5,13 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from nets import Conditional
 from toy.models import MLP
 from tvm_theory.loss import CFGConfig, exact_objective_terms, prepare_batch, student_forward, tvm_loss, tvm_step_loss
 from tvm_theory.time_samplers import GapSampler, TimeSample
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-class Conditional(torch.nn.Module):
-    def __init__(self, dim, n_classes=4):
-        super().__init__()
-        self.mlp = MLP(dim, 12, 2, 4)
-        self.emb = torch.nn.Embedding(n_classes, dim)
-        self.beta_scale = torch.nn.Parameter(torch.tensor(0.5))
-
-    def forward(self, x, t, s, y, beta):
-        return self.mlp(x + self.emb(y), t, s) * (1 + self.beta_scale * beta[:, None])
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _fd_ds(F, x, t, s, *cond, h=1e-6):

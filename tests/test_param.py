@@ -4,28 +4,12 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from toy.models import MLP
+from nets import Conditional
 from tvm_theory.param import NetworkJump, displacement, displacement_and_ds, velocity
 
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-class Conditional(torch.nn.Module):
-    """A small network that uses every conditioning input: F(x, t, s, y, β)."""
-
-    def __init__(self, dim, n_classes=3):
-        super().__init__()
-        self.mlp = MLP(dim, 16, 2, 4)
-        self.emb = torch.nn.Embedding(n_classes, dim)
-
-    def forward(self, x, t, s, y, beta):
-        return self.mlp(x + self.emb(y), t, s) * (1 + beta[:, None])
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _times(draw_t, draw_gap, n):
