@@ -103,7 +103,6 @@ def flow_jacobian(u: Field, y: Tensor, sigma: Tensor, n_steps: int) -> tuple[Ten
     h = -sigma / n_steps  # (B,), negative: backwards in time
     he = h[:, None]
     hj = h[:, None, None]
-    r = sigma.clone()
     for k in range(n_steps):
         r = sigma * (1 - k / n_steps)
         k1z, k1j = _drift(u, z, jac, r)
