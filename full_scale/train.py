@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from tvm_theory.ema import ema_update
 from tvm_theory.loss import CFGConfig, StudentOutput, TVMBatch, prepare_batch, student_forward, tvm_loss
 from tvm_theory.path import interpolate
 from tvm_theory.time_samplers import make_time_sampler
@@ -94,15 +95,6 @@ def micro_batches(dataset, size: int, epoch: int, position: int, num_workers: in
             if i >= position:
                 yield epoch, i + 1, x, y
         epoch, position = epoch + 1, 0
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """θ_ema ← decay · θ_ema + (1 − decay) · θ; buffers (spectral-norm vectors) are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
 
 
 def rng_state(gen: torch.Generator, device: torch.device) -> dict:
