@@ -213,7 +213,7 @@ def main(argv=None) -> Path:
         n_probe = int(cfg["log"]["lipschitz_probes"])
         pg = torch.Generator().manual_seed(12345)
         px, py = next(iter(torch.utils.data.DataLoader(dataset, batch_size=n_probe)))
-        ps = torch.linspace(0.05, 0.95, n_probe)
+        ps = torch.linspace(0.05, 0.95, len(px))  # the data may hold fewer than n_probe items
         probe = (interpolate(px, torch.randn(px.shape, generator=pg), ps).to(device), ps.to(device),
                  py.to(device) if guidance is not None else None)
 
