@@ -39,9 +39,9 @@ METRICS = {
     "frechet_2step": ("Fréchet (2 steps)", lambda r: _quality(r, "2step", "frechet")),
     "w2_2step": ("W2 (2 steps)", lambda r: _quality(r, "2step", "w2")),
 }
-TABLE_METRICS = ("lip_max", "lip_median", "ds_max", "mod_rms_max", "act_rms_max", "grad_norm_max", "grad_spikes",
-                 "nonfinite_steps", "terminal_final", "fm_final", "accuracy_1step", "frechet_1step", "w2_1step",
-                 "w2_2step")
+TABLE_METRICS = ("lip_max", "lip_median", "ds_max", "mod_rms_max", "act_rms_max", "grad_norm_median", "grad_norm_max",
+                 "grad_spikes", "nonfinite_steps", "terminal_final", "fm_final", "accuracy_1step", "frechet_1step",
+                 "w2_1step", "w2_2step")
 
 
 def _last(r: dict, key: str) -> float:
@@ -124,7 +124,19 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}" if (a >= 1e4 or (0 < a < 1e-2)) else f"{x:.3g}"
 
 
-def markdown_table(summary: dict, meta: dict) -> str:
+def floors(results: list[dict]) -> dict:
+    """Per data set, the scores of training data against the held-out set (what a perfect generator would reach up to
+    sampling noise) and, for the digits, the classifier's held-out accuracy."""
+    out = {}
+    for r in results:
+        q = r.get("quality", {}).get("1step", {})
+        for key in ("w2_floor", "frechet_floor", "classifier_held_out_accuracy"):
+            if q.get("finite") and key in q:
+                out.setdefault(r["dataset"], {})[key] = float(q[key])
+    return out
+
+
+def markdown_table(summary: dict, meta: dict, floor: dict | None = None) -> str:
     """One table per data set: rows are variants, cells mean ± SE over seeds, ** where Holm-adjusted p < 0.05."""
     lines = [f"Budget `{meta['budget']}`: {meta['steps']} steps, {meta['seeds']} seed(s) per variant, device "
              f"{meta['device']}. Cells: mean ± standard error over seeds; **bold** = differs from `all_on` by "
@@ -134,7 +146,8 @@ def markdown_table(summary: dict, meta: dict) -> str:
     for ds, by_variant in summary.items():
         metrics = [m for m in TABLE_METRICS
                    if any(math.isfinite(by_variant[v][m]["mean"]) for v in by_variant)]
-        lines += [f"**{ds}**", "", "| variant | " + " | ".join(METRICS[m][0] for m in metrics) + " |",
+        ref = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in (floor or {}).get(ds, {}).items())
+        lines += [f"**{ds}**" + (f" (reference: {ref})" if ref else ""), "", "| variant | " + " | ".join(METRICS[m][0] for m in metrics) + " |",
                   "|---|" + "---|" * len(metrics)]
         for v, row in by_variant.items():
             cells = []
@@ -216,6 +229,11 @@ def figures(results: list[dict], summary: dict, out: Path) -> list[Path]:
             m = [summary[ds][v][key]["mean"] for v in vs]
             se = [summary[ds][v][key]["se"] for v in vs]
             ax.bar(range(len(vs)), m, yerr=np.nan_to_num(se), color=[colors[v] for v in vs], capsize=3)
+            floors = [r["quality"]["1step"].get(key.replace("_1step", "_floor"), math.nan)
+                      for r in results if r["dataset"] == ds and r["quality"].get("1step", {}).get("finite")]
+            if floors:  # the same score for training data against the held-out set
+                ax.axhline(float(np.nanmean(floors)), color="k", ls="--", lw=1, label="floor (training data)")
+                ax.legend(fontsize=7)
             ax.set_xticks(range(len(vs)), vs, rotation=45, ha="right", fontsize=7)
             ax.set_title(f"{ds}: {label}")
     fig.tight_layout()
@@ -231,7 +249,7 @@ def write_report(out: Path, results: list[dict], meta: dict, *, figures_dir: str
     summary = summarize(results)
     report = {"meta": meta, "summary": summary, "runs": results, **(extra or {})}
     (out / "ablation.json").write_text(json.dumps(report, indent=1, allow_nan=True))
-    (out / "LIPSCHITZ.md").write_text(markdown_table(summary, meta))
+    (out / "LIPSCHITZ.md").write_text(markdown_table(summary, meta, floors(results)))
     paths = figures(results, summary, out)
     if figures_dir:
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
