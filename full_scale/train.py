@@ -70,18 +70,22 @@ def guidance_config(cfg: dict, null_class: int) -> CFGConfig | None:
 
 
 def build_dataset(cfg: dict, rank: int, world_size: int):
-    """The training set of ``data.kind``: ``digits`` (in memory) or ``latents`` (``full_scale.data.LatentDataset``)."""
+    """The training set of ``data.kind``: ``digits`` or ``patches`` (in memory) or ``latents``
+    (``full_scale.data.LatentDataset``)."""
     seed = int(cfg["train"]["seed"])
     if cfg["data"]["kind"] == "digits":
         from .digits import DigitsDataset
         return DigitsDataset(rank=rank, world_size=world_size, seed=seed)
+    if cfg["data"]["kind"] == "patches":
+        from .patches import PatchesDataset
+        return PatchesDataset(rank=rank, world_size=world_size, seed=seed)
     if cfg["data"]["kind"] == "latents":
         if not cfg["data"]["root"]:
             raise ValueError("data.root: the latents preset needs a prepared latent directory "
                              "(python -m full_scale.data prepare ...); pass --set data.root=DIR")
         from .data import LatentDataset
         return LatentDataset(cfg["data"]["root"], rank=rank, world_size=world_size, seed=seed)
-    raise ValueError(f"data.kind: expected digits or latents, got {cfg['data']['kind']!r}")
+    raise ValueError(f"data.kind: expected digits, patches or latents, got {cfg['data']['kind']!r}")
 
 
 def micro_batches(dataset, size: int, epoch: int, position: int, num_workers: int):

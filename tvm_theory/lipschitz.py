@@ -142,7 +142,8 @@ def local_lipschitz(u: Callable[..., Tensor], x: Tensor, *, s: Tensor | None = N
 
     x = x.detach()
     v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    tiny = torch.finfo(v.dtype).tiny  # the smallest positive normal of this dtype (1e-300 rounds to 0 in float32)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
     sigma = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     active = torch.arange(x.shape[0], device=x.device)
     rel, it = 0.0, 0
@@ -154,8 +155,8 @@ def local_lipschitz(u: Callable[..., Tensor], x: Tensor, *, s: Tensor | None = N
             (jtjv,) = vjp_fn(jv)
             new_sigma = jv.norm(dim=1).detach()
             norm = jtjv.norm(dim=1, keepdim=True)
-            v[active] = torch.where(norm > 0, jtjv / norm.clamp_min(1e-300), v[active]).detach()
-            change = (new_sigma - sigma[active]).abs() / new_sigma.clamp_min(1e-300)
+            v[active] = torch.where(norm > 0, jtjv / norm.clamp_min(tiny), v[active]).detach()
+            change = (new_sigma - sigma[active]).abs() / new_sigma.clamp_min(tiny)
             sigma[active] = new_sigma
             rel = float(change.max())
             active = active[change >= tol]

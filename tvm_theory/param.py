@@ -22,7 +22,8 @@ from .checks import as_batch_time, expand_like
 Network = Callable[..., Tensor]
 
 
-def _guidance(w: float | Tensor | None, x: Tensor) -> Tensor | None:
+def guidance_weights(w: float | Tensor | None, x: Tensor) -> Tensor | None:
+    """Validated per-example guidance weights of shape (B,) (w ≥ 1), or None for the plain parameterization."""
     if w is None:
         return None
     w = torch.as_tensor(w, dtype=x.dtype, device=x.device)
@@ -35,7 +36,7 @@ def _guidance(w: float | Tensor | None, x: Tensor) -> Tensor | None:
     return w
 
 
-def _call(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict) -> Tensor:
+def guided_call(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict) -> Tensor:
     """w · F(x, t, s, c, β = 1/w), or F(x, t, s, c) in the plain parameterization."""
     if w is None:
         return F(x, t, s, **cond)
@@ -44,8 +45,8 @@ def _call(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: d
 
 def displacement(F: Network, x: Tensor, t, s, w=None, **cond) -> Tensor:
     """f_θ(x, t, s) = (s − t) · [w ·] F_θ(x, t, s, [c, 1/w]) (THEORY.md §2). Satisfies f_θ(x, t, t) = 0."""
-    t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), _guidance(w, x)
-    return expand_like(s - t, x) * _call(F, x, t, s, w, cond)
+    t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
+    return expand_like(s - t, x) * guided_call(F, x, t, s, w, cond)
 
 
 def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Tensor, Tensor]:
@@ -53,18 +54,18 @@ def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Te
 
     ∂_s f_θ = [w ·] (F_θ + (s − t) ∂_s F_θ). Gradients flow through both outputs, the tangent included (§3, item 2).
     """
-    t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), _guidance(w, x)
+    t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
 
     def f_of_s(s_: Tensor) -> Tensor:
-        return expand_like(s_ - t, x) * _call(F, x, t, s_, w, cond)
+        return expand_like(s_ - t, x) * guided_call(F, x, t, s_, w, cond)
 
     return torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),))
 
 
 def velocity(F: Network, x: Tensor, s, w=None, **cond) -> Tensor:
     """u_θ(x, s) = [w ·] F_θ(x, s, s, [c, 1/w]) — the model's instantaneous velocity (THEORY.md §2)."""
-    s, w = as_batch_time("s", s, x), _guidance(w, x)
-    return _call(F, x, s, s, w, cond)
+    s, w = as_batch_time("s", s, x), guidance_weights(w, x)
+    return guided_call(F, x, s, s, w, cond)
 
 
 class JumpModel(Protocol):

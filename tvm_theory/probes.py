@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .checks import as_batch_time, check_finite, check_same_shape, check_time
 from .lipschitz import certified_mlp_lipschitz, local_lipschitz
-from .param import Network, _call, _guidance, velocity
+from .param import Network, guidance_weights, guided_call, velocity
 from .path import interpolate
 
 
@@ -101,9 +101,9 @@ def ds_norms(F: Network, x: Tensor, t, s, *, w=None, **cond) -> Tensor:
     F̃ = [w ·] F(x, t, s, **cond, [β = 1/w]) is the average velocity the jump uses, f_θ = (s − t) F̃. One forward-mode
     JVP with tangent 1 on s (0 on x and t) gives ∂_s F̃ exactly (no finite differences).
     """
-    t, s, wb = as_batch_time("t", t, x), as_batch_time("s", s, x), _guidance(w, x)
+    t, s, wb = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
     with torch.enable_grad():
-        _, dF = torch.func.jvp(lambda s_: _call(F, x, t, s_, wb, cond), (s,), (torch.ones_like(s),))
+        _, dF = torch.func.jvp(lambda s_: guided_call(F, x, t, s_, wb, cond), (s,), (torch.ones_like(s),))
     out = dF.detach().flatten(1).norm(dim=1)
     check_finite("∂_s F norms", out)
     return out

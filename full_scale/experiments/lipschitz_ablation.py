@@ -104,17 +104,6 @@ def dataset_module(name: str):
     raise ValueError(f"dataset: expected one of {DATASETS}, got {name!r}")
 
 
-def _build_dataset_with_patches(original):
-    """``train.build_dataset`` extended by ``data.kind: patches`` (the trainer knows digits and latents only)."""
-    def build(cfg: dict, rank: int, world_size: int):
-        if cfg["data"]["kind"] == "patches":
-            from ..patches import PatchesDataset
-            return PatchesDataset(rank=rank, world_size=world_size, seed=int(cfg["train"]["seed"]))
-        return original(cfg, rank, world_size)
-    build.knows_patches = True
-    return build
-
-
 # ------------------------------------------------------------------------------------------------ one run
 
 def run_config(dataset: str, variant: str, seed: int, budget: dict, steps: int | None = None) -> list[str]:
@@ -219,8 +208,6 @@ def run_one(spec: dict) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = ["--preset", PRESET, "--out", str(run_dir)] + [a for s in spec["sets"] for a in ("--set", s)]
     status, t0 = "ok", time.perf_counter()
-    if not getattr(train.build_dataset, "knows_patches", False):
-        train.build_dataset = _build_dataset_with_patches(train.build_dataset)
     with open(run_dir / "train.log", "a") as log, contextlib.redirect_stderr(log):
         try:
             train.main(argv)
