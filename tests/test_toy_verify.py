@@ -55,5 +55,6 @@ def test_bound_a_with_the_certified_constant_is_never_violated(seed, name, scale
                        compute_w2=True, generator=torch.Generator().manual_seed(seed + 1))
     for claim in ("W2<=D_t", "D_t<=(a)", "D_t^2<=(b)", "D_t^2<=(c)"):
         assert rep.comparisons[claim].verdict != "violated", (claim, rep.comparisons[claim].to_dict())
-    # and (a) is above D_t pathwise on these very samples, up to its quadrature error
-    assert rep.D.value <= rep.bounds["bound_a"].value + rep.bounds["bound_a"].quad
+    # Not asserted: D_t ≤ (a) exactly on these samples. B(s) is estimated on fresh path samples, independent of x1,
+    # so the two sides differ by Monte Carlo error (seed 65536, gaussian-1d, scale 0.5: D_t = 1.429 ± 0.046 against a
+    # converged (a) = 1.407) — which is what the verdicts above account for.

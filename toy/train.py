@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tvm_theory.baselines import OBJECTIVES, make_objective
+from tvm_theory.ema import ema_update
 from tvm_theory.testbeds import make_testbed
 
 from .models import MLP, AffineModel
@@ -100,15 +101,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
-    """θ_ema ← rate·θ_ema + (1 − rate)·θ for parameters; buffers (spectral-norm vectors) are copied."""
-    for pe, p in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(p, 1.0 - rate)
-    for be, b in zip(ema.buffers(), model.buffers()):
-        be.copy_(b)
 
 
 @dataclass
