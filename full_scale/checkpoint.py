@@ -34,7 +34,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupted, or does not match the run that loads it."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -99,7 +100,7 @@ def save(run_dir: str | os.PathLike, step: int, *, model: nn.Module, target_ema:
         for name in files:
             _fsync(tmp / name)
         record = {**meta, "format": FORMAT, "step": step, "world_size": world_size,
-                  "files": {name: _sha256(tmp / name) for name in files}}
+                  "files": {name: sha256_file(tmp / name) for name in files}}
         (tmp / "meta.json").write_text(json.dumps(record, indent=2))
         _fsync(tmp / "meta.json")
         if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
@@ -125,7 +126,7 @@ def read_meta(path: str | os.PathLike) -> dict:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing from the checkpoint")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CheckpointError(f"{file}: SHA-256 mismatch, the file is corrupted")
     return meta
 

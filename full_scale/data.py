@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import sha256_file
 from .vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, encode_images, load_vae
 
 MANIFEST = "manifest.json"
@@ -122,13 +123,6 @@ def _shard_name(k: int) -> str:
     return f"latents-{k:05d}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
     """Parse a safetensors header without loading data: ({name: {dtype, shape, data_offsets}}, data start).
@@ -181,7 +175,7 @@ def verify_shard(root: Path, entry: dict, latent_shape: tuple, num_classes: int,
     labels = _memmap(path, header, start, "labels")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ShardError(f"{path}: labels outside [0, {num_classes}): range [{labels.min()}, {labels.max()}]")
-    if full and _sha256(path) != entry["sha256"]:
+    if full and sha256_file(path) != entry["sha256"]:
         raise ShardError(f"{path}: sha256 differs from the manifest (content corrupted)")
     return {"header": header, "start": start, "path": path}
 
@@ -324,7 +318,7 @@ def _write_shard(out: Path, k: int, latents, labels, indices, images) -> None:
     tmp = out / f"{name}.safetensors.tmp"
     save_file({"latents": latents.contiguous(), "labels": labels, "indices": indices}, str(tmp))
     os.replace(tmp, out / info["file"])
-    info.update(bytes=(out / info["file"]).stat().st_size, sha256=_sha256(out / info["file"]))
+    info.update(bytes=(out / info["file"]).stat().st_size, sha256=sha256_file(out / info["file"]))
     if images is not None:
         img_file = out / f"images-{k:05d}.npz"
         with open(img_file.with_name(img_file.name + ".tmp"), "wb") as f:

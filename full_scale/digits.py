@@ -59,11 +59,12 @@ class DigitsDataset(torch.utils.data.IterableDataset):
 
     num_classes = NUM_CLASSES
     latent_shape = SHAPE
+    load_split = staticmethod(load_split)  # subclasses over other images override this
 
     def __init__(self, *, rank: int = 0, world_size: int = 1, seed: int = 0):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
-        self.x, self.y = load_split("train")
+        self.x, self.y = self.load_split("train")
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
