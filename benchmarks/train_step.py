@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -69,12 +70,27 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from full_scale.config import apply_overrides, load_preset, model_config  # noqa: E402
 from full_scale.models import DiTConfig  # noqa: E402
 
-# variant → (kernels.attention backend, JVP-aware linear layers, extra environment of the trainer process)
+class Variant(NamedTuple):
+    """The trainer settings of one variant: train.attention_backend, train.jvp, train.compile,
+    train.activation_checkpointing, JVP-aware ``nn.Linear`` substitutes, extra environment of the trainer process."""
+
+    backend: str
+    jvp: str = "manual"
+    compile: bool = False
+    checkpointing: bool = False
+    jvp_linears: bool = False
+    env: dict = {}
+
+
+EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 VARIANTS = {
-    "baseline": ("reference", False, {}),
-    "triton": ("triton", False, {}),
-    "triton-jvplinear": ("triton", True, {}),
-    "triton-jvplinear-expandable": ("triton", True, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+    "baseline": Variant("reference", "functorch"),
+    "triton": Variant("triton", "functorch"),
+    "triton-jvplinear": Variant("triton", "functorch", jvp_linears=True),
+    "manual": Variant("triton"),
+    "manual-compile": Variant("triton", compile=True),
+    "manual-compile-ckpt": Variant("triton", compile=True, checkpointing=True),
+    "manual-compile-expandable": Variant("triton", compile=True, env=EXPANDABLE),
 }
 # Dense bf16 peak of the datasheets (TFLOP/s); a card not listed gets no MFU.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
@@ -215,6 +231,7 @@ def install_substitutes(jvp_linears: bool = False) -> None:
     checkpoint.save = lambda run_dir, step, **kwargs: Path(run_dir)
 
 
+ANNOTATIONS = ("ProfilerStep", "Optimizer.")
 ATTENTION_KERNELS = ("_fwd_kernel", "_tangent_kernel", "_rowdot_kernel", "_kv_kernel", "_kv_tangent_kernel",
                      "_q_kernel")
 
@@ -235,7 +252,8 @@ def kernel_category(name: str) -> str:
 
 def profile_summary(prof, steps: int, top: int = 25) -> dict:
     """Device time per step of the profiled steps: total over kernels, by :func:`kernel_category`, top kernels."""
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.key.startswith(ANNOTATIONS)]  # user annotations are listed as device events too
     total = sum(e.self_device_time_total for e in kernels) / 1e3 / steps
     cats: dict[str, float] = {}
     for e in kernels:
@@ -253,7 +271,7 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     is stepped by an optimizer-step hook; without CUDA it lists no kernels)."""
     from full_scale import train
 
-    install_substitutes(VARIANTS[variant][1])
+    install_substitutes(VARIANTS[variant].jvp_linears)
     rank = int(os.environ.get("RANK", "0"))
     status, error = "ok", ""
     profile_after, profile_steps = int(profile_after), int(profile_steps)
@@ -294,7 +312,8 @@ def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, varia
         raise RuntimeError(f"preset {preset}: no train.attention_backend key; this trainer cannot switch backends")
     cfg["model"]["name"] = model
     cfg = apply_overrides(cfg, sets)
-    cfg["train"]["attention_backend"] = VARIANTS[variant][0]
+    v = VARIANTS[variant]
+    cfg["train"].update(attention_backend=v.backend, jvp=v.jvp, compile=v.compile, activation_checkpointing=v.checkpointing)
     cfg["data"].update(kind="synthetic", root=None, num_workers=2)
     cfg["train"].update(steps=steps, micro_batch=batch, global_batch=global_batch or batch * gpus)
     cfg["log"].update(every=1, lipschitz_every=0, tensorboard=False)
@@ -305,7 +324,7 @@ def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, varia
 def launch(cfg: dict, gpus: int, variant: str, workdir: Path, timeout: float,
            profile: tuple[int, int] = (0, 0)) -> tuple[Path, str]:
     """Run the trainer on ``cfg`` in a fresh process (torchrun when gpus > 1); returns (run dir, failure text)."""
-    env_extra = VARIANTS[variant][2]
+    env_extra = VARIANTS[variant].env
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.in.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -390,8 +409,7 @@ def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, v
     row = {"model": model, "resolution": args.resolution, "latent_shape": [mcfg.in_channels, mcfg.input_size,
                                                                              mcfg.input_size],
            "batch_per_gpu": batch, "gpus": gpus, "global_batch": batch * gpus, "variant": variant,
-           "attention_backend": VARIANTS[variant][0], "jvp_linear": VARIANTS[variant][1],
-           "env": VARIANTS[variant][2],
+           **VARIANTS[variant]._asdict(),
            "parameters": None, "wall_s": None}
     row.update(summarize(run_dir, args.warmup, args.warmup + args.steps))
     if (run_dir / "profile.json").exists():

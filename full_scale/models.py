@@ -20,6 +20,10 @@ with β = 1/w the inverse guidance weight (β = 1 when the caller passes none) a
 
 Attention goes through ``kernels.attention`` (Triton on CUDA, the PyTorch reference elsewhere), which supports
 ``torch.func.jvp`` with a backward pass through the tangent (§9).
+
+``DiT.forward_and_ds`` returns (F, ∂_s F) with the tangent carried by hand (``full_scale.dual``), the fast path of
+the trainer; ``DiT.compile_blocks`` compiles each block's forward and JVP (regional compilation: one graph shared by
+all blocks, the Triton attention between graphs).
 """
 from __future__ import annotations
 
@@ -28,10 +32,13 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from kernels import attention
+from kernels import attention, attention_jvp
+
+from . import dual
 
 RMS_EPS = 1e-6
 
@@ -104,12 +111,26 @@ def rms(x: Tensor) -> Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS)
 
 
+def _phase_rates(t: Tensor, dim: int, scale: float, max_period: float) -> Tensor:
+    """scale · ω_k, ω_k = max_period^(−k/(dim/2)), k < dim/2, in at least float32; shape (1, dim/2)."""
+    half, dtype = dim // 2, torch.promote_types(t.dtype, torch.float32)
+    return scale * torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)[None]
+
+
 def sinusoidal(t: Tensor, dim: int, scale: float, max_period: float = 10000.0) -> Tensor:
     """[cos(ω_k · scale · t), sin(ω_k · scale · t)], ω_k = max_period^(−k/(dim/2)); (B,) → (B, dim)."""
-    half, dtype = dim // 2, torch.promote_types(t.dtype, torch.float32)  # at least float32 phases
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
-    arg = (scale * t.to(dtype))[:, None] * freqs[None]
+    rates = _phase_rates(t, dim, scale, max_period)
+    arg = t.to(rates.dtype)[:, None] * rates
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
+
+
+def sinusoidal_jvp(t: Tensor, td: Tensor, dim: int, scale: float, max_period: float = 10000.0
+                   ) -> tuple[Tensor, Tensor]:
+    """(e, ė) for e = sinusoidal(t): ė = [−sin a, cos a] · ṫ · scale · ω_k, a = scale · t · ω_k."""
+    rates = _phase_rates(t, dim, scale, max_period)
+    arg, arg_d = t.to(rates.dtype)[:, None] * rates, td.to(rates.dtype)[:, None] * rates
+    cos, sin = torch.cos(arg), torch.sin(arg)
+    return torch.cat([cos, sin], dim=1), torch.cat([-sin * arg_d, cos * arg_d], dim=1)
 
 
 def spectral_init_(weight: Tensor) -> None:
@@ -131,6 +152,12 @@ class TimeEmbedder(nn.Module):
     def forward(self, tau: Tensor) -> Tensor:
         return self.mlp(sinusoidal(tau, self.freq_dim, self.scale).to(self.mlp[0].weight.dtype))
 
+    def jvp(self, tau: Tensor, tau_d: Tensor) -> tuple[Tensor, Tensor]:
+        e, ed = sinusoidal_jvp(tau, tau_d, self.freq_dim, self.scale)
+        dtype = self.mlp[0].weight.dtype
+        a, ad = dual.linear(self.mlp[0], e.to(dtype), ed.to(dtype))
+        return dual.linear(self.mlp[2], self.mlp[1](a), dual.silu_tangent(a, ad))
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with optional QK-norm (learnable RMSNorm over each head's D, §8.1)."""
@@ -150,6 +177,16 @@ class Attention(nn.Module):
         o = attention(self.q_norm(q), self.k_norm(k), v, backend=self.backend)  # (B, H, T, d)
         return self.proj(o.transpose(1, 2).reshape(B, T, D))
 
+    def jvp(self, x: Tensor, xd: Tensor) -> tuple[Tensor, Tensor]:
+        B, T, D = x.shape
+        qkv, qkv_d = dual.linear(self.qkv, x, xd)
+        q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qd, kd, vd = qkv_d.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, qd = dual.rms_norm_module(self.q_norm, q, qd)
+        k, kd = dual.rms_norm_module(self.k_norm, k, kd)
+        o, od = attention_jvp(q, k, v, qd, kd, vd, backend=self.backend)
+        return dual.linear(self.proj, o.transpose(1, 2).reshape(B, T, D), od.transpose(1, 2).reshape(B, T, D))
+
 
 class Modulation(nn.Module):
     """adaLN: c ↦ n chunks of Linear(SiLU(c)), each (B, hidden), RMS-normalized when ``mod_norm`` is on (§8.3)."""
@@ -165,6 +202,13 @@ class Modulation(nn.Module):
             out = rms(out)
         return out.unbind(1)
 
+    def jvp(self, c: Tensor, cd: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        out, out_d = dual.linear(self.linear, Fn.silu(c), dual.silu_tangent(c, cd))
+        out, out_d = out.view(c.shape[0], self.n, -1), out_d.view(c.shape[0], self.n, -1)
+        if self.mod_norm:
+            out, out_d = rms(out), dual.rms_tangent(out, out_d, RMS_EPS)
+        return out.unbind(1), out_d.unbind(1)
+
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """x · (1 + scale) + shift with (B, hidden) modulation broadcast over the T tokens of x (B, T, hidden)."""
@@ -178,6 +222,7 @@ class Block(nn.Module):
         super().__init__()
         dim = cfg.hidden_size
         self.norm = rms if cfg.rms_norm else (lambda x: Fn.layer_norm(x, (dim,), eps=RMS_EPS))
+        self.norm_tangent = dual.rms_tangent if cfg.rms_norm else dual.layer_norm_tangent
         self.attn = Attention(dim, cfg.num_heads, cfg.qk_norm)
         hidden = int(dim * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
@@ -188,6 +233,21 @@ class Block(nn.Module):
         x = x + gate1[:, None] * self.attn(modulate(self.norm(x), shift1, scale1))
         return x + gate2[:, None] * self.mlp(modulate(self.norm(x), shift2, scale2))
 
+    def _modulated_norm(self, x, xd, shift, shift_d, scale, scale_d):
+        n, nd = self.norm(x), self.norm_tangent(x, xd, RMS_EPS)
+        return modulate(n, shift, scale), dual.modulate_tangent(n, nd, scale, shift_d, scale_d)
+
+    def jvp(self, x: Tensor, xd: Tensor, c: Tensor, cd: Tensor) -> tuple[Tensor, Tensor]:
+        """(block(x, c), its tangent) for tangents ẋ (B, T, hidden) and ċ (B, hidden)."""
+        (shift1, scale1, gate1, shift2, scale2, gate2), mod_d = self.modulation.jvp(c, cd)
+        shift1_d, scale1_d, gate1_d, shift2_d, scale2_d, gate2_d = mod_d
+        a, ad = self.attn.jvp(*self._modulated_norm(x, xd, shift1, shift1_d, scale1, scale1_d))
+        x, xd = dual.gated_residual(x, xd, gate1, gate1_d, a, ad)
+        z, zd = self._modulated_norm(x, xd, shift2, shift2_d, scale2, scale2_d)
+        u, ud = dual.linear(self.mlp[0], z, zd)
+        m, md = dual.linear(self.mlp[2], self.mlp[1](u), dual.gelu_tanh_tangent(u, ud))
+        return dual.gated_residual(x, xd, gate2, gate2_d, m, md)
+
 
 class FinalLayer(nn.Module):
     """Tokens (B, T, hidden) → patches (B, T, p·p·C) through a modulated norm and a zero-initialized linear."""
@@ -196,12 +256,19 @@ class FinalLayer(nn.Module):
         super().__init__()
         dim = cfg.hidden_size
         self.norm = rms if cfg.rms_norm else (lambda x: Fn.layer_norm(x, (dim,), eps=RMS_EPS))
+        self.norm_tangent = dual.rms_tangent if cfg.rms_norm else dual.layer_norm_tangent
         self.modulation = Modulation(dim, 2, cfg.mod_norm)
         self.linear = nn.Linear(dim, cfg.patch_size ** 2 * cfg.in_channels)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.modulation(c)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+    def jvp(self, x: Tensor, xd: Tensor, c: Tensor, cd: Tensor) -> tuple[Tensor, Tensor]:
+        (shift, scale), (shift_d, scale_d) = self.modulation.jvp(c, cd)
+        n, nd = self.norm(x), self.norm_tangent(x, xd, RMS_EPS)
+        z, zd = modulate(n, shift, scale), dual.modulate_tangent(n, nd, scale, shift_d, scale_d)
+        return dual.linear(self.linear, z, zd)
 
 
 def sincos_pos_embed(dim: int, grid: int) -> Tensor:
@@ -232,6 +299,8 @@ class DiT(nn.Module):
         self.y_embed = nn.Embedding(cfg.num_classes + 1, dim)  # index num_classes is the null class
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
+        self._run_block, self._run_block_jvp = _run_block, _run_block_jvp  # compile_blocks replaces them
+        self.checkpoint_blocks = False  # activation checkpointing of every block when gradients are on
         self._init_weights()
         if cfg.spectral_norm:
             for module in self.spectral_layers():
@@ -298,22 +367,69 @@ class DiT(nn.Module):
 
     def condition(self, t: Tensor, s: Tensor, y: Tensor | None, beta: Tensor | None) -> Tensor:
         """c = MLP_t(e(t)) + MLP_gap(e(t − s)) + MLP_β(e(β)) + E[y], (B, hidden); y=None → null, beta=None → 1."""
+        return self._condition_without_gap(t, y, beta) + self.gap_embed(t - s)
+
+    def _condition_without_gap(self, t: Tensor, y: Tensor | None, beta: Tensor | None) -> Tensor:
         if y is None:
             y = torch.full(t.shape, self.null_class, dtype=torch.long, device=t.device)
         if beta is None:
             beta = torch.ones_like(t)
-        return self.t_embed(t) + self.gap_embed(t - s) + self.beta_embed(beta) + self.y_embed(y)
+        return self.t_embed(t) + self.beta_embed(beta) + self.y_embed(y)
 
-    def forward(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None, beta: Tensor | None = None) -> Tensor:
+    def condition_and_ds(self, t: Tensor, s: Tensor, y: Tensor | None, beta: Tensor | None
+                         ) -> tuple[Tensor, Tensor]:
+        """(c, ∂c/∂s): only the gap embedding depends on s, through τ = t − s (dτ/ds = −1)."""
+        gap, gap_d = self.gap_embed.jvp(t - s, torch.full_like(s, -1.0))
+        return self._condition_without_gap(t, y, beta) + gap, gap_d
+
+    def _embed(self, x: Tensor) -> Tensor:
         cfg = self.cfg
         if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"x: expected (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), "
                              f"got {tuple(x.shape)}")
-        B, p, g = x.shape[0], cfg.patch_size, cfg.input_size // cfg.patch_size
-        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, hidden), T = g²
-        c = self.condition(t, s, y, beta)
-        for block in self.blocks:
-            h = block(h, c)
-        h = self.final(h, c)  # (B, T, p·p·C)
+        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, hidden), T = g²
+
+    def _unpatchify(self, h: Tensor) -> Tensor:
+        """(B, T, p·p·C) → (B, C, H, W)."""
+        cfg = self.cfg
+        B, p, g = h.shape[0], cfg.patch_size, cfg.input_size // cfg.patch_size
         h = h.view(B, g, g, p, p, cfg.in_channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
         return h.reshape(B, cfg.in_channels, cfg.input_size, cfg.input_size)
+
+    def compile_blocks(self, **options) -> None:
+        """Compile every block's forward and JVP with ``torch.compile(**options)`` (regional compilation: one
+        graph serves all blocks, parameters are its inputs). The Triton attention stays outside the graphs (a graph
+        break), so no custom JVP rule runs inside a compiled region."""
+        self._run_block = torch.compile(_run_block, **options)
+        self._run_block_jvp = torch.compile(_run_block_jvp, **options)
+
+    def _call_block(self, fn, block: Block, *args):
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, block, *args, use_reentrant=False)
+        return fn(block, *args)
+
+    def forward(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None, beta: Tensor | None = None) -> Tensor:
+        h, c = self._embed(x), self.condition(t, s, y, beta)
+        for block in self.blocks:
+            h = self._call_block(self._run_block, block, h, c)
+        return self._unpatchify(self.final(h, c))
+
+    def forward_and_ds(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
+                       beta: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(F_θ(x, t, s, y, β), ∂_s F_θ) with the tangent carried by hand through every layer (``full_scale.dual``);
+        equal to ``torch.func.jvp`` of :meth:`forward` in s with tangent 1 (THEORY.md §2). The token path starts
+        with a zero tangent (the patch embedding does not depend on s); ∂_s enters through c."""
+        h, (c, cd) = self._embed(x), self.condition_and_ds(t, s, y, beta)
+        hd = torch.zeros_like(h)
+        for block in self.blocks:
+            h, hd = self._call_block(self._run_block_jvp, block, h, hd, c, cd)
+        out, out_d = self.final.jvp(h, hd, c, cd)
+        return self._unpatchify(out), self._unpatchify(out_d)
+
+
+def _run_block(block: Block, h: Tensor, c: Tensor) -> Tensor:
+    return block(h, c)
+
+
+def _run_block_jvp(block: Block, h: Tensor, hd: Tensor, c: Tensor, cd: Tensor) -> tuple[Tensor, Tensor]:
+    return block.jvp(h, hd, c, cd)

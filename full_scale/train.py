@@ -45,14 +45,16 @@ class StudentStep(nn.Module):
     """The module DDP wraps: its forward is the student's part of the loss, JVP included (THEORY.md §3).
 
     forward(batch) → (f_θ(x_t, t, s), ∂_s f_θ(x_t, t, s), u_θ(x_{s′}, s′)), upcast to float32 under bf16 autocast.
+    ``manual_jvp``: ∂_s F from the DiT's ``forward_and_ds`` (hand-written tangent); otherwise ``torch.func.jvp``.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, manual_jvp: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.manual_jvp = model, manual_jvp
 
     def forward(self, batch: TVMBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = student_forward(self.model, batch)
+        # A bound __call__ has no forward_and_ds, so tvm_theory.param falls back to torch.func.jvp.
+        out = student_forward(self.model if self.manual_jvp else self.model.__call__, batch)
         return tuple(a.to(torch.promote_types(a.dtype, torch.float32)) for a in (out.f, out.dfds, out.u_fm))
 
 
@@ -154,6 +156,12 @@ def main(argv=None) -> Path:
         raise ValueError(f"train.precision: expected auto, bf16 or fp32, got {tc['precision']!r}")
     if tc["nan_policy"] not in ("skip", "stop"):
         raise ValueError(f"train.nan_policy: expected skip or stop, got {tc['nan_policy']!r}")
+    jvp_mode, compile_mode = tc.get("jvp", "manual"), tc.get("compile", "auto")
+    if jvp_mode not in ("manual", "functorch"):
+        raise ValueError(f"train.jvp: expected manual or functorch, got {jvp_mode!r}")
+    if compile_mode not in ("auto", True, False):
+        raise ValueError(f"train.compile: expected auto, true or false, got {compile_mode!r}")
+    use_compile = compile_mode is True or (compile_mode == "auto" and device.type == "cuda")
 
     # --- batch geometry: global = world_size × micro × accumulation.
     global_batch = int(tc["global_batch"])
@@ -175,9 +183,13 @@ def main(argv=None) -> Path:
     with torch.device(device):
         model = DiT(mcfg)
     model.set_attention_backend(tc["attention_backend"])
+    model.checkpoint_blocks = bool(tc.get("activation_checkpointing", False))
     target_ema = copy.deepcopy(model).requires_grad_(False).eval()
     eval_ema = copy.deepcopy(model).requires_grad_(False).eval()
-    student = StudentStep(model)
+    if use_compile:  # the student's blocks and the target's (eval_ema only samples, outside the loop)
+        model.compile_blocks(dynamic=False)
+        target_ema.compile_blocks(dynamic=False)
+    student = StudentStep(model, manual_jvp=jvp_mode == "manual")
     ddp = DDP(student, device_ids=[device.index] if device.type == "cuda" else None) if distributed else student
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]), betas=tuple(tc["betas"]),
                                   weight_decay=float(tc["weight_decay"]))
@@ -200,7 +212,8 @@ def main(argv=None) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         log.log({"event": "start", "step": step, "world_size": world_size, "device": str(device),
-                 "micro_batch": micro, "accumulation": accum, "bf16": use_bf16,
+                 "micro_batch": micro, "accumulation": accum, "bf16": use_bf16, "jvp": jvp_mode,
+                 "compile": use_compile, "activation_checkpointing": model.checkpoint_blocks,
                  "parameters": sum(p.numel() for p in model.parameters()), "resumed_from": str(last or "")})
     data = micro_batches(dataset, micro, epoch, position, int(cfg["data"]["num_workers"]))
 

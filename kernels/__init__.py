@@ -1,5 +1,5 @@
 """Flash attention with a forward-mode JVP and a backward pass through it (THEORY.md §9)."""
-from .attention import attention
-from .reference import attention_reference
+from .attention import attention, attention_jvp
+from .reference import attention_reference, attention_reference_jvp
 
-__all__ = ["attention", "attention_reference"]
+__all__ = ["attention", "attention_jvp", "attention_reference", "attention_reference_jvp"]

@@ -4,8 +4,8 @@ import math
 import torch
 
 from . import _config
-from ._autograd import _Attention
-from .reference import attention_reference
+from ._autograd import _Attention, _AttentionTangent
+from .reference import attention_reference, attention_reference_jvp
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BACKENDS = ("auto", "triton", "reference")
@@ -78,3 +78,36 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         return attention_reference(q, k, v, scale)
     _check_triton(q)
     return _triton_attention(q, k, v, scale)
+
+
+@torch.compiler.disable
+def _triton_attention_jvp(q, k, v, tq, tk, tv, scale):
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    o, lse = _Attention.apply(q, k, v, scale)
+    to, _mu = _AttentionTangent.apply(q, k, v, o.detach(), lse.detach(), tq.to(q.dtype).contiguous(),
+                                      tk.to(q.dtype).contiguous(), tv.to(q.dtype).contiguous(), scale)
+    return o, to
+
+
+def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor, tk: torch.Tensor,
+                  tv: torch.Tensor, scale: float | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, Ȯ) for explicit tangents q̇, k̇, v̇, without ``torch.func.jvp``: the same function and derivative as
+    ``torch.func.jvp(attention, (q, k, v), (tq, tk, tv))`` (THEORY.md §9), for callers that carry tangents by hand.
+
+    Reverse mode flows through both outputs to all six inputs (Triton: ``_Attention``'s backward through O and
+    ``_AttentionTangent``'s backward through Ȯ; reference: autograd through the closed form
+    :func:`~kernels.reference.attention_reference_jvp`). The Triton call is kept out of compiled regions (a graph
+    break), like :func:`attention`; the reference is plain operators and may be compiled.
+    """
+    _check(q, k, v, backend)
+    for name, t, x in (("tq", tq, q), ("tk", tk, k), ("tv", tv, v)):
+        if not isinstance(t, torch.Tensor) or t.shape != x.shape:
+            raise ValueError(f"attention_jvp: {name} must be a tensor of shape {tuple(x.shape)}, "
+                             f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be finite, got {scale}")
+    if backend == "reference" or (backend == "auto" and q.device.type != "cuda"):
+        return attention_reference_jvp(q, k, v, tq, tk, tv, scale)
+    _check_triton(q)
+    return _triton_attention_jvp(q, k, v, tq, tk, tv, scale)

@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 
 import torch.autograd.forward_ad as fwAD  # noqa: E402
 
-from kernels import attention  # noqa: E402
+from kernels import attention, attention_jvp  # noqa: E402
 from kernels.testing import jvp_with_grads  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,3 +255,40 @@ def test_loss_of_the_tangent_alone():
     with_zero = jvp_with_grads(triton_attn, primals, tangents, torch.zeros_like(g2), g2).grads
     for a, b in zip(alone, with_zero):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_explicit_tangent_call_equals_func_jvp_including_gradients(backend):
+    """attention_jvp(q, k, v, q̇, k̇, v̇) gives the same O, Ȯ and gradients (to all six inputs) as
+    torch.func.jvp through attention (the path the functorch trainer takes)."""
+    primals, tangents = qkv(9), qkv(19)
+    g1, g2 = rand(B, H, SQ, D, seed=35), rand(B, H, SQ, D, seed=36)
+    ref = jvp_with_grads(lambda q, k, v: attention(q, k, v, backend=backend), primals, tangents, g1, g2)
+    leaves = [x.clone().requires_grad_() for x in (*primals, *tangents)]
+    o, to = attention_jvp(*leaves, backend=backend)
+    grads = torch.autograd.grad((o.double() * g1.double()).sum() + (to.double() * g2.double()).sum(), leaves)
+    torch.testing.assert_close(o, ref.o, rtol=0, atol=0)
+    torch.testing.assert_close(to, ref.to, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads, ref.grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=ATOL)
+
+
+def test_explicit_tangent_call_rejects_mismatched_tangents():
+    q, k, v = qkv(10)
+    with pytest.raises(ValueError, match="tk must be a tensor of shape"):
+        attention_jvp(q, k, v, q, q, v, backend="triton")
+
+
+def test_closed_form_reference_jvp_equals_func_jvp_of_the_reference_in_float64():
+    """kernels.reference.attention_reference_jvp (THEORY.md §9 closed form) against torch.func.jvp of
+    attention_reference, values, tangents and gradients, float64."""
+    from kernels import attention_reference, attention_reference_jvp
+    primals = [x.double().cpu() for x in qkv(11)]
+    tangents = [x.double().cpu() for x in qkv(21)]
+    g1, g2 = rand(B, H, SQ, D, seed=37).double().cpu(), rand(B, H, SQ, D, seed=38).double().cpu()
+    ref = jvp_with_grads(lambda q, k, v: attention_reference(q, k, v, 0.3), primals, tangents, g1, g2)
+    leaves = [x.clone().requires_grad_() for x in (*primals, *tangents)]
+    o, to = attention_reference_jvp(*leaves, 0.3)
+    grads = torch.autograd.grad((o * g1).sum() + (to * g2).sum(), leaves)
+    for a, b in zip([o, to, *grads], [ref.o, ref.to, *ref.grads]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

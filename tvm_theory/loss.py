@@ -8,7 +8,8 @@ Practical loss, in three steps so that the student's part can run inside a DDP-w
 
 1. :func:`prepare_batch` — noise, path points, label dropout and guidance weights (no network, no gradient);
 2. :func:`student_forward` — the student's f, ∂_s f (one JVP) and its velocity at the flow-matching point;
-3. :func:`tvm_loss` — the targets from the EMA copy (no gradient) and the weighted terms:
+3. :func:`tvm_loss` — the targets from the EMA copy (no gradient; with guidance both target velocities come from
+   one call of the target network on the two inputs stacked) and the weighted terms:
 
     terminal_i = 1[s_i < t_i] · (1/w_i²) · mean_dims ‖∂_s f_θ(x_t, t, s) − u_tgt(x̂_s, s, c, w)‖²,
                  x̂_s = x_t + f_θ(x_t, t, s) (detached);
@@ -141,16 +142,18 @@ def student_forward(F: Network, batch: TVMBatch) -> StudentOutput:
 
 def tvm_loss(batch: TVMBatch, student: StudentOutput, F_target: Network, *, null_class: int | None = None) -> TVMLoss:
     """Practical TVM loss from the student's outputs and the target network (an EMA copy; no gradient)."""
-    cond = _cond(batch.y)
     with torch.no_grad():
         x_hat = batch.x_t + student.f.detach()
-        u_terminal = velocity(F_target, x_hat, batch.s, batch.w, **cond)
-        fm_target = batch.v
-        if batch.w is not None and bool((batch.w != 1).any()):
+        if batch.w is None:
+            u_terminal, fm_target = velocity(F_target, x_hat, batch.s, **_cond(batch.y)), batch.v
+        else:
             if null_class is None:
-                raise ValueError("null_class: required for the guided flow-matching target when some w ≠ 1")
-            y_null = torch.full_like(batch.y, null_class)
-            u_uncond = velocity(F_target, batch.x_fm, batch.s_fm, None, y=y_null, beta=torch.ones_like(batch.w))
+                raise ValueError("null_class: required for the guided flow-matching target (cfg is set)")
+            # One call of the target on both inputs: (x̂_s, s, c, w) and (x_{s′}, s′, ∅, w = 1).
+            n, ones = x_hat.shape[0], torch.ones_like(batch.w)
+            u = velocity(F_target, torch.cat([x_hat, batch.x_fm]), torch.cat([batch.s, batch.s_fm]),
+                         torch.cat([batch.w, ones]), y=torch.cat([batch.y, torch.full_like(batch.y, null_class)]))
+            u_terminal, u_uncond = u[:n], u[n:]
             we = expand_like(batch.w, batch.v)
             fm_target = we * batch.v + (1 - we) * u_uncond
     weight = 1.0 if batch.w is None else batch.w.pow(-2)

@@ -9,6 +9,10 @@ A network ``F(x, t, s, **cond)`` takes a batch x of shape (B, ...) and times t, 
 Scaled (CFG) parameterization, with guidance weight w ≥ 1 (a float or a (B,) tensor): the network also receives
 β = 1/w as the keyword ``beta`` and f_θ = (s − t) · w · F_θ(x, t, s, c, β), u_θ = w · F_θ(x, s, s, c, β).
 ``w=None`` means the plain parameterization (no ``beta`` keyword is passed).
+
+∂_s F comes from ``torch.func.jvp``, unless the network has a method ``forward_and_ds(x, t, s, **cond)`` returning
+(F, ∂_s F) computed another way (the DiT carries its tangent by hand, ``full_scale.models``); its tests check it
+against ``torch.func.jvp``.
 """
 from __future__ import annotations
 
@@ -49,17 +53,30 @@ def displacement(F: Network, x: Tensor, t, s, w=None, **cond) -> Tensor:
     return expand_like(s - t, x) * guided_call(F, x, t, s, w, cond)
 
 
-def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Tensor, Tensor]:
-    """(f_θ(x, t, s), ∂_s f_θ(x, t, s)) by one forward-mode JVP (tangent 1 on s, 0 on x and t; THEORY.md §2).
+def guided_call_and_ds(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict
+                       ) -> tuple[Tensor, Tensor]:
+    """(G, ∂_s G) for G(s) = [w ·] F(x, t, s, [c, 1/w]): one forward-mode JVP in s (tangent 1 on s, 0 on x and t),
+    or the network's own ``forward_and_ds``. t, s, w already validated (B,) tensors."""
+    own = getattr(F, "forward_and_ds", None)
+    if own is None:
+        return torch.func.jvp(lambda s_: guided_call(F, x, t, s_, w, cond), (s,), (torch.ones_like(s),))
+    if w is None:
+        return own(x, t, s, **cond)
+    value, ds = own(x, t, s, beta=1.0 / w, **cond)
+    we = expand_like(w, x)
+    return we * value, we * ds
 
-    ∂_s f_θ = [w ·] (F_θ + (s − t) ∂_s F_θ). Gradients flow through both outputs, the tangent included (§3, item 2).
+
+def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Tensor, Tensor]:
+    """(f_θ(x, t, s), ∂_s f_θ(x, t, s)) from one JVP of the network in s (THEORY.md §2):
+
+    f_θ = (s − t) G, ∂_s f_θ = G + (s − t) ∂_s G, G = [w ·] F_θ(x, t, s, [c, 1/w]).
+    Gradients flow through both outputs, the tangent included (§3, item 2).
     """
     t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
-
-    def f_of_s(s_: Tensor) -> Tensor:
-        return expand_like(s_ - t, x) * guided_call(F, x, t, s_, w, cond)
-
-    return torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),))
+    value, ds = guided_call_and_ds(F, x, t, s, w, cond)
+    gap = expand_like(s - t, x)
+    return gap * value, value + gap * ds
 
 
 def velocity(F: Network, x: Tensor, s, w=None, **cond) -> Tensor:

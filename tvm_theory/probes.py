@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .checks import as_batch_time, check_finite, check_same_shape, check_time
 from .lipschitz import certified_mlp_lipschitz, local_lipschitz
-from .param import Network, guidance_weights, guided_call, velocity
+from .param import Network, guidance_weights, guided_call_and_ds, velocity
 from .path import interpolate
 
 
@@ -99,11 +99,11 @@ def ds_norms(F: Network, x: Tensor, t, s, *, w=None, **cond) -> Tensor:
     """Per-example ‖∂_s F̃_θ(x, t, s)‖₂ over all non-batch dimensions, (B,) (THEORY.md §2, §8).
 
     F̃ = [w ·] F(x, t, s, **cond, [β = 1/w]) is the average velocity the jump uses, f_θ = (s − t) F̃. One forward-mode
-    JVP with tangent 1 on s (0 on x and t) gives ∂_s F̃ exactly (no finite differences).
+    JVP with tangent 1 on s (0 on x and t; :func:`~tvm_theory.param.guided_call_and_ds`) gives ∂_s F̃ exactly.
     """
     t, s, wb = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
     with torch.enable_grad():
-        _, dF = torch.func.jvp(lambda s_: guided_call(F, x, t, s_, wb, cond), (s,), (torch.ones_like(s),))
+        _, dF = guided_call_and_ds(F, x, t, s, wb, cond)
     out = dF.detach().flatten(1).norm(dim=1)
     check_finite("∂_s F norms", out)
     return out

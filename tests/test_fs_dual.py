@@ -1,0 +1,160 @@
+"""The DiT's hand-written tangent (full_scale.dual, DiT.forward_and_ds) against torch.func.jvp in float64, and the
+trainer's fast path (manual JVP, activation checkpointing, compiled blocks) against the plain one (issue 10)."""
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as Fn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from full_scale import dual
+from full_scale.models import RMS_EPS, DiT, dit_config, rms
+from tvm_theory.loss import CFGConfig, prepare_batch, student_forward
+from tvm_theory.time_samplers import TimeSample
+
+from test_fs_models import inputs, randomize_
+
+TANGENT_RULES = {
+    "silu": (Fn.silu, dual.silu_tangent),
+    "gelu_tanh": (lambda x: Fn.gelu(x, approximate="tanh"), dual.gelu_tanh_tangent),
+    "rms": (rms, lambda x, xd: dual.rms_tangent(x, xd, RMS_EPS)),
+    "layer_norm": (lambda x: Fn.layer_norm(x, x.shape[-1:], eps=RMS_EPS),
+                   lambda x, xd: dual.layer_norm_tangent(x, xd, RMS_EPS)),
+}
+
+
+@settings(max_examples=12)
+@given(rule=st.sampled_from(sorted(TANGENT_RULES)), rows=st.integers(1, 4), width=st.integers(2, 17),
+       magnitude=st.sampled_from([0.1, 1.0, 8.0]), seed=st.integers(0, 2 ** 16))
+def test_tangent_rules_equal_func_jvp(rule, rows, width, magnitude, seed):
+    fn, tangent = TANGENT_RULES[rule]
+    g = torch.Generator().manual_seed(seed)
+    x = magnitude * torch.randn(rows, width, generator=g, dtype=torch.float64)
+    xd = torch.randn(rows, width, generator=g, dtype=torch.float64)
+    _, ref = torch.func.jvp(fn, (x,), (xd,))
+    torch.testing.assert_close(tangent(x, xd), ref, rtol=1e-10, atol=1e-12)
+
+
+def model64(**kw) -> DiT:
+    torch.manual_seed(0)
+    cfg = dict(input_size=8, in_channels=2, patch_size=2, hidden_size=24, depth=2, num_heads=2, num_classes=5,
+               freq_dim=16)
+    return randomize_(DiT(dit_config(**{**cfg, **kw})).double())
+
+
+SWITCHES = st.fixed_dictionaries({k: st.booleans() for k in ("qk_norm", "rms_norm", "mod_norm")})
+
+
+def composite_layer_norm(x):
+    """LayerNorm (no affine) from elementary operators: PyTorch's fused layer_norm has a wrong reverse mode through its
+    JVP (pytorch/pytorch#196700; seen here as a 30% gradient error on a DiT), so the reference uses this one."""
+    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+    return (x - mean) * torch.rsqrt(var + RMS_EPS)
+
+
+@settings(max_examples=10)
+@given(switches=SWITCHES, heads=st.sampled_from([1, 2, 3]), time_scale=st.sampled_from([1.0, 100.0]),
+       beta=st.booleans(), labels=st.booleans())
+def test_forward_and_ds_equals_func_jvp_with_gradients(switches, heads, time_scale, beta, labels):
+    """(F, ∂_s F) and the gradients of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ to every parameter equal those of torch.func.jvp
+    of the plain forward in s (float64, reference attention; LayerNorm as :func:`composite_layer_norm` in the
+    reference)."""
+    model = model64(num_heads=heads, hidden_size=12 * heads, time_scale=time_scale, **switches)
+    x, t, s, y = inputs(model, dtype=torch.float64)
+    cond = {"y": y if labels else None, "beta": torch.rand(len(t), dtype=torch.float64) if beta else None}
+    g1, g2 = torch.randn_like(x), torch.randn_like(x)
+    params = list(model.parameters())
+
+    def grads(value, ds):
+        return torch.autograd.grad((value * g1).sum() + (ds * g2).sum(), params, allow_unused=True)
+
+    ours = model.forward_and_ds(x, t, s, **cond)
+    if not switches["rms_norm"]:
+        for layer in (*model.blocks, model.final):
+            layer.norm = composite_layer_norm
+    ref = torch.func.jvp(lambda s_: model(x, t, s_, **cond), (s,), (torch.ones_like(s),))
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-10, atol=1e-10)
+    assert ref[1].abs().max() > 1e-3  # the tangent is not trivially zero
+    for a, b in zip(grads(*ours), grads(*ref)):
+        if b is None:
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_layer_norm_tangent_gradient_matches_finite_differences():
+    """Reverse mode through dual.layer_norm_tangent (what the manual path differentiates) against central differences
+    of its value: the property PyTorch's fused layer_norm JVP lacks (pytorch/pytorch#196700)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    xd, w = torch.randn(3, 7, generator=g, dtype=torch.float64), torch.randn(3, 7, generator=g, dtype=torch.float64)
+
+    def loss(z):
+        return (dual.layer_norm_tangent(z, xd, RMS_EPS) * w).sum()
+
+    (grad,) = torch.autograd.grad(loss(x), x)
+    eps, fd = 1e-6, torch.empty_like(x)
+    for i in range(x.numel()):
+        e = torch.zeros_like(x).view(-1)
+        e[i] = eps
+        fd.view(-1)[i] = (loss(x.detach() + e.view_as(x)) - loss(x.detach() - e.view_as(x))) / (2 * eps)
+    torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_activation_checkpointing_changes_no_value_or_gradient():
+    model = model64(qk_norm=True, rms_norm=True, mod_norm=True)
+    x, t, s, y = inputs(model, dtype=torch.float64)
+    results = []
+    for ckpt in (False, True):
+        model.checkpoint_blocks = ckpt
+        value, ds = model.forward_and_ds(x, t, s, y)
+        loss = (value.pow(2).sum() + ds.pow(2).sum() + model(x, s, s, y).pow(2).sum())
+        results.append([loss.detach(), *torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)])
+    for a, b in zip(*results):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_student_forward_manual_and_functorch_agree():
+    """The trainer's two JVP paths (StudentStep manual_jvp=True/False) give the same f, ∂_s f, u and gradients."""
+    model = model64(qk_norm=True, rms_norm=True, mod_norm=True)
+    x, t, s, y = inputs(model, dtype=torch.float64)
+    batch = prepare_batch(x, TimeSample(t=t, s=s, s_fm=torch.rand_like(s)), y=y.clamp(max=4),
+                          cfg=CFGConfig(null_class=5, weight=2.0),
+                          generator=torch.Generator().manual_seed(0))
+    outs = []
+    for F in (model, model.__call__):
+        out = student_forward(F, batch)
+        loss = out.f.pow(2).sum() + out.dfds.pow(2).sum() + out.u_fm.pow(2).sum()
+        outs.append([out.f, out.dfds, out.u_fm, *torch.autograd.grad(loss, list(model.parameters()),
+                                                                     allow_unused=True)])
+    for a, b in zip(*outs):
+        if a is not None and b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_blocks_equal_eager_blocks():
+    """compile_blocks (inductor, CPU, float32): forward, forward_and_ds and their gradients equal eager within
+    float32 rounding, and the blocks share one compiled graph per function (no recompilation per block)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = randomize_(DiT(dit_config(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=3,
+                                      num_heads=2, num_classes=3, freq_dim=8, lipschitz=True)))
+    x, t, s, y = inputs(model)
+
+    def run():
+        value, ds = model.forward_and_ds(x, t, s, y)
+        loss = value.pow(2).sum() + ds.pow(2).sum() + model(x, s, s, y).pow(2).sum()
+        return [value, ds, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    eager = run()
+    model.compile_blocks(dynamic=False)
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        compiled = run()
+        compiled_again = run()
+    for a, b, c in zip(eager, compiled, compiled_again):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(c, b, rtol=0, atol=0)
