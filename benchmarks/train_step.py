@@ -80,6 +80,7 @@ class Variant(NamedTuple):
     checkpointing: bool = False
     jvp_linears: bool = False
     env: dict = {}
+    dynamo: dict = {}  # torch._dynamo.config values set in the trainer process
 
 
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
@@ -91,6 +92,9 @@ VARIANTS = {
     "manual-compile": Variant("triton", compile=True),
     "manual-compile-ckpt": Variant("triton", compile=True, checkpointing=True),
     "manual-compile-expandable": Variant("triton", compile=True, env=EXPANDABLE),
+    # DDPOptimizer (Dynamo's default under DDP) splits each compiled block at gradient-bucket boundaries; off, DDP's
+    # reducer still overlaps the all-reduce with the backward at block granularity.
+    "manual-compile-nosplit": Variant("triton", compile=True, dynamo={"optimize_ddp": False}),
 }
 # Dense bf16 peak of the datasheets (TFLOP/s); a card not listed gets no MFU.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
@@ -231,7 +235,7 @@ def install_substitutes(jvp_linears: bool = False) -> None:
     checkpoint.save = lambda run_dir, step, **kwargs: Path(run_dir)
 
 
-ANNOTATIONS = ("ProfilerStep", "Optimizer.")
+ANNOTATIONS = ("ProfilerStep", "Optimizer.", "DistributedDataParallel.", "nccl:")
 ATTENTION_KERNELS = ("_fwd_kernel", "_tangent_kernel", "_rowdot_kernel", "_kv_kernel", "_kv_tangent_kernel",
                      "_q_kernel")
 
@@ -272,6 +276,8 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     from full_scale import train
 
     install_substitutes(VARIANTS[variant].jvp_linears)
+    for key, value in VARIANTS[variant].dynamo.items():
+        setattr(torch._dynamo.config, key, value)
     rank = int(os.environ.get("RANK", "0"))
     status, error = "ok", ""
     profile_after, profile_steps = int(profile_after), int(profile_steps)
