@@ -13,13 +13,14 @@ The attention backend is the trainer's ``train.attention_backend``. The trainer 
 (random standardized latents of the preset's shape, 4×32×32 for ``--resolution 256`` and 4×64×64 for 512, labels
 uniform over the classes; no disk), and checkpoint writing is a no-op (I/O, not a step).
 
-Variants (``--variants``): ``baseline`` = the reference PyTorch attention, no compilation (``torch.compile`` cannot
-enter a ``torch.func.jvp`` called from eager code: Dynamo falls back to eager, PyTorch #128711); ``triton`` = the
-Triton JVP attention kernel; ``triton-jvplinear`` = the same with every ``nn.Linear`` routed through
-:func:`jvp_linear`, which drops the zero-weight-tangent matmuls PyTorch's linear rule performs under JVP (a
-candidate change for ``full_scale/models.py``); ``…-expandable`` adds
-``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``. Ratios are against ``baseline`` of the same model, batch and
-GPU count in the same invocation.
+Variants (``--variants``, :data:`VARIANTS`): ``baseline`` = the reference PyTorch attention and ∂_s F by
+``torch.func.jvp`` (``train.jvp: functorch``), no compilation (``torch.compile`` cannot enter a ``torch.func.jvp``
+called from eager code, PyTorch #128711); ``triton`` = the same with the Triton JVP attention kernel; ``manual`` =
+the DiT's hand-written tangent (``train.jvp: manual``, ``DiT.forward_and_ds``), eager; ``manual-compile`` = the same
+with every block compiled (``DiT.compile_blocks``), the trainer's default on CUDA; ``…-ckpt`` adds activation
+checkpointing, ``…-expandable`` ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, ``…-ddpsplit`` lets Dynamo's
+DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.ddp_split_graphs: true``). Ratios are
+against ``baseline`` of the same model, batch and GPU count in the same invocation.
 
 Model FLOPs of one step, per image (2 FLOPs per multiply-add; :func:`forward_flops` gives L, the linear and patch
 matmuls of one forward, and A, the attention products QKᵀ and PV, 4·T²·hidden per block; recomputation is not
@@ -35,9 +36,9 @@ MFU = step FLOPs × batch per GPU / step time / peak, with the dense bf16 peak o
 (989.4 TFLOP/s for H100 SXM and H200); the measured rate of one 8192³ bf16 matmul is reported beside it.
 
 Usage (on the GPU machine; the device copy has no .git, so pass the commit):
-    python benchmarks/train_step.py --models DiT-B/2,DiT-XL/2 --batches 32,64 --variants baseline,triton \
+    python benchmarks/train_step.py --models DiT-B/2,DiT-XL/2 --batches 32,64 --variants baseline,manual-compile \
         --out train_step.json --commit $(git rev-parse --short HEAD)
-    python benchmarks/train_step.py --gpus 1,2 --models DiT-XL/2 --batches 32 --variants triton
+    python benchmarks/train_step.py --gpus 1,2 --models DiT-XL/2 --batches 32 --variants manual-compile
     python benchmarks/train_step.py --loss-check 150 --models DiT-B/2 --batches 32   # 1 vs 2 GPUs, same global batch
     python benchmarks/train_step.py --census --models DiT-XL/2   # CPU: ATen operators of one step, per phase
 Any ``--set section.key=value`` is applied to every run (e.g. a tiny model for the CPU smoke test).
@@ -58,7 +59,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as Fn
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,30 +71,26 @@ from full_scale.config import apply_overrides, load_preset, model_config  # noqa
 from full_scale.models import DiTConfig  # noqa: E402
 
 class Variant(NamedTuple):
-    """The trainer settings of one variant: train.attention_backend, train.jvp, train.compile,
-    train.activation_checkpointing, JVP-aware ``nn.Linear`` substitutes, extra environment of the trainer process."""
+    """The trainer settings of one variant (train.attention_backend, train.jvp, train.compile,
+    train.activation_checkpointing, train.ddp_split_graphs) and extra environment of the trainer process."""
 
     backend: str
     jvp: str = "manual"
     compile: bool = False
     checkpointing: bool = False
-    jvp_linears: bool = False
+    ddp_split: bool = False
     env: dict = {}
-    dynamo: dict = {}  # torch._dynamo.config values set in the trainer process
 
 
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 VARIANTS = {
     "baseline": Variant("reference", "functorch"),
     "triton": Variant("triton", "functorch"),
-    "triton-jvplinear": Variant("triton", "functorch", jvp_linears=True),
     "manual": Variant("triton"),
     "manual-compile": Variant("triton", compile=True),
     "manual-compile-ckpt": Variant("triton", compile=True, checkpointing=True),
     "manual-compile-expandable": Variant("triton", compile=True, env=EXPANDABLE),
-    # DDPOptimizer (Dynamo's default under DDP) splits each compiled block at gradient-bucket boundaries; off, DDP's
-    # reducer still overlaps the all-reduce with the backward at block granularity.
-    "manual-compile-nosplit": Variant("triton", compile=True, dynamo={"optimize_ddp": False}),
+    "manual-compile-ddpsplit": Variant("triton", compile=True, ddp_split=True),
 }
 # Dense bf16 peak of the datasheets (TFLOP/s); a card not listed gets no MFU.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
@@ -161,66 +157,9 @@ class SyntheticLatents(torch.utils.data.IterableDataset):
             yield torch.from_numpy(z), torch.tensor(int(rng.integers(self.num_classes)))
 
 
-class _JVPLinear(torch.autograd.Function):
-    """y = x Wᵀ + b whose forward-mode derivative skips the tangents that do not exist.
-
-    PyTorch's own rule for a linear layer (``addmm``/``mm``) is ẏ = ẋ Wᵀ + x Ẇᵀ + ḃ and, under ``torch.func.jvp`` or
-    ``forward_ad``, it is handed zero tensors for the weight and bias, which carry no tangent in a TVM step (the
-    tangent is on s alone): it then multiplies x by a zero matrix (one wasted matmul per layer in the JVP forward)
-    and back-propagates through that product (one more in the backward). With ``set_materialize_grads(False)`` the
-    missing tangents arrive as None and ẏ = ẋ Wᵀ (+ x Ẇᵀ + ḃ only where they exist); the tangent is built from
-    differentiable ops, so the backward through it is autograd's.
-    """
-
-    @staticmethod
-    def forward(x, weight, bias):
-        return Fn.linear(x, weight, bias)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.save_for_forward(x, weight)
-        ctx.has_bias = bias is not None
-        ctx.set_materialize_grads(False)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if grad is None:
-            return None, None, None
-        x, weight = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.shape[-1])
-        gx = grad @ weight if ctx.needs_input_grad[0] else None
-        gw = g2.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        gb = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb
-
-    @staticmethod
-    def jvp(ctx, x_t, w_t, b_t):
-        x, weight = ctx.saved_tensors
-        parts = ([Fn.linear(x_t, weight)] if x_t is not None else []) + \
-            ([Fn.linear(x, w_t)] if w_t is not None else []) + ([b_t] if b_t is not None else [])
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
-
-
-def jvp_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.nn.functional.linear`` through :class:`_JVPLinear`. Under autocast the operands are cast first (as
-    autocast would cast them for ``linear``) and the product runs in that dtype, so the saved tensors and the
-    backward are in it too."""
-    kind = x.device.type
-    if not torch.is_autocast_enabled(kind):
-        return _JVPLinear.apply(x, weight, bias)
-    dtype = torch.get_autocast_dtype(kind)
-    with torch.autocast(kind, enabled=False):
-        return _JVPLinear.apply(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-
-
-def install_substitutes(jvp_linears: bool = False) -> None:
-    """Point the trainer at :class:`SyntheticLatents`, make checkpoint writing a no-op and optionally route every
-    ``nn.Linear`` through :func:`jvp_linear`. Module attributes are replaced, so the step code that runs is the
-    trainer's own."""
+def install_substitutes() -> None:
+    """Point the trainer at :class:`SyntheticLatents` and make checkpoint writing a no-op. Module attributes are
+    replaced, so the step code that runs is the trainer's own."""
     import full_scale.checkpoint as checkpoint
     from full_scale import train
 
@@ -230,8 +169,6 @@ def install_substitutes(jvp_linears: bool = False) -> None:
                                 world_size=world_size, seed=int(cfg["train"]["seed"]))
 
     train.build_dataset = build_dataset
-    if jvp_linears:
-        torch.nn.Linear.forward = lambda self, x: jvp_linear(x, self.weight, self.bias)
     checkpoint.save = lambda run_dir, step, **kwargs: Path(run_dir)
 
 
@@ -275,9 +212,7 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     is stepped by an optimizer-step hook; without CUDA it lists no kernels)."""
     from full_scale import train
 
-    install_substitutes(VARIANTS[variant].jvp_linears)
-    for key, value in VARIANTS[variant].dynamo.items():
-        setattr(torch._dynamo.config, key, value)
+    install_substitutes()
     rank = int(os.environ.get("RANK", "0"))
     status, error = "ok", ""
     profile_after, profile_steps = int(profile_after), int(profile_steps)
@@ -319,7 +254,8 @@ def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, varia
     cfg["model"]["name"] = model
     cfg = apply_overrides(cfg, sets)
     v = VARIANTS[variant]
-    cfg["train"].update(attention_backend=v.backend, jvp=v.jvp, compile=v.compile, activation_checkpointing=v.checkpointing)
+    cfg["train"].update(attention_backend=v.backend, jvp=v.jvp, compile=v.compile,
+                        activation_checkpointing=v.checkpointing, ddp_split_graphs=v.ddp_split)
     cfg["data"].update(kind="synthetic", root=None, num_workers=2)
     cfg["train"].update(steps=steps, micro_batch=batch, global_batch=global_batch or batch * gpus)
     cfg["log"].update(every=1, lipschitz_every=0, tensorboard=False)
@@ -505,7 +441,7 @@ class _OpCensus(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _census_step(cfg: dict, depth: int, jvp_linears: bool) -> dict:
+def _census_step(cfg: dict, depth: int, manual_jvp: bool) -> dict:
     """Operator counts of one trainer step (the trainer's StudentStep, tvm_loss, AdamW and ema_update) of a
     ``depth``-block copy of the configured model at a tiny width, on the CPU in float32, every weight random."""
     from full_scale.models import DiT
@@ -532,22 +468,16 @@ def _census_step(cfg: dict, depth: int, jvp_linears: bool) -> dict:
     y = torch.randint(0, m.num_classes, (n,), generator=gen)
     times = make_time_sampler(tc["time_sampler"])(n, generator=gen)
     batch = prepare_batch(x0, times, y=y if guidance is not None else None, cfg=guidance, generator=gen)
-    linear_forward = torch.nn.Linear.forward
-    if jvp_linears:
-        torch.nn.Linear.forward = lambda self, x: jvp_linear(x, self.weight, self.bias)
     phases = {}
-    try:
-        with _OpCensus() as c:
-            f, dfds, u = StudentStep(model)(batch)
-        phases["student forward (JVP + flow matching)"] = c
-        with _OpCensus() as c:
-            terms = tvm_loss(batch, StudentOutput(f=f, dfds=dfds, u_fm=u), target, null_class=model.null_class)
-        phases["targets and loss"] = c
-        with _OpCensus() as c:
-            terms.loss.backward()
-        phases["backward"] = c
-    finally:
-        torch.nn.Linear.forward = linear_forward
+    with _OpCensus() as c:
+        f, dfds, u = StudentStep(model, manual_jvp=manual_jvp)(batch)
+    phases["student forward (JVP + flow matching)"] = c
+    with _OpCensus() as c:
+        terms = tvm_loss(batch, StudentOutput(f=f, dfds=dfds, u_fm=u), target, null_class=model.null_class)
+    phases["targets and loss"] = c
+    with _OpCensus() as c:
+        terms.loss.backward()
+    phases["backward"] = c
     optimizer.step()  # the second step is counted: the first fills the moments
     with _OpCensus() as c:
         optimizer.step()
@@ -559,11 +489,11 @@ def _census_step(cfg: dict, depth: int, jvp_linears: bool) -> dict:
     return {k: (v.ops, v.compute_ops, v.zero_input_ops) for k, v in phases.items()}
 
 
-def census(cfg: dict, jvp_linears: bool) -> dict:
+def census(cfg: dict, manual_jvp: bool) -> dict:
     """ATen operators one step dispatches at the configured depth, per phase: counted at depth 1 and 2 and
     extrapolated linearly (every block runs the same code). Each operator is at least one kernel launch on a GPU,
     so ``ops`` × (host time per operator) bounds an eager step's time from below when the GPU is fast enough."""
-    one, two = _census_step(cfg, 1, jvp_linears), _census_step(cfg, 2, jvp_linears)
+    one, two = _census_step(cfg, 1, manual_jvp), _census_step(cfg, 2, manual_jvp)
     depth = model_config(cfg).depth
     out = {}
     keys = ("ops", "compute_ops", "zero_input_ops")
@@ -598,7 +528,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--models", default="DiT-B/2,DiT-XL/2", type=lambda s: s.split(","))
     ap.add_argument("--batches", default="32,64", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--gpus", default="1", type=lambda s: [int(x) for x in s.split(",")])
-    ap.add_argument("--variants", default="baseline,triton", type=lambda s: s.split(","))
+    ap.add_argument("--variants", default="baseline,manual-compile", type=lambda s: s.split(","))
     ap.add_argument("--resolution", default=256, type=int, choices=[256, 512])
     ap.add_argument("--steps", default=20, type=int, help="timed steps after the warm-up")
     ap.add_argument("--warmup", default=6, type=int, help="steps left out of the statistics (autotuning, allocator)")
@@ -643,9 +573,9 @@ def main(argv=None) -> dict:
             result["census"] = {}
             for model in args.models:
                 cfg = run_config(preset, model, 1, 1, 1, args.variants[0], args.set)
-                result["census"][model] = {v: census(cfg, v) for v in (False, True)}
-                for jvp_lin, phases in result["census"][model].items():
-                    print(f"{model}, {'JVP-aware' if jvp_lin else 'PyTorch'} linears:")
+                result["census"][model] = {mode: census(cfg, mode == "manual") for mode in ("functorch", "manual")}
+                for mode, phases in result["census"][model].items():
+                    print(f"{model}, train.jvp={mode}:")
                     for phase, c in phases.items():
                         print(f"  {phase:38s} {c['ops']:6d} ops, {c['compute_ops']:6d} not views "
                               f"({c['compute_ops_per_block']} per block), {c['zero_input_ops']} with a zero input")

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as Fn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -52,7 +51,8 @@ def test_forward_flops_equal_the_flop_counter_on_a_dit_forward(depth, heads, gri
     assert counter.get_total_flops() == batch * (lin + att)
 
 
-def counted_step_flops(model: DiT, target: DiT, batch_size: int) -> tuple[int, float, list[torch.Tensor]]:
+def counted_step_flops(model: DiT, target: DiT, batch_size: int, manual_jvp: bool
+                       ) -> tuple[int, float, list[torch.Tensor]]:
     """FLOPs PyTorch counts in one real TVM step (student JVP + flow-matching forward, targets, backward)."""
     shape = (batch_size, model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size)
     gen = torch.Generator().manual_seed(1)
@@ -63,64 +63,28 @@ def counted_step_flops(model: DiT, target: DiT, batch_size: int) -> tuple[int, f
                           generator=gen)
     model.zero_grad()
     with FlopCounterMode(display=False) as counter:
-        f, dfds, u = StudentStep(model)(batch)
+        f, dfds, u = StudentStep(model, manual_jvp=manual_jvp)(batch)
         terms = tvm_loss(batch, StudentOutput(f=f, dfds=dfds, u_fm=u), target, null_class=model.null_class)
         terms.loss.backward()
     return counter.get_total_flops(), float(terms.loss.detach()), [p.grad.clone() for p in model.parameters()]
 
 
-def test_step_flop_model_matches_a_counted_tvm_step_with_jvp_linears(monkeypatch):
-    """11L + 14A agrees with the counted step within 2% once the linear layers skip the zero weight tangents
-    (the model counts tangents of the time and patch embeddings, which carry none: 1.2% at this size, less for
-    larger ones); PyTorch's own linear rule counts ≥ 10% more, for the same loss and gradients."""
+def test_step_flop_model_matches_a_counted_tvm_step_of_the_manual_jvp():
+    """11L + 14A agrees with the counted step of the trainer's hand-written JVP within 2% (the model counts tangents
+    of the time and patch embeddings, which carry none: 1.2% at this size, less for larger ones); torch.func.jvp,
+    whose linear rule also multiplies by the zero weight tangent, counts ≥ 10% more for the same loss and
+    gradients (RMSNorm model: PyTorch's layer_norm JVP has a wrong reverse mode, pytorch/pytorch#196700)."""
     fields = dict(input_size=8, in_channels=4, patch_size=2, hidden_size=64, depth=1, num_heads=1,
                   num_classes=10, freq_dim=16, lipschitz=True)
     model, target = tiny_dit(0, **fields), tiny_dit(1, **fields).requires_grad_(False)
     expected = 2 * bench.step_flops(model.cfg, guidance=True)
-    plain, loss_plain, grads_plain = counted_step_flops(model, target, 2)
-    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: bench.jvp_linear(x, self.weight, self.bias))
-    ours, loss_ours, grads_ours = counted_step_flops(model, target, 2)
+    plain, loss_plain, grads_plain = counted_step_flops(model, target, 2, manual_jvp=False)
+    ours, loss_ours, grads_ours = counted_step_flops(model, target, 2, manual_jvp=True)
     assert 0.98 * expected <= ours <= expected
     assert plain >= 1.1 * ours
     assert loss_ours == pytest.approx(loss_plain, rel=1e-12)
     for a, b in zip(grads_plain, grads_ours):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
-
-
-@settings(max_examples=8)
-@given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), fan_in=st.integers(1, 6),
-       fan_out=st.integers(1, 6), bias=st.booleans(), weight_tangent=st.booleans(), seed=st.integers(0, 2 ** 16))
-def test_jvp_linear_equals_linear_in_value_tangent_and_gradients(lead, fan_in, fan_out, bias, weight_tangent, seed):
-    gen = torch.Generator().manual_seed(seed)
-    mk = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
-    x, w, b = mk(*lead, fan_in).requires_grad_(), mk(fan_out, fan_in).requires_grad_(), mk(fan_out).requires_grad_()
-    tx, tw = mk(*lead, fan_in), mk(fan_out, fan_in)
-    g_out, g_tan = mk(*lead, fan_out), mk(*lead, fan_out)
-    results = []
-    for linear in (Fn.linear, bench.jvp_linear):
-        if weight_tangent:  # a tangent on the weight too: the general rule ẋWᵀ + xẆᵀ must hold
-            y, ty = torch.func.jvp(lambda x_, w_: linear(x_, w_, b if bias else None), (x, w), (tx, tw))
-        else:
-            y, ty = torch.func.jvp(lambda x_: linear(x_, w, b if bias else None), (x,), (tx,))
-        leaves = [x, w] + ([b] if bias else [])
-        grads = torch.autograd.grad((y * g_out).sum() + (ty * g_tan * y).sum(), leaves)
-        results.append([y, ty, *grads])
-    for a, c in zip(*results):
-        assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)
-
-
-def test_jvp_linear_under_bf16_autocast_equals_autocast_linear():
-    gen = torch.Generator().manual_seed(3)
-    x, w, b = (torch.randn(*shape, generator=gen).requires_grad_() for shape in ((2, 5, 8), (6, 8), (6,)))
-    tx = torch.randn(2, 5, 8, generator=gen)
-    results = []
-    for linear in (Fn.linear, bench.jvp_linear):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y, ty = torch.func.jvp(lambda x_: linear(x_, w, b), (x,), (tx,))
-        assert y.dtype == ty.dtype == torch.bfloat16
-        results.append([y, ty, *torch.autograd.grad((y.float() * ty.float()).sum(), (x, w, b))])
-    for a, c in zip(*results):
-        assert a.dtype == c.dtype and torch.allclose(a.float(), c.float(), rtol=1e-2, atol=1e-2)
 
 
 def test_synthetic_latents_are_standard_normal_reproducible_and_differ_across_ranks():
@@ -173,10 +137,10 @@ def test_benchmark_command_runs_the_trainer_and_writes_its_schema(tmp_path):
     assert all(np.isfinite(row["loss"]))
 
 
-def test_op_census_counts_every_phase_and_the_jvp_linears_remove_zero_tangent_work():
+def test_op_census_counts_every_phase_and_the_manual_jvp_removes_operators_and_zero_tangent_work():
     cfg = bench.run_config("imagenet-256", "DiT-S/2", 1, 1, 1, "baseline", ["model.depth=3", "model.num_heads=1",
                                                                                      "model.num_classes=4"])
-    plain, ours = bench.census(cfg, jvp_linears=False), bench.census(cfg, jvp_linears=True)
+    plain, ours = bench.census(cfg, manual_jvp=False), bench.census(cfg, manual_jvp=True)
     assert set(plain) == set(ours) and "total" in plain and len(plain) == 6
     for c in (plain, ours):
         assert all(0 < v["compute_ops"] <= v["ops"] for v in c.values())
