@@ -39,7 +39,7 @@ Usage (on the GPU machine; the device copy has no .git, so pass the commit):
     python benchmarks/train_step.py --models DiT-B/2,DiT-XL/2 --batches 32,64 --variants baseline,manual-compile \
         --out train_step.json --commit $(git rev-parse --short HEAD)
     python benchmarks/train_step.py --gpus 1,2 --models DiT-XL/2 --batches 32 --variants manual-compile
-    python benchmarks/train_step.py --loss-check 150 --models DiT-B/2 --batches 32   # 1 vs 2 GPUs, same global batch
+    python benchmarks/train_step.py --loss-check 100 --seeds 3 --models DiT-B/2 --batches 32 --variants manual-compile
     python benchmarks/train_step.py --census --models DiT-XL/2   # CPU: ATen operators of one step, per phase
 Any ``--set section.key=value`` is applied to every run (e.g. a tiny model for the CPU smoke test).
 """
@@ -395,32 +395,50 @@ def add_ratios(rows: list[dict]) -> None:
             r["scaling_efficiency"] = r["images_per_s"] / (r["gpus"] * one["images_per_s"])
 
 
-def loss_check(args, tmp: Path, preset: str) -> dict:
-    """Loss curves of 1 GPU at micro-batch 2b and 2 GPUs at b each: the same global batch 2b, same seed and
-    initial weights; the noise and data draws differ per rank, so the curves agree only statistically. Compares
-    window means of the per-step loss: difference / its standard error (from the spread inside the windows)."""
-    model, b = args.models[0], args.batches[0]
-    curves = {}
-    for gpus in (1, 2):
-        cfg = run_config(preset, model, 2 * b // gpus, gpus, args.loss_check, args.variants[-1], args.set,
-                         global_batch=2 * b)
-        run_dir, failure = launch(cfg, gpus, args.variants[-1], tmp / f"loss-g{gpus}", args.timeout)
-        summary = summarize(run_dir, 0)
-        if failure or "loss" not in summary:
-            return {"status": "failed", "error": failure or summary.get("error", "no loss records")}
-        curves[gpus] = summary["loss"]
-    n = min(len(c) for c in curves.values())
-    w = max(n // 5, 2)
-    windows = []
+def compare_loss_curves(runs_1: list[list[float]], runs_2: list[list[float]], windows: int = 5) -> dict:
+    """Window means of per-step losses of two configurations, each run with one or more seeds.
+
+    With K ≥ 2 seeds each, t = (mean₁ − mean₂) / √(s₁²/K + s₂²/K), s² the between-seed variance of a window's mean:
+    run-to-run variation is part of the error. With one seed each, the standard error comes from the spread of the
+    losses inside the window, which ignores run-to-run variation (a lower bound on the error: a large |t| is then
+    not evidence of a difference on its own); ``error`` says which.
+    """
+    n = min(len(c) for c in runs_1 + runs_2)
+    w = max(n // windows, 2)
+    k = min(len(runs_1), len(runs_2))
+    out = []
     for start in range(0, n - w + 1, w):
-        a, c = curves[1][start:start + w], curves[2][start:start + w]
-        diff = statistics.fmean(a) - statistics.fmean(c)
-        se = math.sqrt(statistics.variance(a) / w + statistics.variance(c) / w)
-        windows.append({"steps": [start + 1, start + w], "loss_1gpu": statistics.fmean(a),
-                        "loss_2gpu": statistics.fmean(c), "diff": diff, "z": diff / se if se > 0 else None})
-    zs = [abs(x["z"]) for x in windows if x["z"] is not None]
-    return {"status": "ok", "model": model, "global_batch": 2 * b, "steps": n, "windows": windows,
-            "max_abs_z": max(zs) if zs else None, "loss_1gpu": curves[1], "loss_2gpu": curves[2]}
+        means = [[statistics.fmean(c[start:start + w]) for c in runs] for runs in (runs_1, runs_2)]
+        if k >= 2:
+            var = [statistics.variance(m) / len(m) for m in means]
+        else:
+            var = [statistics.variance(runs[0][start:start + w]) / w for runs in (runs_1, runs_2)]
+        diff = statistics.fmean(means[0]) - statistics.fmean(means[1])
+        se = math.sqrt(sum(var))
+        out.append({"steps": [start + 1, start + w], "loss_1": statistics.fmean(means[0]),
+                    "loss_2": statistics.fmean(means[1]), "diff": diff, "t": diff / se if se > 0 else None})
+    ts = [abs(x["t"]) for x in out if x["t"] is not None]
+    return {"windows": out, "max_abs_t": max(ts) if ts else None, "seeds": k,
+            "error": "between seeds" if k >= 2 else "within run (ignores run-to-run variation)"}
+
+
+def loss_check(args, tmp: Path, preset: str) -> dict:
+    """Loss curves of 1 GPU at micro-batch 2b and 2 GPUs at b each: the same global batch 2b and initial weights,
+    ``--seeds`` seeds each (train.seed 0, 1, …); the noise and data draws differ per rank, so the curves can agree
+    only statistically (:func:`compare_loss_curves`)."""
+    model, b = args.models[0], args.batches[0]
+    curves = {1: [], 2: []}
+    for seed in range(args.seeds):
+        for gpus in (1, 2):
+            cfg = run_config(preset, model, 2 * b // gpus, gpus, args.loss_check, args.variants[-1],
+                             [*args.set, f"train.seed={seed}"], global_batch=2 * b)
+            run_dir, failure = launch(cfg, gpus, args.variants[-1], tmp / f"loss-s{seed}-g{gpus}", args.timeout)
+            summary = summarize(run_dir, 0)
+            if failure or "loss" not in summary:
+                return {"status": "failed", "error": failure or summary.get("error", "no loss records")}
+            curves[gpus].append(summary["loss"])
+    return {"status": "ok", "model": model, "global_batch": 2 * b, "variant": args.variants[-1],
+            **compare_loss_curves(curves[1], curves[2]), "loss_1gpu": curves[1], "loss_2gpu": curves[2]}
 
 
 class _OpCensus(TorchDispatchMode):
@@ -535,6 +553,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--profile", default=0, type=int, metavar="STEPS",
                     help="after the timed steps, profile STEPS more (CUDA kernels by class, top kernels) into the JSON")
     ap.add_argument("--timeout", default=600.0, type=float, help="seconds per run before it is killed")
+    ap.add_argument("--seeds", default=3, type=int, help="seeds per configuration for --loss-check")
     ap.add_argument("--loss-check", default=0, type=int, metavar="STEPS",
                     help="instead of timing: loss curves of 1 GPU (batch 2b) vs 2 GPUs (b each) for STEPS steps, "
                          "b the first of --batches, with the first of --models and the last of --variants")
@@ -548,8 +567,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
-    if min(args.batches) < 1 or min(args.gpus) < 1 or args.steps < 3 or args.warmup < 0:
-        ap.error("--batches and --gpus must be ≥ 1, --steps ≥ 3, --warmup ≥ 0")
+    if min(args.batches) < 1 or min(args.gpus) < 1 or args.steps < 3 or args.warmup < 0 or args.seeds < 1:
+        ap.error("--batches, --gpus and --seeds must be ≥ 1, --steps ≥ 3, --warmup ≥ 0")
     return args
 
 

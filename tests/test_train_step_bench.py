@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -149,3 +150,32 @@ def test_op_census_counts_every_phase_and_the_manual_jvp_removes_operators_and_z
     assert ours[student]["compute_ops"] < plain[student]["compute_ops"]
     assert ours["total"]["zero_input_ops"] < plain["total"]["zero_input_ops"]
     assert ours["targets and loss"] == plain["targets and loss"]  # no JVP there: the same operators
+
+
+def test_loss_curve_comparison_uses_the_between_seed_error():
+    """Two seeds per configuration: t is the difference of window means over the between-seed standard error
+    (computed by hand here); one seed: the within-window error, labelled as ignoring run-to-run variation."""
+    a = [[1.0, 1.2, 1.0, 1.2], [1.4, 1.6, 1.4, 1.6]]  # window means (2 windows of 2): 1.1, 1.1 and 1.5, 1.5
+    b = [[0.9, 0.9, 0.9, 0.9], [1.1, 1.1, 1.1, 1.1]]  # 0.9 and 1.1
+    res = bench.compare_loss_curves(a, b, windows=2)
+    assert res["seeds"] == 2 and res["error"] == "between seeds" and len(res["windows"]) == 2
+    se = math.sqrt(statistics.variance([1.1, 1.5]) / 2 + statistics.variance([0.9, 1.1]) / 2)
+    for w in res["windows"]:
+        assert w["diff"] == pytest.approx(0.3) and w["t"] == pytest.approx(0.3 / se)
+    one = bench.compare_loss_curves(a[:1], b[:1], windows=2)
+    assert one["seeds"] == 1 and one["error"].startswith("within run")
+    assert one["windows"][0]["t"] == pytest.approx(0.2 / math.sqrt(statistics.variance([1.0, 1.2]) / 2))
+
+
+def test_loss_check_runs_one_and_two_processes_per_seed(tmp_path):
+    """--loss-check on the CPU: 1 process at batch 2b and 2 gloo processes at b, two seeds each."""
+    out = tmp_path / "lc.json"
+    result = bench.main(["--loss-check", "4", "--seeds", "2", "--models", "DiT-S/2", "--batches", "2",
+                         "--variants", "manual", "--timeout", "300", "--out", str(out)]
+                        + [a for kv in TINY for a in ("--set", kv)])
+    lc = result["loss_check"]
+    assert lc["status"] == "ok", lc.get("error")
+    assert lc["seeds"] == 2 and len(lc["loss_1gpu"]) == len(lc["loss_2gpu"]) == 2
+    assert all(len(c) == 4 and np.isfinite(c).all() for c in lc["loss_1gpu"] + lc["loss_2gpu"])
+    assert lc["loss_1gpu"][0] != lc["loss_1gpu"][1]  # the seeds differ
+    assert json.loads(out.read_text())["loss_check"]["max_abs_t"] == lc["max_abs_t"]
