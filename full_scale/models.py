@@ -184,6 +184,7 @@ class Attention(nn.Module):
         qd, kd, vd = qkv_d.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, qd = dual.rms_norm_module(self.q_norm, q, qd)
         k, kd = dual.rms_norm_module(self.k_norm, k, kd)
+        q, k, v, qd, kd, vd = (a.contiguous() for a in (q, k, v, qd, kd, vd))
         o, od = attention_jvp(q, k, v, qd, kd, vd, backend=self.backend)
         return dual.linear(self.proj, o.transpose(1, 2).reshape(B, T, D), od.transpose(1, 2).reshape(B, T, D))
 

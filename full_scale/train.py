@@ -162,6 +162,9 @@ def main(argv=None) -> Path:
     if compile_mode not in ("auto", True, False):
         raise ValueError(f"train.compile: expected auto, true or false, got {compile_mode!r}")
     use_compile = compile_mode is True or (compile_mode == "auto" and device.type == "cuda")
+    if use_compile and device.type != "cuda":
+        raise ValueError("train.compile: compiled blocks are for CUDA; on the CPU inductor's vectorized code gave "
+                         "wrong gradients for them (torch 2.13, benchmarks/RESULTS.md); use train.compile=false")
 
     # --- batch geometry: global = world_size × micro × accumulation.
     global_batch = int(tc["global_batch"])

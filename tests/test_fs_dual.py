@@ -136,13 +136,18 @@ def test_student_forward_manual_and_functorch_agree():
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="torch.compile on the CPU needs a C compiler")
-def test_compiled_blocks_equal_eager_blocks():
+@pytest.mark.parametrize("size", [dict(input_size=4, hidden_size=16, depth=3), dict(input_size=8, hidden_size=32, depth=2)])
+def test_compiled_blocks_equal_eager_blocks(size):
     """compile_blocks (inductor, CPU, float32): forward, forward_and_ds and their gradients equal eager within
-    float32 rounding, and the blocks share one compiled graph per function (no recompilation per block)."""
+    float32 rounding (relative norm error < 1e-5), and the blocks share one compiled graph per function (no recompilation per block).
+
+    Inductor's vectorized CPU code is turned off (``cpp.simdlen = 1``): with it, torch 2.13 computed gradients of the
+    second size off by 4–14% (values and tangents right; eager float32 agrees with float64 to 2e-6), which is why the
+    trainer compiles only on CUDA. The check still covers Dynamo's capture, the graph breaks and AOTAutograd."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = randomize_(DiT(dit_config(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=3,
-                                      num_heads=2, num_classes=3, freq_dim=8, lipschitz=True)))
+    model = randomize_(DiT(dit_config(in_channels=2, patch_size=2, num_heads=2, num_classes=3, freq_dim=8,
+                                      lipschitz=True, **size)))
     x, t, s, y = inputs(model)
 
     def run():
@@ -152,9 +157,10 @@ def test_compiled_blocks_equal_eager_blocks():
 
     eager = run()
     model.compile_blocks(dynamic=False)
-    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True), \
+            torch._inductor.config.patch({"cpp.simdlen": 1}):
         compiled = run()
         compiled_again = run()
     for a, b, c in zip(eager, compiled, compiled_again):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        assert float((b - a).norm() / a.norm()) < 1e-5  # float32 rounding, relative to the whole tensor
         torch.testing.assert_close(c, b, rtol=0, atol=0)

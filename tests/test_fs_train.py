@@ -157,6 +157,11 @@ def test_configuration_errors(tmp_path):
         train.main(["--out", str(tmp_path), "--set", "train.lr_schedule=cosine"])
     with pytest.raises(ValueError, match="global_batch"):
         train.main(["--out", str(tmp_path), "--set", "train.global_batch=10", "--set", "train.micro_batch=4"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="train.compile: compiled blocks are for CUDA"):
+            train.main(["--out", str(tmp_path), "--set", "train.compile=true"])
+    with pytest.raises(ValueError, match="train.jvp: expected manual or functorch"):
+        train.main(["--out", str(tmp_path), "--set", "train.jvp=forward"])
 
 
 def test_digits_pipeline_few_steps(tmp_path):

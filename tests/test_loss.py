@@ -159,3 +159,19 @@ def test_cfg_config_validates():
         CFGConfig(null_class=0, weight=0.5)
     with pytest.raises(ValueError, match="label_dropout"):
         CFGConfig(null_class=0, label_dropout=1.5)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(x0_nan=True), "x0: expected finite values"),
+    (dict(t=1.5), r"times: expected t, s, s_fm in \[0, 1\]"),
+    (dict(s=0.9, t=0.5), "s ≤ t for every example"),
+    (dict(short=True), r"times.t: expected shape \(4,\)"),
+])
+def test_prepare_batch_validates_the_batch_once_with_clear_errors(bad, match):
+    x0 = torch.zeros(4, 3)
+    if bad.get("x0_nan"):
+        x0[1, 2] = float("nan")
+    t = torch.full((3 if bad.get("short") else 4,), bad.get("t", 0.8))
+    times = TimeSample(t=t, s=torch.full((4,), bad.get("s", 0.2)), s_fm=torch.full((4,), 0.3))
+    with pytest.raises(ValueError, match=match):
+        prepare_batch(x0, times)
