@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .checks import check_finite, check_same_shape, expand_like
-from .param import Network, displacement_and_ds, velocity
+from .checks import check_same_shape, expand_like
+from .param import Network, displacement_and_ds_of, guided_call
 from .path import interpolate
 from .time_samplers import TimeSample
 
@@ -59,7 +59,8 @@ class CFGConfig:
 
 @dataclass(frozen=True)
 class TVMBatch:
-    """Everything the student and the target need for one step; all detached. Times and w are (B,)."""
+    """Everything the student and the target need for one step; all detached. Times and w are (B,). Made and
+    validated by :func:`prepare_batch`; the loss functions trust it (no checks, no host synchronisation)."""
 
     x_t: Tensor
     t: Tensor
@@ -98,13 +99,15 @@ def _mean_sq(a: Tensor) -> Tensor:
 
 def prepare_batch(x0: Tensor, times: TimeSample, *, x1: Tensor | None = None, y: Tensor | None = None,
                   cfg: CFGConfig | None = None, generator: torch.Generator | None = None) -> TVMBatch:
-    """Draw noise (unless given), build x_t, x_{s′}, v and apply label dropout and guidance weights."""
-    check_finite("x0", x0)
+    """Draw noise (unless given), build x_t, x_{s′}, v and apply label dropout and guidance weights.
+
+    Validates the batch once (finite x0 and x1, times in [0, 1] with s ≤ t, one host synchronisation); the student
+    and target calls of :func:`student_forward` and :func:`tvm_loss` then run unchecked.
+    """
     if x1 is None:
         x1 = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     check_same_shape("x0", x0, "x1", x1)
-    if not bool((times.s <= times.t).all()):
-        raise ValueError("times: expected s ≤ t for every example")
+    _check_batch(x0, x1, times)
     x_t, x_fm = interpolate(x0, x1, times.t), interpolate(x0, x1, times.s_fm)
     w = None
     if cfg is not None:
@@ -125,6 +128,22 @@ def prepare_batch(x0: Tensor, times: TimeSample, *, x1: Tensor | None = None, y:
     return TVMBatch(x_t=x_t, t=times.t, s=times.s, x_fm=x_fm, s_fm=times.s_fm, v=x1 - x0, w=w, y=y)
 
 
+def _check_batch(x0: Tensor, x1: Tensor, times: TimeSample) -> None:
+    n = x0.shape[0]
+    for name, tau in (("times.t", times.t), ("times.s", times.s), ("times.s_fm", times.s_fm)):
+        if tau.shape != (n,):
+            raise ValueError(f"{name}: expected shape ({n},) to match the batch, got {tuple(tau.shape)}")
+    tau = torch.stack([times.t, times.s, times.s_fm]).to(x0.dtype)
+    ok = torch.stack([torch.isfinite(x0).all(), torch.isfinite(x1).all(), ((tau >= 0) & (tau <= 1)).all(),
+                      (times.s <= times.t).all()])
+    if not bool(ok.all()):  # the one synchronisation; the messages below are computed only on failure
+        problems = [msg for good, msg in zip(ok.tolist(), (
+            "x0: expected finite values", "x1: expected finite values",
+            f"times: expected t, s, s_fm in [0, 1], got range [{float(tau.min()):.6g}, {float(tau.max()):.6g}]",
+            "times: expected s ≤ t for every example")) if not good]
+        raise ValueError("; ".join(problems))
+
+
 def _cond(y: Tensor | None) -> dict:
     return {} if y is None else {"y": y}
 
@@ -135,8 +154,8 @@ def student_forward(F: Network, batch: TVMBatch) -> StudentOutput:
     This is the function a distributed trainer calls inside its DDP-wrapped module's forward.
     """
     cond = _cond(batch.y)
-    f, dfds = displacement_and_ds(F, batch.x_t, batch.t, batch.s, batch.w, **cond)
-    u_fm = velocity(F, batch.x_fm, batch.s_fm, batch.w, **cond)
+    f, dfds = displacement_and_ds_of(F, batch.x_t, batch.t, batch.s, batch.w, cond)
+    u_fm = guided_call(F, batch.x_fm, batch.s_fm, batch.s_fm, batch.w, cond)  # u_θ(x_{s′}, s′)
     return StudentOutput(f=f, dfds=dfds, u_fm=u_fm)
 
 
@@ -145,14 +164,15 @@ def tvm_loss(batch: TVMBatch, student: StudentOutput, F_target: Network, *, null
     with torch.no_grad():
         x_hat = batch.x_t + student.f.detach()
         if batch.w is None:
-            u_terminal, fm_target = velocity(F_target, x_hat, batch.s, **_cond(batch.y)), batch.v
+            u_terminal, fm_target = guided_call(F_target, x_hat, batch.s, batch.s, None, _cond(batch.y)), batch.v
         else:
             if null_class is None:
                 raise ValueError("null_class: required for the guided flow-matching target (cfg is set)")
             # One call of the target on both inputs: (x̂_s, s, c, w) and (x_{s′}, s′, ∅, w = 1).
-            n, ones = x_hat.shape[0], torch.ones_like(batch.w)
-            u = velocity(F_target, torch.cat([x_hat, batch.x_fm]), torch.cat([batch.s, batch.s_fm]),
-                         torch.cat([batch.w, ones]), y=torch.cat([batch.y, torch.full_like(batch.y, null_class)]))
+            n, s_both = x_hat.shape[0], torch.cat([batch.s, batch.s_fm])
+            u = guided_call(F_target, torch.cat([x_hat, batch.x_fm]), s_both, s_both,
+                            torch.cat([batch.w, torch.ones_like(batch.w)]),
+                            {"y": torch.cat([batch.y, torch.full_like(batch.y, null_class)])})
             u_terminal, u_uncond = u[:n], u[n:]
             we = expand_like(batch.w, batch.v)
             fm_target = we * batch.v + (1 - we) * u_uncond

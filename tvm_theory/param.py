@@ -74,6 +74,13 @@ def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Te
     Gradients flow through both outputs, the tangent included (§3, item 2).
     """
     t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
+    return displacement_and_ds_of(F, x, t, s, w, cond)
+
+
+def displacement_and_ds_of(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict
+                           ) -> tuple[Tensor, Tensor]:
+    """:func:`displacement_and_ds` for (B,) tensors t, s, w that the caller has validated: no checks, so no host
+    synchronisation (the training loss validates its batch once, in ``tvm_theory.loss.prepare_batch``)."""
     value, ds = guided_call_and_ds(F, x, t, s, w, cond)
     gap = expand_like(s - t, x)
     return gap * value, value + gap * ds
