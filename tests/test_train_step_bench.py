@@ -168,10 +168,11 @@ def test_loss_curve_comparison_uses_the_between_seed_error():
 
 
 def test_loss_check_runs_one_and_two_processes_per_seed(tmp_path):
-    """--loss-check on the CPU: 1 process at batch 2b and 2 gloo processes at b, two seeds each."""
+    """--loss-check on the CPU: 1 process at batch 2b and 2 gloo processes at b, two seeds each. The reference
+    attention: two ranks starting the Triton interpreter with a cold cache hung in a fresh clone."""
     out = tmp_path / "lc.json"
     result = bench.main(["--loss-check", "4", "--seeds", "2", "--models", "DiT-S/2", "--batches", "2",
-                         "--variants", "manual", "--timeout", "300", "--out", str(out)]
+                         "--variants", "baseline", "--timeout", "300", "--out", str(out)]
                         + [a for kv in TINY for a in ("--set", kv)])
     lc = result["loss_check"]
     assert lc["status"] == "ok", lc.get("error")
