@@ -179,6 +179,9 @@ def main(argv=None) -> Path:
     # --- data, model, EMAs, optimizer.
     dataset = build_dataset(cfg, rank, world_size)
     mcfg = model_config(cfg)
+    if jvp_mode == "functorch" and not mcfg.rms_norm:
+        raise ValueError("train.jvp: functorch with model.rms_norm=false would train on a wrong gradient (PyTorch's "
+                         "LayerNorm JVP has a wrong reverse mode, pytorch/pytorch#196700); use train.jvp=manual")
     if tuple(dataset.latent_shape) != (mcfg.in_channels, mcfg.input_size, mcfg.input_size):
         raise ValueError(f"model: input ({mcfg.in_channels}, {mcfg.input_size}, {mcfg.input_size}) does not match "
                          f"the data's {tuple(dataset.latent_shape)}")

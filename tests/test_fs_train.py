@@ -162,6 +162,8 @@ def test_configuration_errors(tmp_path):
             train.main(["--out", str(tmp_path), "--set", "train.compile=true"])
     with pytest.raises(ValueError, match="train.jvp: expected manual or functorch"):
         train.main(["--out", str(tmp_path), "--set", "train.jvp=forward"])
+    with pytest.raises(ValueError, match="196700"):
+        train.main(["--out", str(tmp_path), "--set", "train.jvp=functorch", "--set", "model.rms_norm=false"])
 
 
 def test_digits_pipeline_few_steps(tmp_path):
