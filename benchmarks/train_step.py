@@ -256,11 +256,27 @@ def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, varia
     v = VARIANTS[variant]
     cfg["train"].update(attention_backend=v.backend, jvp=v.jvp, compile=v.compile,
                         activation_checkpointing=v.checkpointing, ddp_split_graphs=v.ddp_split)
-    cfg["data"].update(kind="synthetic", root=None, num_workers=2)
+    # Loader workers on GPUs; none on the CPU, where forked workers of two gloo ranks hung the smoke test at times.
+    cfg["data"].update(kind="synthetic", root=None, num_workers=2 if torch.cuda.is_available() else 0)
     cfg["train"].update(steps=steps, micro_batch=batch, global_batch=global_batch or batch * gpus)
     cfg["log"].update(every=1, lipschitz_every=0, tensorboard=False)
     cfg["checkpoint"].update(every=10 ** 9)
     return cfg
+
+
+def stop(proc: subprocess.Popen, grace: float = 45.0) -> None:
+    """End a timed-out run. SIGTERM first: torchrun forwards it to its ranks, which run in sessions of their own
+    (SIGKILL to torchrun alone leaves them alive, holding the pipes and the next run), and kills them itself after
+    its own grace period; then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass  # a rank still holds the pipes: give up on its output rather than wait
 
 
 def launch(cfg: dict, gpus: int, variant: str, workdir: Path, timeout: float,
@@ -277,10 +293,13 @@ def launch(cfg: dict, gpus: int, variant: str, workdir: Path, timeout: float,
                               if gpus > 1 else []) + script
     env = {**os.environ, **SAFE_ENV, **env_extra, "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        stop(proc)
         return run_dir, f"timed out after {timeout:.0f} s"
+    proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     (workdir / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
