@@ -171,17 +171,21 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if qk_norm else nn.Identity()
 
+    def _split_heads(self, qkv: Tensor) -> Tensor:
+        """(B, T, 3·hidden) → (3, B, H, T, d): q, k, v."""
+        B, T, _ = qkv.shape
+        return qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, d)
+        q, k, v = self._split_heads(self.qkv(x))
         o = attention(self.q_norm(q), self.k_norm(k), v, backend=self.backend)  # (B, H, T, d)
         return self.proj(o.transpose(1, 2).reshape(B, T, D))
 
     def jvp(self, x: Tensor, xd: Tensor) -> tuple[Tensor, Tensor]:
         B, T, D = x.shape
         qkv, qkv_d = dual.linear(self.qkv, x, xd)
-        q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        qd, kd, vd = qkv_d.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        (q, k, v), (qd, kd, vd) = self._split_heads(qkv), self._split_heads(qkv_d)
         q, qd = dual.rms_norm_module(self.q_norm, q, qd)
         k, kd = dual.rms_norm_module(self.k_norm, k, kd)
         q, k, v, qd, kd, vd = (a.contiguous() for a in (q, k, v, qd, kd, vd))
@@ -216,14 +220,32 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+class ModulatedNorm(nn.Module):
+    """x ↦ modulate(N(x), shift, scale), N the parameter-free RMSNorm (§8.2) or LayerNorm without affine."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.rms_norm, self.dim = cfg.rms_norm, cfg.hidden_size
+
+    def norm(self, x: Tensor) -> Tensor:
+        return rms(x) if self.rms_norm else Fn.layer_norm(x, (self.dim,), eps=RMS_EPS)
+
+    def forward(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        return modulate(self.norm(x), shift, scale)
+
+    def jvp(self, x, xd, shift, shift_d, scale, scale_d) -> tuple[Tensor, Tensor]:
+        n = self.norm(x)
+        nd = (dual.rms_tangent if self.rms_norm else dual.layer_norm_tangent)(x, xd, RMS_EPS)
+        return modulate(n, shift, scale), dual.modulate_tangent(n, nd, scale, shift_d, scale_d)
+
+
 class Block(nn.Module):
     """DiT block with adaLN-Zero: x += g₁ · Attn(mod(N(x))); x += g₂ · MLP(mod(N(x)))."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         dim = cfg.hidden_size
-        self.norm = rms if cfg.rms_norm else (lambda x: Fn.layer_norm(x, (dim,), eps=RMS_EPS))
-        self.norm_tangent = dual.rms_tangent if cfg.rms_norm else dual.layer_norm_tangent
+        self.modulated_norm = ModulatedNorm(cfg)
         self.attn = Attention(dim, cfg.num_heads, cfg.qk_norm)
         hidden = int(dim * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
@@ -231,20 +253,16 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm(x), shift1, scale1))
-        return x + gate2[:, None] * self.mlp(modulate(self.norm(x), shift2, scale2))
-
-    def _modulated_norm(self, x, xd, shift, shift_d, scale, scale_d):
-        n, nd = self.norm(x), self.norm_tangent(x, xd, RMS_EPS)
-        return modulate(n, shift, scale), dual.modulate_tangent(n, nd, scale, shift_d, scale_d)
+        x = x + gate1[:, None] * self.attn(self.modulated_norm(x, shift1, scale1))
+        return x + gate2[:, None] * self.mlp(self.modulated_norm(x, shift2, scale2))
 
     def jvp(self, x: Tensor, xd: Tensor, c: Tensor, cd: Tensor) -> tuple[Tensor, Tensor]:
         """(block(x, c), its tangent) for tangents ẋ (B, T, hidden) and ċ (B, hidden)."""
         (shift1, scale1, gate1, shift2, scale2, gate2), mod_d = self.modulation.jvp(c, cd)
         shift1_d, scale1_d, gate1_d, shift2_d, scale2_d, gate2_d = mod_d
-        a, ad = self.attn.jvp(*self._modulated_norm(x, xd, shift1, shift1_d, scale1, scale1_d))
+        a, ad = self.attn.jvp(*self.modulated_norm.jvp(x, xd, shift1, shift1_d, scale1, scale1_d))
         x, xd = dual.gated_residual(x, xd, gate1, gate1_d, a, ad)
-        z, zd = self._modulated_norm(x, xd, shift2, shift2_d, scale2, scale2_d)
+        z, zd = self.modulated_norm.jvp(x, xd, shift2, shift2_d, scale2, scale2_d)
         u, ud = dual.linear(self.mlp[0], z, zd)
         m, md = dual.linear(self.mlp[2], self.mlp[1](u), dual.gelu_tanh_tangent(u, ud))
         return dual.gated_residual(x, xd, gate2, gate2_d, m, md)
@@ -256,20 +274,17 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         dim = cfg.hidden_size
-        self.norm = rms if cfg.rms_norm else (lambda x: Fn.layer_norm(x, (dim,), eps=RMS_EPS))
-        self.norm_tangent = dual.rms_tangent if cfg.rms_norm else dual.layer_norm_tangent
+        self.modulated_norm = ModulatedNorm(cfg)
         self.modulation = Modulation(dim, 2, cfg.mod_norm)
         self.linear = nn.Linear(dim, cfg.patch_size ** 2 * cfg.in_channels)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.modulation(c)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return self.linear(self.modulated_norm(x, shift, scale))
 
     def jvp(self, x: Tensor, xd: Tensor, c: Tensor, cd: Tensor) -> tuple[Tensor, Tensor]:
         (shift, scale), (shift_d, scale_d) = self.modulation.jvp(c, cd)
-        n, nd = self.norm(x), self.norm_tangent(x, xd, RMS_EPS)
-        z, zd = modulate(n, shift, scale), dual.modulate_tangent(n, nd, scale, shift_d, scale_d)
-        return dual.linear(self.linear, z, zd)
+        return dual.linear(self.linear, *self.modulated_norm.jvp(x, xd, shift, shift_d, scale, scale_d))
 
 
 def sincos_pos_embed(dim: int, grid: int) -> Tensor:

@@ -44,6 +44,14 @@ def _check_triton(q):
             "`kernels` is imported (or use backend='reference')")
 
 
+def _resolve_scale(q, scale):
+    """α: 1/√D by default; a given scale must be finite."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be finite, got {scale}")
+    return scale
+
+
 @torch.compiler.disable
 def _triton_attention(q, k, v, scale):
     # Kept out of compiled regions: Dynamo may ignore a custom jvp inside them (PyTorch #192985) and return wrong
@@ -71,9 +79,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         ``torch.autograd.forward_ad``; gradients flow through O and through its tangent to q, k, v and the tangents.
     """
     _check(q, k, v, backend)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"attention: scale must be finite, got {scale}")
+    scale = _resolve_scale(q, scale)
     if backend == "reference" or (backend == "auto" and q.device.type != "cuda"):
         return attention_reference(q, k, v, scale)
     _check_triton(q)
@@ -104,9 +110,7 @@ def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.T
         if not isinstance(t, torch.Tensor) or t.shape != x.shape:
             raise ValueError(f"attention_jvp: {name} must be a tensor of shape {tuple(x.shape)}, "
                              f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"attention: scale must be finite, got {scale}")
+    scale = _resolve_scale(q, scale)
     if backend == "reference" or (backend == "auto" and q.device.type != "cuda"):
         return attention_reference_jvp(q, k, v, tq, tk, tv, scale)
     _check_triton(q)

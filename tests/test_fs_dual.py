@@ -72,7 +72,7 @@ def test_forward_and_ds_equals_func_jvp_with_gradients(switches, heads, time_sca
     ours = model.forward_and_ds(x, t, s, **cond)
     if not switches["rms_norm"]:
         for layer in (*model.blocks, model.final):
-            layer.norm = composite_layer_norm
+            layer.modulated_norm.norm = composite_layer_norm
     ref = torch.func.jvp(lambda s_: model(x, t, s_, **cond), (s,), (torch.ones_like(s),))
     torch.testing.assert_close(ours[0], ref[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours[1], ref[1], rtol=1e-10, atol=1e-10)

@@ -70,7 +70,7 @@ def test_vanilla_init_is_dit():
     assert torch.equal(model(x, t, s, y=y), torch.zeros_like(x))  # adaLN-Zero and zero output layer
     assert isinstance(model.blocks[0].attn.q_norm, torch.nn.Identity)
     h = torch.randn(2, 4, TINY["hidden_size"]) * 3 + 1
-    out = model.blocks[0].norm(h)  # LayerNorm without affine: zero mean, unit variance per token
+    out = model.blocks[0].modulated_norm.norm(h)  # LayerNorm without affine: zero mean, unit variance per token
     assert torch.allclose(out.mean(-1), torch.zeros(2, 4), atol=1e-5)
     assert torch.allclose(out.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-4)
     w = model.blocks[0].attn.qkv.weight  # Xavier-uniform: |w| ≤ sqrt(6 / (fan_in + fan_out))
@@ -80,7 +80,7 @@ def test_vanilla_init_is_dit():
 
 def test_rms_norm_switch():
     h = torch.randn(2, 4, TINY["hidden_size"]) * 3 + 1
-    out = tiny(rms_norm=True).blocks[0].norm(h)
+    out = tiny(rms_norm=True).blocks[0].modulated_norm.norm(h)
     assert torch.allclose(out.pow(2).mean(-1), torch.ones(2, 4), atol=1e-4)  # unit RMS ...
     assert float(out.mean(-1).abs().min()) > 0.05  # ... but the mean is not removed (not a LayerNorm)
 
