@@ -1,11 +1,19 @@
 """GPU checks of the trainer's fast path (marked `gpu`, skipped without CUDA). Issue 10.
 
 DiT.forward_and_ds with the Triton attention (eager and with compiled blocks, where the kernel runs between graphs)
-against the same function with the reference attention and against float64 torch.func.jvp, values, tangents and
-the gradients of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ to every parameter. Relative Frobenius errors per tensor; fp32 → 1e-4
-(the decisive check: a wrong gradient shows as ≥ 1e-2); bf16 autocast → 0.15, a sanity bound only (bf16 rounding
-alone gave up to 6% on small-norm gradients in a CPU run of this file).
+against float64 truth (the same model in float64 with the reference attention): values, tangents and the gradients
+of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ to every parameter, as relative Frobenius errors per tensor.
+
+The bound is relative to the reference path at the same precision, not a fixed tolerance: some gradients are
+ill-conditioned. The QK-norm weights of the last block sum products that nearly cancel (softmax rows sum to one), so
+the plain float32 reference itself is off by 8e-5 to 1.4e-4 from float64 on them (CPU, DiT-XL/2 width), 50× the
+other tensors; in bf16 the same amplification turns rounding into O(1) errors. A fixed 1e-4 (fp32) / 0.15 (bf16)
+against the float32 reference failed on exactly those two tensors on an H100 (3.8e-4 and 3.2). So each tensor of a
+fast path must satisfy  err_fast ≤ FACTOR · err_reference + FLOOR: no worse than the reference at the same precision
+up to a factor for a different summation order (the interpreter's Triton path measured 1.4–1.8×), plus a floor far
+below what a wrong formula gives (≥ 1e-2 relative).
 """
+import copy
 import os
 
 import pytest
@@ -49,25 +57,50 @@ def derivatives(model, inputs, g1, g2, autocast=False):
 
 
 def max_rel_error(got, ref):
-    return max(float((a - b).norm() / b.norm().clamp_min(1e-12)) for a, b in zip(got, ref))
+    return max(relative_errors(got, ref))
+
+
+def relative_errors(got, ref):
+    return [float((a - b).norm() / b.norm().clamp_min(1e-12)) for a, b in zip(got, ref)]
+
+
+def float64_truth(model, inputs, g1, g2):
+    """The same derivatives from a float64 copy of the model with the reference attention."""
+    model64 = copy.deepcopy(model).double()
+    x, t, s, y = inputs
+    with model64.attention_backend("reference"):
+        return derivatives(model64, (x.double(), t.double(), s.double(), y), g1.double(), g2.double())
+
+
+FACTOR = 10.0
+FLOOR = {False: 1e-5, True: 2e-2}  # fp32, bf16 autocast
+
+
+def assert_no_worse_than_reference(got, ref, truth, names, autocast, label):
+    err, err_ref = relative_errors(got, truth), relative_errors(ref, truth)
+    bad = {n: (f"{e:.2e}", f"reference {r:.2e}") for n, e, r in zip(names, err, err_ref)
+           if not e <= FACTOR * r + FLOOR[autocast]}
+    assert not bad, f"{label}: tensors worse than {FACTOR}× the reference + {FLOOR[autocast]}: {bad}"
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
 @pytest.mark.parametrize("autocast", [False, True])
 def test_triton_eager_and_compiled_blocks_match_the_reference(autocast, size):
     """The check the trainer's default path (compiled blocks, Triton attention) needs on GPUs: its gradients, not
-    only its values, against eager blocks with the reference attention (inductor's CPU code failed exactly this)."""
+    only its values, against float64 truth, as good as the eager reference path at the same precision (inductor's
+    CPU code failed exactly this)."""
     torch._dynamo.reset()
     model, inputs, g1, g2 = model_and_inputs(size=size)
+    names = ["value", "ds", *(n for n, _ in model.named_parameters())]
+    truth = float64_truth(model, inputs, g1, g2)
     with model.attention_backend("reference"):
         ref = derivatives(model, inputs, g1, g2, autocast)
     with model.attention_backend("triton"):
         eager = derivatives(model, inputs, g1, g2, autocast)
         model.compile_blocks(dynamic=False)
         compiled = derivatives(model, inputs, g1, g2, autocast)
-    tol = 0.15 if autocast else 1e-4
-    assert max_rel_error(eager, ref) < tol
-    assert max_rel_error(compiled, ref) < tol
+    assert_no_worse_than_reference(eager, ref, truth, names, autocast, "eager Triton")
+    assert_no_worse_than_reference(compiled, ref, truth, names, autocast, "compiled blocks")
 
 
 def test_manual_jvp_on_gpu_matches_float64_func_jvp():
