@@ -2,9 +2,10 @@
 
 DiT.forward_and_ds with the Triton attention (eager and with compiled blocks, where the kernel runs between graphs)
 against float64 truth (the same model in float64 with the reference attention): values, tangents and the gradients
-of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ to every parameter, each tensor no worse than the reference path at the same
-precision (tests/derivative_checks.py: a fixed 1e-4 / 0.15 against the float32 reference failed on an H100 at DiT-XL/2's
-width, 3.8e-4 and 3.2, of the size that ill-conditioned QK-norm gradients explain, where the reference itself is off).
+of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ to every parameter, each tensor no worse than the reference path at the same precision
+(tests/derivative_checks.py: a fixed 1e-4 / 0.15 against the float32 reference failed on an H100 at DiT-XL/2's
+width, 3.8e-4 and 3.2, of the size that ill-conditioned QK-norm gradients explain, where the reference itself is
+off).
 """
 import copy
 import os
