@@ -80,7 +80,12 @@ def test_triton_eager_and_compiled_blocks_match_the_reference(autocast, size):
         model.compile_blocks(dynamic=False)
         compiled = derivatives(model, inputs, g1, g2, autocast)
     floor = FLOOR["bf16" if autocast else "fp32"]
+    err_ref = relative_errors(ref, truth)
     for label, got in (("eager Triton", eager), ("compiled blocks", compiled)):
+        err = relative_errors(got, truth)
+        worst = max(range(len(names)), key=lambda i: err[i] / (FACTOR * err_ref[i] + floor))
+        print(f"{label}, {size}, autocast={autocast}: largest error {max(err):.2e}; tightest tensor {names[worst]}: "
+              f"{err[worst]:.2e} against the reference's {err_ref[worst]:.2e}")  # for the record (pytest -rP)
         bad = worse_than_reference(got, ref, truth, names, floor)
         assert not bad, f"{label}: tensors worse than {FACTOR}× the reference's error + {floor}: {bad}"
 
