@@ -33,6 +33,14 @@ def qkv(seed=0):
     return rand(B, H, SQ, D, seed=seed), rand(B, H, SK, D, seed=seed + 1), rand(B, H, SK, D, seed=seed + 2)
 
 
+def assert_same_derivatives(o, to, grads, ref):
+    """O bitwise, Ȯ and the six gradients to float32 rounding, against a ``jvp_with_grads`` reference."""
+    torch.testing.assert_close(o, ref.o, rtol=0, atol=0)
+    torch.testing.assert_close(to, ref.to, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads, ref.grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=ATOL)
+
+
 def test_tangent_is_linear_in_the_tangent():
     primals = qkv(0)
     t1, t2 = qkv(10), qkv(20)
@@ -104,10 +112,7 @@ def test_forward_ad_matches_func_jvp_including_gradients():
         out = triton_attn(*(fwAD.make_dual(leaves[i], leaves[i + 3]) for i in range(3)))
         o, to = fwAD.unpack_dual(out)
         grads = torch.autograd.grad((o * g1).sum() + (to * g2).sum(), leaves)
-    torch.testing.assert_close(o, ref.o, rtol=0, atol=0)
-    torch.testing.assert_close(to, ref.to, rtol=1e-6, atol=1e-6)
-    for a, b in zip(grads, ref.grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=ATOL)
+    assert_same_derivatives(o, to, grads, ref)
 
 
 def test_none_tangents_equal_zero_tangents():
@@ -267,10 +272,7 @@ def test_explicit_tangent_call_equals_func_jvp_including_gradients(backend):
     leaves = [x.clone().requires_grad_() for x in (*primals, *tangents)]
     o, to = attention_jvp(*leaves, backend=backend)
     grads = torch.autograd.grad((o.double() * g1.double()).sum() + (to.double() * g2.double()).sum(), leaves)
-    torch.testing.assert_close(o, ref.o, rtol=0, atol=0)
-    torch.testing.assert_close(to, ref.to, rtol=1e-6, atol=1e-6)
-    for a, b in zip(grads, ref.grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=ATOL)
+    assert_same_derivatives(o, to, grads, ref)
 
 
 def test_explicit_tangent_call_rejects_mismatched_tangents():
