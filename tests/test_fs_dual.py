@@ -1,6 +1,5 @@
 """The DiT's hand-written tangent (full_scale.dual, DiT.forward_and_ds) against torch.func.jvp in float64, and the
 trainer's fast path (manual JVP, activation checkpointing, compiled blocks) against the plain one (issue 10)."""
-import copy
 import shutil
 
 import pytest
@@ -14,7 +13,8 @@ from full_scale.models import RMS_EPS, DiT, dit_config, rms
 from tvm_theory.loss import CFGConfig, prepare_batch, student_forward
 from tvm_theory.time_samplers import TimeSample
 
-from derivative_checks import FLOOR, relative_errors, worse_than_reference
+from derivative_checks import (FLOOR, derivatives, float64_truth, model_and_inputs, relative_errors,
+                               worse_than_reference)
 from test_fs_models import inputs, randomize_
 
 TANGENT_RULES = {
@@ -176,30 +176,13 @@ def test_triton_forward_and_ds_at_dit_xl_width_is_no_worse_than_the_reference():
     float32 reference path (tests/derivative_checks.py, the rule the GPU test applies). The reference's own error is
     ~100× larger on the last block's QK-norm gradients than elsewhere, which is why a fixed tolerance cannot work;
     a 1e-3 error planted in any other tensor is caught."""
-    torch.manual_seed(0)
-    model = DiT(dit_config(input_size=8, in_channels=4, patch_size=2, hidden_size=1152, depth=2, num_heads=18,
-                           num_classes=10, lipschitz=True))
-    with torch.no_grad():  # non-zero adaLN and output layers
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 4, 8, 8, generator=g)
-    t = torch.rand(4, generator=g)
-    s, y = t * torch.rand(4, generator=g), torch.randint(0, 11, (4,), generator=g)
-    g1, g2 = torch.randn(x.shape, generator=g, dtype=torch.float64), torch.randn(x.shape, generator=g,
-                                                                                 dtype=torch.float64)
-
-    def derivatives(m, backend, dtype):
-        m.zero_grad()
-        with m.attention_backend(backend):
-            value, ds = m.forward_and_ds(x.to(dtype), t.to(dtype), s.to(dtype), y)
-        ((value.double() * g1).sum() + (ds.double() * g2).sum()).backward()
-        return [value.detach(), ds.detach(), *(p.grad.clone() for p in m.parameters())]
-
+    model, inputs, g1, g2 = model_and_inputs(dict(input_size=8, hidden_size=1152, depth=2, num_heads=18))
     names = ["value", "ds", *(n for n, _ in model.named_parameters())]
-    truth = derivatives(copy.deepcopy(model).double(), "reference", torch.float64)
-    ref = derivatives(model, "reference", torch.float32)
-    triton = derivatives(model, "triton", torch.float32)
+    truth = float64_truth(model, inputs, g1, g2)
+    with model.attention_backend("reference"):
+        ref = derivatives(model, inputs, g1, g2)
+    with model.attention_backend("triton"):
+        triton = derivatives(model, inputs, g1, g2)
     assert not worse_than_reference(triton, ref, truth, names, FLOOR["fp32"])
     err_ref = dict(zip(names, relative_errors(ref, truth)))
     assert err_ref["blocks.1.attn.q_norm.weight"] > 20 * err_ref["blocks.0.mlp.0.weight"]  # the ill-conditioning

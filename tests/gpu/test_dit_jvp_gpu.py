@@ -7,7 +7,6 @@ of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ to every parameter, each tensor no worse than
 width, 3.8e-4 and 3.2, of the size that ill-conditioned QK-norm gradients explain, where the reference itself is
 off).
 """
-import copy
 import os
 
 import pytest
@@ -16,8 +15,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from derivative_checks import FACTOR, FLOOR, relative_errors, worse_than_reference  # noqa: E402
-from full_scale.models import DiT, dit_config  # noqa: E402
+from derivative_checks import (FACTOR, FLOOR, derivatives, float64_truth, model_and_inputs,  # noqa: E402
+                               relative_errors, worse_than_reference)
 
 pytestmark = pytest.mark.gpu
 
@@ -27,40 +26,8 @@ SIZES = {"small": dict(input_size=8, hidden_size=32, depth=2, num_heads=2),  # w
          "xl-block": dict(input_size=32, hidden_size=1152, depth=2, num_heads=18)}  # DiT-XL/2's block, 256 tokens
 
 
-def model_and_inputs(seed=0, size="d64"):
-    torch.manual_seed(seed)
-    cfg = SIZES[size]
-    model = DiT(dit_config(in_channels=4, patch_size=2, num_classes=10, lipschitz=True, **cfg)).cuda()
-    with torch.no_grad():  # non-zero adaLN and output layers
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    g = torch.Generator(device="cuda").manual_seed(seed + 1)
-    side = cfg["input_size"]
-    x = torch.randn(4, 4, side, side, device="cuda", generator=g)
-    t = torch.rand(4, device="cuda", generator=g)
-    s = t * torch.rand(4, device="cuda", generator=g)
-    y = torch.randint(0, 11, (4,), device="cuda", generator=g)
-    return model, (x, t, s, y), torch.randn_like(x), torch.randn_like(x)
-
-
-def derivatives(model, inputs, g1, g2, autocast=False):
-    model.zero_grad()
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        value, ds = model.forward_and_ds(*inputs)
-    ((value.double() * g1).sum() + (ds.double() * g2).sum()).backward()
-    return [value.detach().double(), ds.detach().double(), *(p.grad.double().clone() for p in model.parameters())]
-
-
 def max_rel_error(got, ref):
     return max(relative_errors(got, ref))
-
-
-def float64_truth(model, inputs, g1, g2):
-    """The same derivatives from a float64 copy of the model with the reference attention."""
-    model64 = copy.deepcopy(model).double()
-    x, t, s, y = inputs
-    with model64.attention_backend("reference"):
-        return derivatives(model64, (x.double(), t.double(), s.double(), y), g1.double(), g2.double())
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -70,7 +37,7 @@ def test_triton_eager_and_compiled_blocks_match_the_reference(autocast, size):
     only its values, against float64 truth, as good as the eager reference path at the same precision (inductor's
     CPU code failed exactly this)."""
     torch._dynamo.reset()
-    model, inputs, g1, g2 = model_and_inputs(size=size)
+    model, inputs, g1, g2 = model_and_inputs(SIZES[size], device="cuda")
     names = ["value", "ds", *(n for n, _ in model.named_parameters())]
     truth = float64_truth(model, inputs, g1, g2)
     with model.attention_backend("reference"):
@@ -91,7 +58,7 @@ def test_triton_eager_and_compiled_blocks_match_the_reference(autocast, size):
 
 
 def test_manual_jvp_on_gpu_matches_float64_func_jvp():
-    model, inputs, g1, g2 = model_and_inputs(3)
+    model, inputs, g1, g2 = model_and_inputs(SIZES["d64"], seed=3, device="cuda")
     with model.attention_backend("triton"):
         got = derivatives(model, inputs, g1, g2)
     model64 = model.double()
