@@ -482,7 +482,8 @@ def _census_step(cfg: dict, depth: int, manual_jvp: bool) -> dict:
     """Operator counts of one trainer step (the trainer's StudentStep, tvm_loss, AdamW and ema_update) of a
     ``depth``-block copy of the configured model at a tiny width, on the CPU in float32, every weight random."""
     from full_scale.models import DiT
-    from full_scale.train import StudentStep, ema_update, guidance_config
+    from full_scale.train import StudentStep, guidance_config
+    from tvm_theory.ema import ema_update
     from tvm_theory.loss import StudentOutput, prepare_batch, tvm_loss
     from tvm_theory.time_samplers import make_time_sampler
 

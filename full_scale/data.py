@@ -123,7 +123,6 @@ def _shard_name(k: int) -> str:
     return f"latents-{k:05d}"
 
 
-
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
     """Parse a safetensors header without loading data: ({name: {dtype, shape, data_offsets}}, data start).
 

@@ -11,8 +11,8 @@ and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the 
 NCCL on GPUs and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent
 (``train.jvp: manual``; ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target
 is compiled (``train.compile``); ``train.activation_checkpointing`` trades a forward for memory. The run directory
-holds ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/``; a run restarted with the same ``--out`` resumes exactly from its latest checkpoint. SIGTERM saves a checkpoint and
-exits.
+holds ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/``; a run restarted with the same ``--out``
+resumes exactly from its latest checkpoint. SIGTERM saves a checkpoint and exits.
 """
 from __future__ import annotations
 

@@ -199,10 +199,11 @@ def existing_result(spec: dict) -> dict | None:
 
 def run_one(spec: dict) -> dict:
     """Train one (dataset, variant, seed), probe its checkpoints, score its samples; write and return result.json."""
+    done = existing_result(spec)
+    if done is not None:
+        return done
     run_dir = Path(spec["run_dir"])
     result_path = run_dir / "result.json"
-    if result_path.exists():
-        return existing_result(spec)
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     run_dir.mkdir(parents=True, exist_ok=True)
