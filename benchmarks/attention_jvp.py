@@ -113,8 +113,8 @@ def run_shape(shape, dtype, skip_math_above, profile=False):
         torch.func.jvp(ours, (q, k, v), (tq, tk, tv))
 
     qc, kc, vc = q, k, v
-    o, lse = _forward.forward(qc, kc, vc, scale)
-    to, mu = _forward.tangent(qc, kc, vc, o, lse, tq, tk, tv, scale)
+    o, o_lo, lse = _forward.forward(qc, kc, vc, scale)
+    to, to_lo, mu = _forward.tangent(qc, kc, vc, o, o_lo, lse, tq, tk, tv, scale)
     cases = {
         "sdpa_fwd_bwd": sdpa_fwd_bwd,
         "sdpa_default_fwd_bwd": sdpa_default_fwd_bwd,
@@ -122,9 +122,10 @@ def run_shape(shape, dtype, skip_math_above, profile=False):
         "ours_fwd_jvp": ours_fwd_jvp,
         "ours_jvp_bwd": lambda: jvp_bwd(ours),
         "k_fwd": lambda: _forward.forward(qc, kc, vc, scale),
-        "k_tangent": lambda: _forward.tangent(qc, kc, vc, o, lse, tq, tk, tv, scale),
-        "k_bwd_primal": lambda: _backward.backward_primal(qc, kc, vc, o, lse, g1, scale),
-        "k_bwd_tangent": lambda: _backward.backward_tangent(qc, kc, vc, o, lse, mu, tq, tk, tv, to, g2, scale),
+        "k_tangent": lambda: _forward.tangent(qc, kc, vc, o, o_lo, lse, tq, tk, tv, scale),
+        "k_bwd_primal": lambda: _backward.backward_primal(qc, kc, vc, o, o_lo, lse, g1, scale),
+        "k_bwd_tangent": lambda: _backward.backward_tangent(qc, kc, vc, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g2,
+                                                            scale),
     }
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile

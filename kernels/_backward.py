@@ -6,7 +6,8 @@ With P, T, μ as in ``_forward``, Tc = T − μ1ᵀ, upstream gradients dO (of O
 * through Ȯ: r = rowsum(G∘O), δ̇ = rowsum(G∘Ȯ), dT = P∘(G Vᵀ − r), dL = P∘(G V̇ᵀ − δ̇) + dT∘Tc,
   dQ = α(dL K + dT K̇), dQ̇ = α dT K, dK = α(dLᵀ Q + dTᵀ Q̇), dK̇ = α dTᵀ Q, dV = (P∘Tc)ᵀ G, dV̇ = Pᵀ G.
 
-(dL is the gradient with respect to the logits αQKᵀ; these equal THEORY.md §9's dS and dṠ after the factor α.)
+(O and Ȯ in the row sums are O_hi + O_lo for fp16/bf16, ``_forward``; dL is the gradient with respect to the
+logits αQKᵀ; these equal THEORY.md §9's dS and dṠ after the factor α.)
 Three launches per pass and no atomics: a row pre-pass for the row sums, a KV-outer kernel (K, V, K̇, V̇ resident,
 loop over query blocks) for the key-side gradients, a Q-outer kernel for the query-side ones. Nothing S²-sized is
 stored. The tests check these formulas against float64 autograd of the plain formula.
@@ -16,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
-from ._forward import LOG2E, _load_rows, _store_rows
+from ._forward import LOG2E, _load_hi_lo, _load_rows, _store_rows, has_low_part
 
 _ROW_BLOCK = 64
 _KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(64, 64, 4, 3),
@@ -29,12 +30,13 @@ _Q_CONFIGS = [cfg(64, 64, 4, 2), cfg(128, 32, 8, 2), cfg(128, 64, 8, 2), cfg(64,
 
 
 @triton.jit
-def _rowdot_kernel(X, Y, OUT, n_rows, head_dim, HEAD_BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """OUT[i] = Σ_d X[i, d] Y[i, d] in fp32, for contiguous (n_rows, head_dim) X and Y."""
+def _rowdot_kernel(X, Y, Y_LO, OUT, n_rows, head_dim, HEAD_BLOCK: tl.constexpr, ROWS: tl.constexpr,
+                   LOW: tl.constexpr):
+    """OUT[i] = Σ_d X[i, d] Y[i, d] in fp32 (Y = Y_hi + Y_lo if LOW), for contiguous (n_rows, head_dim) tensors."""
     offs_r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     offs_d = tl.arange(0, HEAD_BLOCK)
     x = _load_rows(X, offs_r, offs_d, n_rows, head_dim, HEAD_BLOCK, True)
-    y = _load_rows(Y, offs_r, offs_d, n_rows, head_dim, HEAD_BLOCK, True)
+    y = _load_hi_lo(Y, Y_LO, offs_r, offs_d, n_rows, head_dim, HEAD_BLOCK, LOW)
     tl.store(OUT + offs_r, tl.sum(x * y, 1), mask=offs_r < n_rows)
 
 
@@ -205,13 +207,15 @@ def _q_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DQ, DTQ,
         _store_rows(DTQ + q_base, dtq * scale, offs_m, offs_d, seq_q, head_dim)
 
 
-def _rowdot(x, y):
-    """rowsum(x∘y) in fp32 as a (B·H, S) tensor, for contiguous (B, H, S, D) x and y."""
+def _rowdot(x, y, y_lo):
+    """rowsum(x∘(y + y_lo)) in fp32 as a (B·H, S) tensor, for contiguous (B, H, S, D) x, y and y's low part y_lo
+    (an empty tensor for fp32)."""
     head_dim = x.shape[-1]
     n_rows = x.numel() // head_dim
     out = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32).view(-1, x.shape[2])
-    _rowdot_kernel[(triton.cdiv(n_rows, _ROW_BLOCK),)](x, y, out, n_rows, head_dim,
-                                                        HEAD_BLOCK=head_block(head_dim), ROWS=_ROW_BLOCK)
+    lo = has_low_part(y.dtype)
+    _rowdot_kernel[(triton.cdiv(n_rows, _ROW_BLOCK),)](x, y, y_lo if lo else y, out, n_rows, head_dim,
+                                                        HEAD_BLOCK=head_block(head_dim), ROWS=_ROW_BLOCK, LOW=lo)
     return out
 
 
@@ -237,12 +241,12 @@ def _launch(q, k, v, tq, tk, tv, go, lse, mu, delta, r, scale, tangent):
     return (dq, dk, dv, dtq, dtk, dtv) if tangent else (dq, dk, dv)
 
 
-def backward_primal(q, k, v, o, lse, do, scale):
-    """(dQ, dK, dV) of ⟨dO, O⟩; all tensors contiguous."""
-    delta = _rowdot(do, o)
+def backward_primal(q, k, v, o, o_lo, lse, do, scale):
+    """(dQ, dK, dV) of ⟨dO, O⟩; all tensors contiguous (o_lo: ``_forward.forward``'s low part of O)."""
+    delta = _rowdot(do, o, o_lo)
     return _launch(q, k, v, q, k, v, do, lse, lse, delta, delta, scale, tangent=False)
 
 
-def backward_tangent(q, k, v, o, lse, mu, tq, tk, tv, to, g, scale):
-    """(dQ, dK, dV, dQ̇, dK̇, dV̇) of ⟨G, Ȯ⟩; all tensors contiguous."""
-    return _launch(q, k, v, tq, tk, tv, g, lse, mu, _rowdot(g, to), _rowdot(g, o), scale, tangent=True)
+def backward_tangent(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g, scale):
+    """(dQ, dK, dV, dQ̇, dK̇, dV̇) of ⟨G, Ȯ⟩; all tensors contiguous (o_lo, to_lo: the low parts of O and Ȯ)."""
+    return _launch(q, k, v, tq, tk, tv, g, lse, mu, _rowdot(g, to, to_lo), _rowdot(g, o, o_lo), scale, tangent=True)

@@ -5,6 +5,13 @@ Notation (THEORY.md §9): α = scale, P = softmax_row(α QKᵀ), O = PV, T = α(
 
 All tensors are contiguous (B, H, S, D); the statistics lse and μ are fp32 (B·H, S_q). lse is stored in base 2
 (log₂ Σ_j 2^{α log₂e S_ij}) so the kernels can use ``exp2``. Nothing S²-sized is stored.
+
+For fp16/bf16 inputs O and Ȯ are also kept as a second, low part: O_lo = round(O_acc − round(O_acc)), so that
+O_hi + O_lo equals the fp32 accumulator to about u² (u the unit roundoff). The backward needs the row sums
+δ = rowsum(dO∘O) consistent with the P and dP it recomputes in fp32 (Σ_j P_ij(dP_ij − δ_i) = 0, the softmax's
+shift invariance); from the rounded O alone δ is off by ~u|dO||O|, which the gradients of nearly cancelling sums
+(QK-norm weights: Σ_j dK_j = 0 exactly) amplify to O(1) relative errors in bf16 (issue 10). The low part costs one
+more half-precision tensor per saved O or Ȯ; for fp32 inputs there is none.
 """
 import torch
 import triton
@@ -36,12 +43,29 @@ def _store_rows(base, x, offs_s, offs_d, seq, head_dim):
     tl.store(base + offs_s[:, None] * head_dim + offs_d[None, :], x.to(base.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _store_hi_lo(base, base_lo, x, offs_s, offs_d, seq, head_dim, LOW: tl.constexpr):
+    """Store fp32 ``x`` in the output dtype and, if LOW, its rounding residual x − round(x) at ``base_lo``."""
+    _store_rows(base, x, offs_s, offs_d, seq, head_dim)
+    if LOW:
+        _store_rows(base_lo, x - x.to(base.dtype.element_ty).to(tl.float32), offs_s, offs_d, seq, head_dim)
+
+
+@triton.jit
+def _load_hi_lo(base, base_lo, offs_s, offs_d, seq, head_dim, HEAD_BLOCK: tl.constexpr, LOW: tl.constexpr):
+    """fp32 tile of a tensor stored by :func:`_store_hi_lo`: hi + lo if LOW, else hi."""
+    x = _load_rows(base, offs_s, offs_d, seq, head_dim, HEAD_BLOCK, True)
+    if LOW:
+        x += _load_rows(base_lo, offs_s, offs_d, seq, head_dim, HEAD_BLOCK, True)
+    return x
+
+
 @tuned(_FWD_CONFIGS)
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
                 HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """Online-softmax forward for one query block: O = softmax(αQKᵀ)V and lse₂ per row."""
+                UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+    """Online-softmax forward for one query block: O = softmax(αQKᵀ)V (and O_lo if LOW) and lse₂ per row."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -67,16 +91,17 @@ def _fwd_kernel(Q, K, V, O, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     acc = acc / l_i[:, None]
-    _store_rows(O + q_base, acc, offs_m, offs_d, seq_q, head_dim)
+    _store_hi_lo(O + q_base, O_LO + q_base, acc, offs_m, offs_d, seq_q, head_dim, LOW)
     tl.store(LSE + bh * seq_q + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_q)
 
 
 @tuned(_JVP_CONFIGS)
 @triton.jit
-def _tangent_kernel(Q, K, V, O, LSE, TQ, TK, TV, TO, MU, qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
-                    HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """Tangent of attention for one query block, given the saved lse: μ = Σ_j P T and Ȯ = Σ_j P(T V + V̇) − μ O.
+def _tangent_kernel(Q, K, V, O, O_LO, LSE, TQ, TK, TV, TO, TO_LO, MU, qk_scale, scale, seq_q, seq_k, head_dim,
+                    SEQ_BUCKET, HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+    """Tangent of attention for one query block, given the saved lse: μ = Σ_j P T and Ȯ = Σ_j P(T V + V̇) − μ O
+    (O = O_hi + O_lo if LOW; Ȯ's low part stored likewise).
 
     P = 2^{α log₂e S − lse₂} is exact (already normalized), so no rescaling is needed.
     """
@@ -108,9 +133,9 @@ def _tangent_kernel(Q, K, V, O, LSE, TQ, TK, TV, TO, MU, qk_scale, scale, seq_q,
         mu += tl.sum(pt, 1)
         acc = tl.dot(pt.to(v.dtype), v, acc, input_precision=PREC)
         acc = tl.dot(p.to(v.dtype), tv, acc, input_precision=PREC)
-    o = _load_rows(O + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST).to(tl.float32)
+    o = _load_hi_lo(O + q_base, O_LO + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, LOW)
     acc = acc - mu[:, None] * o
-    _store_rows(TO + q_base, acc, offs_m, offs_d, seq_q, head_dim)
+    _store_hi_lo(TO + q_base, TO_LO + q_base, acc, offs_m, offs_d, seq_q, head_dim, LOW)
     tl.store(MU + bh * seq_q + offs_m, mu, mask=offs_m < seq_q)
 
 
@@ -125,20 +150,37 @@ def _common(q, k, configs):
     return batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid
 
 
+def has_low_part(dtype: torch.dtype) -> bool:
+    """Whether outputs of this dtype carry a low part (fp16, bf16)."""
+    return dtype != torch.float32
+
+
+def _low_part(x):
+    """An empty tensor for ``x``'s low part, or an empty (0,) tensor when there is none (fp32)."""
+    return torch.empty_like(x) if has_low_part(x.dtype) else x.new_empty(0)
+
+
 def forward(q, k, v, scale):
-    """O and lse₂ for contiguous q (B,H,Sq,D), k, v (B,H,Sk,D). Returns (O like q, lse fp32 (B·H, Sq))."""
+    """O, O_lo and lse₂ for contiguous q (B,H,Sq,D), k, v (B,H,Sk,D). Returns (O like q, O_lo like q or an empty
+    tensor for fp32, lse fp32 (B·H, Sq))."""
     batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid = _common(q, k, _FWD_CONFIGS)
+    low = has_low_part(q.dtype)
     o = torch.empty_like(q)
+    o_lo = _low_part(o)
     lse = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
-    _fwd_kernel[grid](q, k, v, o, lse, scale * LOG2E, seq_q, seq_k, head_dim, bucket, **meta)
-    return o, lse
+    _fwd_kernel[grid](q, k, v, o, o_lo if low else o,  # without LOW the pointer is never used
+                      lse, scale * LOG2E, seq_q, seq_k, head_dim, bucket, **meta, LOW=low)
+    return o, o_lo, lse
 
 
-def tangent(q, k, v, o, lse, tq, tk, tv, scale):
-    """Ȯ and μ given the primal pass's O and lse₂; all tensors contiguous. Returns (Ȯ like q, μ fp32 (B·H, Sq))."""
+def tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale):
+    """Ȯ, Ȯ_lo and μ given the primal pass's O, O_lo and lse₂; all tensors contiguous. Returns (Ȯ like q, Ȯ_lo like
+    q or an empty tensor for fp32, μ fp32 (B·H, Sq))."""
     batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid = _common(q, k, _JVP_CONFIGS)
+    low = has_low_part(q.dtype)
     to = torch.empty_like(q)
+    to_lo = _low_part(to)
     mu = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
-    _tangent_kernel[grid](q, k, v, o, lse, tq, tk, tv, to, mu, scale * LOG2E, scale, seq_q, seq_k, head_dim,
-                          bucket, **meta)
-    return to, mu
+    _tangent_kernel[grid](q, k, v, o, o_lo if low else o, lse, tq, tk, tv, to, to_lo if low else to, mu,
+                          scale * LOG2E, scale, seq_q, seq_k, head_dim, bucket, **meta, LOW=low)
+    return to, to_lo, mu

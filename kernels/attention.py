@@ -89,9 +89,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
 @torch.compiler.disable
 def _triton_attention_jvp(q, k, v, tq, tk, tv, scale):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o, lse = _Attention.apply(q, k, v, scale)
-    to, _mu = _AttentionTangent.apply(q, k, v, o.detach(), lse.detach(), tq.to(q.dtype).contiguous(),
-                                      tk.to(q.dtype).contiguous(), tv.to(q.dtype).contiguous(), scale)
+    o, o_lo, lse = _Attention.apply(q, k, v, scale)
+    to, _to_lo, _mu = _AttentionTangent.apply(q, k, v, o.detach(), o_lo.detach(), lse.detach(),
+                                              tq.to(q.dtype).contiguous(), tk.to(q.dtype).contiguous(),
+                                              tv.to(q.dtype).contiguous(), scale)
     return o, to
 
 

@@ -7,13 +7,16 @@ the *same rounded inputs*, so the error measured is the kernel's own.
 Tolerances (relative Frobenius error ‖x − x_ref‖ / max(‖x_ref‖, f·√n)). Under the interpreter every operand is
 upcast to fp32, so the kernel's own arithmetic error is ~1e-7 (fp32 dots, exp2, accumulation over ≤ 64 keys); what
 remains for fp16/bf16 is the rounding of stored results to the dtype (unit roundoff u = 2⁻¹¹, 2⁻⁸; relative norm
-error ≈ u/√3 per rounding), including O and Ȯ rounded before the backward's row sums δ = rowsum(dO∘O), which enter
-dL = P∘(dP − δ). When a softmax row is nearly one-hot (few keys, large logits) dP − δ cancels, so the gradients
-that go through dL (dq, dk, dq̇, dk̇) lose digits in proportion, as in every flash backward (PyTorch's forms δ from
-the rounded O too). The floor f = 0.02 (fp32) or 0.25 (half types) measures outputs whose RMS is below it against
-the inputs' O(1) scale instead. Measured over 42 random draws of this test's domain: worst fp32 8.8·2⁻²⁴ (dv),
-fp16 3.6u (dk), bf16 14u (dq, one query against 21 keys, logit std ≈ 5). Bounds: 1e-5 for fp32; 4u for O, Ȯ, dv,
-dv̇ in half types; 32u (about 2× the worst draw) for the four dL-path gradients in half types.
+error ≈ u/√3 per rounding). The backward's row sums δ = rowsum(dO∘O) enter dL = P∘(dP − δ); they are formed from O's
+fp32 value (the stored O plus its low part, ``kernels._forward``), not from the rounded O as in common flash
+backwards. When a softmax row is nearly one-hot (few keys, large logits) dP − δ cancels, so the gradients that go
+through dL (dq, dk, dq̇, dk̇) lose digits in proportion. The floor f = 0.02 (fp32) or 0.25 (half types) measures
+outputs whose RMS is below it against the inputs' O(1) scale instead. Measured over 42 random draws of this test's
+domain when δ still came from the rounded O: worst fp32 8.8·2⁻²⁴ (dv), fp16 3.6u (dk), bf16 14u (dq, one query
+against 21 keys, logit std ≈ 5); another 42 draws, before → after the low parts (issue 10): bf16 dL-path 3.75u →
+1.46u, fp16 4.48u → 1.54u, others 2.45u → 1.18u (bf16) and 1.4u → 0.85u (fp16). Bounds: 1e-5 for fp32; 4u for O,
+Ȯ, dv, dv̇ in half types; 32u for the four dL-path gradients in half types. The row sums' consistency itself is
+tested directly (``test_key_gradients_sum_to_zero``).
 """
 import math
 import os
@@ -27,7 +30,7 @@ if not torch.cuda.is_available():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from kernels import attention  # noqa: E402
+from kernels import attention, attention_jvp  # noqa: E402
 from kernels.testing import jvp_with_grads, relative_errors  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -106,3 +109,41 @@ def test_single_key_closed_form(dtype):
     # dq = α (dO·(v − O)) k: zero except for O's rounding, |v − O| ≤ u|v|.
     for name in ("dq", "dk", "dtq", "dtk"):
         assert got[name].abs().max().item() <= 8 * u * 10, name
+
+
+@settings(max_examples=16, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    bh=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
+    sq=st.sampled_from([1, 7, 23]),
+    sk=st.sampled_from([9, 21, 40]),
+    d=st.sampled_from([16, 24, 64]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    offset=st.floats(1.0, 4.0),
+)
+def test_key_gradients_sum_to_zero(seed, bh, sq, sk, d, dtype, offset):
+    """Adding one vector to every key shifts each row of the logits by a constant, which the softmax ignores, so O
+    and Ȯ do not change and, for any loss of them, Σ_j dK_j = 0 and Σ_j dK̇_j = 0 (a common K̇ shifts T's rows, and
+    T − μ1ᵀ ignores that). The kernel meets this only if the backward's row sums δ, δ̇, r agree with the fp32 P and
+    dP it recomputes; with them formed from the rounded O and Ȯ (before their low parts, issue 10) the residual was
+    13u (fp16) and 78u (bf16) on keys and values sharing a direction, as after QK-norm, and it made a DiT-XL/2
+    block's QK-norm weight gradients 320% wrong in bf16. Residual ‖Σ_j dK_j‖ / Σ_j ‖dK_j‖, worst over 80 draws of
+    this domain: 0.31u (bf16), 0.28u (fp16), 125·2⁻²⁴ (fp32, no low part). Bounds: 1u, and 2⁻¹⁵ for fp32."""
+    g = torch.Generator().manual_seed(seed)
+    b, h = bh
+    rand = lambda s, shift=0.0: torch.randn(b, h, s, d, generator=g, dtype=torch.float64) + shift  # noqa: E731
+    key_dir, value_dir = rand(1), rand(1)
+    q, k, v = rand(sq), rand(sk, offset * key_dir), rand(sk, offset * value_dir)
+    tangents, g1, g2 = [rand(s) for s in (sq, sk, sk)], rand(sq, offset * value_dir), rand(sq, offset * value_dir)
+    leaves = [x.to(dtype).to(DEVICE).requires_grad_() for x in (q, k, v, *tangents)]
+    o, to = attention_jvp(*leaves, backend="triton")
+    bound = 2.0**-15 if dtype == torch.float32 else UNIT_ROUNDOFF[dtype]
+    losses = {"<G1, O>": (o.double() * g1.to(DEVICE)).sum(), "<G2, tO>": (to.double() * g2.to(DEVICE)).sum()}
+    for label, loss in losses.items():
+        grads = torch.autograd.grad(loss, [leaves[1], leaves[4]], retain_graph=True, allow_unused=True)
+        for name, grad in zip(("dK", "dtK"), grads):
+            if grad is None:  # O does not depend on K̇
+                continue
+            grad = grad.double()
+            residual = (grad.sum(2).norm(dim=-1) / grad.norm(dim=-1).sum(2)).max().item()
+            assert residual <= bound, f"{label}: ‖Σ_j {name}_j‖ / Σ_j ‖{name}_j‖ = {residual:.2e} > {bound:.2e}"
