@@ -34,7 +34,9 @@ def jvp_with_grads(fn, primals, tangents, g1, g2, dtype=None) -> AttentionDeriva
 def relative_errors(result: AttentionDerivatives, reference: AttentionDerivatives, floor: float = 0.0) -> dict:
     """‖x − x_ref‖ / max(‖x_ref‖, floor·√numel) for each of the eight outputs, computed in float64.
 
-    ``floor`` is an RMS below which an output counts as cancelled (see the tests for when that happens).
+    ``floor`` is an RMS below which an output counts as cancelled (see the tests for when that happens). The two
+    may be on different devices (a GPU result against a CPU reference).
     """
-    return {name: ((a.double() - b.double()).norm() / max(b.double().norm().item(), floor * b.numel() ** 0.5)).item()
+    return {name: ((a.double().to(b.device) - b.double()).norm()
+                   / max(b.double().norm().item(), floor * b.numel() ** 0.5)).item()
             for name, a, b in zip(NAMES, result.as_list(), reference.as_list())}
