@@ -302,10 +302,19 @@ def launch(cfg: dict, gpus: int, variant: str, workdir: Path, timeout: float,
     proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     (workdir / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-        errors = [line for line in lines if "Error" in line or "error:" in line and "error_file" not in line]
-        return run_dir, f"exit {proc.returncode}: " + (errors[-1] if errors else " | ".join(lines[-3:]))
+        return run_dir, f"exit {proc.returncode}: " + failure_line(proc.stdout + proc.stderr)
     return run_dir, ""
+
+
+def failure_line(output: str) -> str:
+    """The line of a failed run's output that names its error: the last one with "Error" or "error:", leaving out
+    torchrun's own report of a failed child (``ChildFailedError``, ``error_file``) so the rank's exception shows;
+    else the last three lines."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    wrapper = ("ChildFailedError", "error_file")
+    errors = [line for line in lines
+              if ("Error" in line or "error:" in line) and not any(w in line for w in wrapper)]
+    return errors[-1] if errors else " | ".join(lines[-3:])
 
 
 def summarize(run_dir: Path, warmup: int, last: int | None = None) -> dict:

@@ -116,6 +116,18 @@ def test_arguments_are_checked():
         bench.parse_args(["--steps", "2"])
 
 
+def test_failure_line_names_the_rank_error_not_torchruns_wrapper():
+    torchrun_output = """[rank1]: Traceback (most recent call last):
+[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
+E1126 10:00:00 api.py:900] failed (exitcode: 1) local_rank: 1 (pid: 7) of binary: python
+error_file: <N/A>
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+"""
+    expected = "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert bench.failure_line(torchrun_output) == expected
+    assert bench.failure_line("step 1\nstep 2\nkilled\n") == "step 1 | step 2 | killed"
+
+
 def test_benchmark_command_runs_the_trainer_and_writes_its_schema(tmp_path):
     out = tmp_path / "ts.json"
     steps, warmup = 3, 1
