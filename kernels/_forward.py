@@ -156,7 +156,7 @@ def has_low_part(dtype: torch.dtype) -> bool:
 
 
 def _low_part(x):
-    """An empty tensor for ``x``'s low part, or an empty (0,) tensor when there is none (fp32)."""
+    """An uninitialised tensor like ``x`` for its low part, or a (0,)-shaped one when there is none (fp32)."""
     return torch.empty_like(x) if has_low_part(x.dtype) else x.new_empty(0)
 
 
