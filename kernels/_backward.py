@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
-from ._forward import LOG2E, _load_hi_lo, _load_rows, _store_rows, has_low_part
+from ._forward import LOG2E, _load_hi_lo, _load_rows, _store_rows, has_low_part, low_part_arg
 
 _ROW_BLOCK = 64
 _KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(64, 64, 4, 3),
@@ -213,9 +213,9 @@ def _rowdot(x, y, y_lo):
     head_dim = x.shape[-1]
     n_rows = x.numel() // head_dim
     out = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32).view(-1, x.shape[2])
-    lo = has_low_part(y.dtype)
-    _rowdot_kernel[(triton.cdiv(n_rows, _ROW_BLOCK),)](x, y, y_lo if lo else y, out, n_rows, head_dim,
-                                                        HEAD_BLOCK=head_block(head_dim), ROWS=_ROW_BLOCK, LOW=lo)
+    _rowdot_kernel[(triton.cdiv(n_rows, _ROW_BLOCK),)](x, y, low_part_arg(y, y_lo), out, n_rows, head_dim,
+                                                        HEAD_BLOCK=head_block(head_dim), ROWS=_ROW_BLOCK,
+                                                        LOW=has_low_part(y.dtype))
     return out
 
 

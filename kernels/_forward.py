@@ -160,6 +160,12 @@ def _low_part(x):
     return torch.empty_like(x) if has_low_part(x.dtype) else x.new_empty(0)
 
 
+def low_part_arg(x, x_lo):
+    """The kernel argument for ``x``'s low part: ``x_lo``, or ``x`` itself when there is none (the kernels never read
+    or write it then, and an empty tensor's null pointer would not be accepted as an argument)."""
+    return x_lo if has_low_part(x.dtype) else x
+
+
 def forward(q, k, v, scale):
     """O, O_lo and lse₂ for contiguous q (B,H,Sq,D), k, v (B,H,Sk,D). Returns (O like q, O_lo like q or an empty
     tensor for fp32, lse fp32 (B·H, Sq))."""
@@ -168,8 +174,8 @@ def forward(q, k, v, scale):
     o = torch.empty_like(q)
     o_lo = _low_part(o)
     lse = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
-    _fwd_kernel[grid](q, k, v, o, o_lo if low else o,  # without LOW the pointer is never used
-                      lse, scale * LOG2E, seq_q, seq_k, head_dim, bucket, **meta, LOW=low)
+    _fwd_kernel[grid](q, k, v, o, low_part_arg(o, o_lo), lse, scale * LOG2E, seq_q, seq_k, head_dim, bucket, **meta,
+                      LOW=low)
     return o, o_lo, lse
 
 
@@ -181,6 +187,6 @@ def tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale):
     to = torch.empty_like(q)
     to_lo = _low_part(to)
     mu = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
-    _tangent_kernel[grid](q, k, v, o, o_lo if low else o, lse, tq, tk, tv, to, to_lo if low else to, mu,
+    _tangent_kernel[grid](q, k, v, o, low_part_arg(o, o_lo), lse, tq, tk, tv, to, low_part_arg(to, to_lo), mu,
                           scale * LOG2E, scale, seq_q, seq_k, head_dim, bucket, **meta, LOW=low)
     return to, to_lo, mu
