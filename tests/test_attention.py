@@ -58,21 +58,21 @@ def dl_path_condition(inputs, g1, g2, scale, reference, floor):
     """‖M‖ / max(‖x‖, floor·√n) for x = dq, dk, dq̇, dk̇, where M adds up the absolute values of the terms that x sums
     (THEORY.md §9's backward formulas with |·| everywhere; P weighted by 1 + |logit|, the growth of its relative error
     when it is recomputed as 2^(s − lse)). u·‖M‖ bounds x's rounding error to first order, up to a modest constant,
-    however much the terms cancel. Float64, from the rounded inputs."""
+    however much the terms cancel. Float64, from the rounded inputs and the float64 ``reference`` (its O and Ȯ)."""
     q, k, v, tq, tk, tv = inputs
     t = lambda x: x.transpose(-1, -2)  # noqa: E731
     logits = scale * q @ t(k)
     p = torch.softmax(logits, -1)
     tangent_logits = scale * (tq @ t(k) + q @ t(tk))
     mu = (p * tangent_logits).sum(-1, keepdim=True)
-    o, to = p @ v, p @ tv + (p * (tangent_logits - mu)) @ v
+    exact = dict(zip(NAMES, reference.as_list()))
+    o, to = exact["O"], exact["tO"]
     weight = p * (1 + logits.abs())
     d_t = weight * ((g2 @ t(v)).abs() + (g2 * o).sum(-1, keepdim=True).abs())
     d_l = (weight * ((g1 @ t(v)).abs() + (g1 * o).sum(-1, keepdim=True).abs() + (g2 @ t(tv)).abs()
                      + (g2 * to).sum(-1, keepdim=True).abs()) + d_t * (tangent_logits.abs() + mu.abs()))
     magnitudes = {"dq": scale * (d_l @ k.abs() + d_t @ tk.abs()), "dk": scale * (t(d_l) @ q.abs() + t(d_t) @ tq.abs()),
                   "dtq": scale * d_t @ k.abs(), "dtk": scale * t(d_t) @ q.abs()}
-    exact = dict(zip(NAMES, reference.as_list()))
     return {n: (m.norm() / max(exact[n].norm().item(), floor * m.numel() ** 0.5)).item() for n, m in magnitudes.items()}
 
 
