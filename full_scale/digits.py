@@ -8,8 +8,8 @@ Scores of generated samples x̂ conditioned on labels c (:func:`evaluate`):
 
 * accuracy — fraction with argmax classifier(x̂) = c (chance: 0.1);
 * Fréchet distance — W2²(N(m̂, Ĉ), N(m, C)) between Gaussians fitted to classifier features of the samples and of the
-  held-out digits (``tvm_theory.transport.w2_gaussian`` squared), like FID with a digits network;
-* W2 — exact W2 in pixel space (``tvm_theory.transport.w2``, POT) between the samples and the held-out digits.
+  held-out digits (``tvm_theory.analysis.transport.w2_gaussian`` squared), like FID with a digits network;
+* W2 — exact W2 in pixel space (``tvm_theory.analysis.transport.w2``, POT) between the samples and the held-out digits.
 
 Each comes with its floor: the same score between an equally sized draw of *training* digits and the held-out set,
 the value a perfect generator would reach up to sampling noise.
@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tvm_theory.transport import w2, w2_gaussian
+from tvm_theory.analysis.transport import w2, w2_gaussian
 
 HELD_OUT_PER_CLASS = 30
 SPLIT_SEED = 0

@@ -8,7 +8,7 @@ loads directly. Its input path follows the graph: uint8 RGB → legacy TF1 bilin
 logits without the fc bias (as ADM's and the original IS code do).
 
 FID = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2}) = W2(N(μ₁, Σ₁), N(μ₂, Σ₂))² (THEORY.md §7), computed with
-:func:`tvm_theory.transport.w2_gaussian`, or — when one side is n < D samples — exactly through an n × n matrix
+:func:`tvm_theory.analysis.transport.w2_gaussian`, or — when one side is n < D samples — exactly through an n × n matrix
 (:func:`frechet_distance_to_samples`).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tvm_theory.transport import w2_gaussian
+from tvm_theory.analysis.transport import w2_gaussian
 
 INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                  "pt_inception-2015-12-05-6726825d.pth")

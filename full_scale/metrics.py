@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tvm_theory.lipschitz import local_lipschitz
+from tvm_theory.analysis.lipschitz import local_lipschitz
 from tvm_theory.param import velocity
 
 
@@ -66,7 +66,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 def lipschitz_probe(F, x: Tensor, s: Tensor, *, w=None, y: Tensor | None = None, n_iter: int = 20,
                     generator: torch.Generator | None = None) -> dict:
     """Local Lipschitz estimate of x ↦ u_θ(x, s) = [w ·] F_θ(x, s, s, y, 1/w) at each probe x_i (power iteration,
-    ``tvm_theory.lipschitz.local_lipschitz``): a LOWER estimate of the true constant at these points.
+    ``tvm_theory.analysis.lipschitz.local_lipschitz``): a LOWER estimate of the true constant at these points.
 
     x: (B, C, H, W) probe points, s: (B,). Returns {"lip_max", "lip_q50", "lip_q90"} over the probes.
     """

@@ -11,8 +11,8 @@ Scores of generated patches (:func:`evaluate`), each with its floor (the same sc
 training patches against the held-out set):
 
 * Fréchet distance — W2²(N(m̂, Ĉ), N(m, C)) between Gaussians fitted to the 64 pixels of samples and held-out patches
-  (``tvm_theory.transport.w2_gaussian`` squared; pixel space, since there is no patch classifier);
-* W2 — exact W2 in pixel space (``tvm_theory.transport.w2``, POT).
+  (``tvm_theory.analysis.transport.w2_gaussian`` squared; pixel space, since there is no patch classifier);
+* W2 — exact W2 in pixel space (``tvm_theory.analysis.transport.w2``, POT).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tvm_theory.transport import w2, w2_gaussian
+from tvm_theory.analysis.transport import w2, w2_gaussian
 
 from .digits import DigitsDataset
 

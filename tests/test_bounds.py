@@ -7,11 +7,11 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 from scipy.integrate import quad
 
-from tvm_theory.bounds import (bound_report, compare, evaluate_bounds, exact_affine_report, make_grid, verdict)
-from tvm_theory.estimate import Estimate
+from tvm_theory.analysis.bounds import (bound_report, compare, evaluate_bounds, exact_affine_report, make_grid, verdict)
+from tvm_theory.analysis.estimate import Estimate
 from tvm_theory.param import NetworkJump
-from tvm_theory.testbeds import BiasedFlowJump, Gaussian, PolynomialAffineJump, make_testbed
-from tvm_theory.transport import w2_gaussian
+from tvm_theory.analysis.testbeds import BiasedFlowJump, Gaussian, PolynomialAffineJump, make_testbed
+from tvm_theory.analysis.transport import w2_gaussian
 
 F64 = torch.float64
 

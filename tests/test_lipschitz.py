@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from toy.models import MLP
-from tvm_theory.lipschitz import certified_mlp_lipschitz, local_lipschitz, model_local_lipschitz
+from tvm_theory.analysis.lipschitz import certified_mlp_lipschitz, local_lipschitz, model_local_lipschitz
 from tvm_theory.param import velocity
 
 

@@ -11,9 +11,9 @@ from torch import nn
 
 from full_scale.models import DiT, dit_config
 from toy.models import MLP
-from tvm_theory.lipschitz import certified_mlp_lipschitz
+from tvm_theory.analysis.lipschitz import certified_mlp_lipschitz
 from tvm_theory.param import velocity
-from tvm_theory.probes import (NormRecorder, ProbeSet, certified_vs_local, ds_norms, path_probes,
+from tvm_theory.analysis.probes import (NormRecorder, ProbeSet, certified_vs_local, ds_norms, path_probes,
                                velocity_jacobian_norms)
 
 

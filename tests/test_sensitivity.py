@@ -7,8 +7,8 @@ import torch
 
 from toy.models import MLP
 from tvm_theory.param import NetworkJump
-from tvm_theory.sensitivity import flow_jacobian, sensitivity_bound
-from tvm_theory.testbeds import BiasedFlowJump, Gaussian, make_testbed
+from tvm_theory.analysis.sensitivity import flow_jacobian, sensitivity_bound
+from tvm_theory.analysis.testbeds import BiasedFlowJump, Gaussian, make_testbed
 
 
 def test_flow_jacobian_matches_the_gaussian_closed_form():

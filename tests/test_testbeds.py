@@ -9,10 +9,10 @@ from scipy.integrate import solve_ivp
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from tvm_theory.ode import odeint, odeint_with_error
-from tvm_theory.testbeds import (TESTBEDS, BiasedFlowJump, Gaussian, GaussianMixture, PolynomialAffineJump,
+from tvm_theory.analysis.ode import odeint, odeint_with_error
+from tvm_theory.analysis.testbeds import (TESTBEDS, BiasedFlowJump, Gaussian, GaussianMixture, PolynomialAffineJump,
                                  checkerboard, make_testbed, moons, ring)
-from tvm_theory.transport import w2
+from tvm_theory.analysis.transport import w2
 
 F64 = torch.float64
 

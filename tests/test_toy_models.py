@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from toy.models import SILU_LIPSCHITZ, MLP, AffineModel, sinusoidal_embedding
-from tvm_theory.lipschitz import certified_mlp_lipschitz
+from tvm_theory.analysis.lipschitz import certified_mlp_lipschitz
 from tvm_theory.loss import tvm_step_loss
 from tvm_theory.param import displacement
 from tvm_theory.time_samplers import UniformSampler

@@ -9,8 +9,8 @@ from toy.__main__ import main
 from toy.train import TrainConfig, load_checkpoint, train
 from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
-from tvm_theory.testbeds import make_testbed
-from tvm_theory.transport import w2
+from tvm_theory.analysis.testbeds import make_testbed
+from tvm_theory.analysis.transport import w2
 
 BED = make_testbed("gaussian-2d")
 

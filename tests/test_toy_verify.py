@@ -5,12 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toy.models import MLP
-from tvm_theory.bounds import bound_report, make_grid
-from tvm_theory.lipschitz import certified_mlp_lipschitz
+from tvm_theory.analysis.bounds import bound_report, make_grid
+from tvm_theory.analysis.lipschitz import certified_mlp_lipschitz
 from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
-from tvm_theory.testbeds import make_testbed
-from tvm_theory.transport import w2
+from tvm_theory.analysis.testbeds import make_testbed
+from tvm_theory.analysis.transport import w2
 
 BEDS = {name: make_testbed(name) for name in ("gaussian-1d", "gaussian-2d", "ring8")}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from tvm_theory.transport import sliced_w2, w2, w2_gaussian
+from tvm_theory.analysis.transport import sliced_w2, w2, w2_gaussian
 
 F64 = torch.float64
 

@@ -10,7 +10,7 @@ only ``TrainConfig.objective`` and the target EMA differ) and is sampled from it
 
 Metrics, per test bed and training seed k (the community's protocol, ANCHORS.md, last section): from a generator
 seeded 10_000 + k, n = 1,000 held-out points of p0, a second independent n-point sample of p0 and n noise points x1.
-* W2 = exact ``ot.emd2`` W2 (``tvm_theory.transport.w2``) between the n generated points and the n held-out points;
+* W2 = exact ``ot.emd2`` W2 (``tvm_theory.analysis.transport.w2``) between the n generated points and the n held-out points;
   the *floor* is the W2 between the two independent data samples (what a perfect sampler gets, on average), and
   "exact ψ" the W2 of the exact flow-map samples ψ(x1, 1, 0) (another perfect sampler, paired with the same noise).
 * RMSE to ψ = (mean_i ‖x̂_i − ψ(x1_i, 1, 0)‖²)^{1/2} on the same noise (D_t of THEORY.md §5–6 at t = 1), with ψ from
@@ -41,8 +41,8 @@ from scipy import stats
 
 from tvm_theory.baselines import jump_model
 from tvm_theory.sampling import sample_few_step
-from tvm_theory.testbeds import GaussianMixture, make_testbed
-from tvm_theory.transport import w2
+from tvm_theory.analysis.testbeds import GaussianMixture, make_testbed
+from tvm_theory.analysis.transport import w2
 
 from .train import TrainConfig, train
 

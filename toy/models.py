@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from tvm_theory.lipschitz import certified_mlp_lipschitz
+from tvm_theory.analysis.lipschitz import certified_mlp_lipschitz
 
 # sup_x |d/dx (x · sigmoid(x))| = sup_x σ(x)(1 + x(1 − σ(x))) = 1.09983932012886691…, attained at x ≈ 2.39936
 # (mpmath root of the second derivative); rounded UP so that certificates built on it stay upper bounds.
@@ -105,7 +105,7 @@ class MLP(nn.Module):
 
     def lipschitz_certificate(self, s: Tensor) -> tuple[Tensor, bool]:
         """log10 of the certified x-Lipschitz constant of u_θ(·, s), the same for every s (product of spectral
-        norms, :func:`tvm_theory.lipschitz.certified_mlp_lipschitz`); never exact for a network with activations."""
+        norms, :func:`tvm_theory.analysis.lipschitz.certified_mlp_lipschitz`); never exact for a network with activations."""
         cert = certified_mlp_lipschitz(self.linears, self.act_lipschitz, self.x_dim)
         return torch.full(s.shape, cert.log10_value, dtype=torch.float64), cert.exact
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tvm_theory.bounds import compare, exact_affine_report
-from tvm_theory.testbeds import BiasedFlowJump, Gaussian
+from tvm_theory.analysis.bounds import compare, exact_affine_report
+from tvm_theory.analysis.testbeds import BiasedFlowJump, Gaussian
 
 
 def counterexample_grid(sigma0: float, t: float, n: int = 4097) -> np.ndarray:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from tvm_theory.baselines import OBJECTIVES, make_objective
 from tvm_theory.ema import ema_update
-from tvm_theory.testbeds import make_testbed
+from tvm_theory.analysis.testbeds import make_testbed
 
 from .models import MLP, AffineModel
 

@@ -5,8 +5,8 @@ samples (the same x_t at every step, drawn from ``--seed``): the ladder of THEOR
 
     W2_emp(one-step samples, ψ samples) ≤ D_t (paired RMSE) ≤ (a) with local L ≤ (a) with certified L,
 
-bounds (b), (c) and the paper's explicit form (``tvm_theory.bounds.bound_report``), the sensitivity bound of §6.1
-(``tvm_theory.sensitivity``) on a subset of the same samples, the finite-sample floor (W2 between ψ samples and an
+bounds (b), (c) and the paper's explicit form (``tvm_theory.analysis.bounds.bound_report``), the sensitivity bound of §6.1
+(``tvm_theory.analysis.sensitivity``) on a subset of the same samples, the finite-sample floor (W2 between ψ samples and an
 independent sample of p0) and the 2- and 4-step W2 (reported; the theorem does not cover them). For the affine
 model on a Gaussian test bed the one-step law is Gaussian, and its W2 to p0 is also given exactly (``w2_exact``).
 
@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tvm_theory.bounds import bound_report, make_grid, verdict
-from tvm_theory.estimate import Estimate
-from tvm_theory.lipschitz import model_local_lipschitz
+from tvm_theory.analysis.bounds import bound_report, make_grid, verdict
+from tvm_theory.analysis.estimate import Estimate
+from tvm_theory.analysis.lipschitz import model_local_lipschitz
 from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
-from tvm_theory.sensitivity import sensitivity_bound
-from tvm_theory.testbeds import Gaussian, make_testbed
-from tvm_theory.transport import w2, w2_gaussian
+from tvm_theory.analysis.sensitivity import sensitivity_bound
+from tvm_theory.analysis.testbeds import Gaussian, make_testbed
+from tvm_theory.analysis.transport import w2, w2_gaussian
 
 from .models import AffineModel
 from .train import CKPT_JSON, MODELS, TrainConfig, _atomic_write_text, train

@@ -11,7 +11,7 @@ AdamW β2 = 0.999 instead of 0.95 (§8.5). Data sets: scikit-learn's digits (``f
 patches of its sample photographs (``full_scale.patches``).
 
 Per run (``DIR/runs/{dataset}/{variant}/seed{k}/result.json``): every ``probe_every`` steps, from the checkpoint of
-that step, the probes of :class:`tvm_theory.probes.ProbeSet` on a fixed probe batch (local Lipschitz estimates of
+that step, the probes of :class:`tvm_theory.analysis.probes.ProbeSet` on a fixed probe batch (local Lipschitz estimates of
 x ↦ u_θ(x, s) over probes and an s-grid, ‖∂_s F‖, adaLN modulation and block-output RMS); from the trainer's
 ``metrics.jsonl`` the per-step gradient norms, spikes (:func:`grad_spikes`), non-finite steps, and the TVM terms;
 at the end, 1- and 2-step samples of the evaluation EMA scored against held-out data (digits: classifier accuracy,
@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file
 
 from tvm_theory.param import NetworkJump
-from tvm_theory.probes import ProbeSet
+from tvm_theory.analysis.probes import ProbeSet
 from tvm_theory.sampling import sample_few_step
 from tvm_theory.time_samplers import make_time_sampler
 
@@ -257,8 +257,8 @@ def toy_certified_vs_local(steps: int = 400, seed: int = 0) -> dict:
     import tempfile
 
     from toy.train import TrainConfig, build_model, train
-    from tvm_theory.probes import certified_vs_local, path_probes
-    from tvm_theory.testbeds import make_testbed
+    from tvm_theory.analysis.probes import certified_vs_local, path_probes
+    from tvm_theory.analysis.testbeds import make_testbed
 
     gen = torch.Generator().manual_seed(seed)
     s_grid = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])

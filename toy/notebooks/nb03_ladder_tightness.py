@@ -20,11 +20,11 @@ import torch
 
 from toy.__main__ import main
 from toy.train import load_checkpoint
-from tvm_theory.bounds import bound_report, make_grid
+from tvm_theory.analysis.bounds import bound_report, make_grid
 from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
-from tvm_theory.testbeds import make_testbed
-from tvm_theory.transport import w2
+from tvm_theory.analysis.testbeds import make_testbed
+from tvm_theory.analysis.transport import w2
 
 SMALL = os.environ.get("TOY_NOTEBOOK_SMALL") == "1"
 ROOT = Path(os.environ.get("TOY_NOTEBOOK_OUT", "runs/notebooks")) / "nb03"

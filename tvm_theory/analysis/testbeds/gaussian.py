@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..checks import check_finite, expand_like
+from ...checks import check_finite, expand_like
 from ..estimate import Estimate
 from ..ode import OdeSolution
 from .base import TestBed, scalar_time

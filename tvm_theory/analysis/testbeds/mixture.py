@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import check_finite
+from ...checks import check_finite
 from ..estimate import Estimate
 from ..ode import OdeSolution, odeint_with_error, odeint
 from .base import TestBed, scalar_time
@@ -113,7 +113,7 @@ class GaussianMixture(TestBed):
 
     def flow_with_error(self, x: Tensor, t, s) -> OdeSolution:
         """ψ(x, t, s) by adaptive Dormand–Prince at (rtol, atol), per-sample error = distance to a 10× tighter
-        solve (tvm_theory.ode). t, s: scalars in [0, 1]."""
+        solve (tvm_theory.analysis.ode). t, s: scalars in [0, 1]."""
         self._check_x(x)
         t, s = scalar_time("t", t), scalar_time("s", s)
         return odeint_with_error(self._field, x, t, s, rtol=self.rtol, atol=self.atol)

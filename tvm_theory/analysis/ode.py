@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .checks import check_finite
+from ..checks import check_finite
 
 # Dormand–Prince 5(4) tableau: nodes C, stages A, 5th-order weights B (= last row of A, FSAL) and
 # E = B − B*, the difference to the embedded 4th-order weights.

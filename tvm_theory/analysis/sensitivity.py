@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .checks import check_finite
-from .param import JumpModel
+from ..checks import check_finite
+from ..param import JumpModel
 
 Field = Callable[[Tensor, Tensor], Tensor]
 

@@ -5,7 +5,7 @@ An affine jump model has, for isotropic scalars a, ȧ, k and vectors b, ḃ, m (
     x + f_θ(x, t, s) = a(t, s) x + b(t, s),   ∂_s f_θ(x, t, s) = ȧ(t, s) x + ḃ(t, s),   u_θ(x, s) = k(s) x + m(s).
 
 It keeps Gaussians Gaussian, so on ``Gaussian`` every quantity of the bound (A, B, D_t, W2) is exact
-(``tvm_theory.bounds.exact_affine_report``); its velocity is exactly |k(s)|-Lipschitz.
+(``tvm_theory.analysis.bounds.exact_affine_report``); its velocity is exactly |k(s)|-Lipschitz.
 
 **Biased exact flow** (THEORY.md §4): u_θ = u + r with a constant r and f_θ the exact flow of u_θ. With
 w = z − (1 − s)μ the ODE dz/ds = u(z, s) + r reads dw/ds = κ(s) w + r, whose integrating factor is σ_s
@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from ..checks import as_batch_time, check_finite, expand_like
+from ...checks import as_batch_time, check_finite, expand_like
 from .gaussian import Gaussian
 
 

@@ -14,7 +14,7 @@ API
   checkerboard.
 * Closed-form jump models (:class:`tvm_theory.param.JumpModel`): ``BiasedFlowJump(gaussian, bias)`` — u_θ = u + r
   with f_θ its exact flow (THEORY.md §4) — and ``PolynomialAffineJump`` (random affine models); both are
-  ``AffineJump`` (coefficients for the exact bounds of ``tvm_theory.bounds.exact_affine_report``).
+  ``AffineJump`` (coefficients for the exact bounds of ``tvm_theory.analysis.bounds.exact_affine_report``).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ API
   flow-matching form), λ, Λ_t, D_t, optionally W2_emp, bounds (a), (b), (c) and the paper's explicit form, with
   bootstrap standard errors, quadrature errors (grid vs. every-other-point grid) and ODE errors of ψ.
 * ``exact_affine_report(model, bed, t, *, s_grid=None, L=None) -> BoundReport`` — the same with exact A, B, D_t and
-  W2 for an affine model (``tvm_theory.testbeds.AffineJump``) on a ``Gaussian``; only quadrature error remains.
+  W2 for an affine model (``tvm_theory.analysis.testbeds.AffineJump``) on a ``Gaussian``; only quadrature error remains.
 * ``evaluate_bounds(t, s, A, B, L, A_reps=None, B_reps=None) -> (dict[str, Estimate], dict[str, Estimate])`` — the
   bounds from per-s profiles (linear values and log10 values), the piece both reports share.
 * ``verdict(lhs, rhs, k=3.0) -> "holds" | "violated" | "inconclusive"`` for the claim lhs ≤ rhs.

@@ -6,10 +6,10 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from ..checks import as_batch_time, check_finite
+from ...checks import as_batch_time, check_finite
 from ..estimate import Estimate
 from ..ode import OdeSolution
-from ..path import PathSample, sample_path
+from ...path import PathSample, sample_path
 
 
 class TestBed(ABC):

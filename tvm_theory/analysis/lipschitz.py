@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checks import check_finite
+from ..checks import check_finite
 
 # Relative error allowance on a float64 spectral norm from an SVD (backward stable: |σ̂ − σ| ≲ c·n·ε·σ);
 # each factor of the certificate is inflated by (1 + _SVD_REL · n) so that the product stays an upper bound.

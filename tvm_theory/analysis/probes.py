@@ -3,7 +3,7 @@
 Three measurements that apply to any network F(x, t, s, **cond) in the convention of :mod:`tvm_theory.param`:
 
 * :func:`velocity_jacobian_norms` — ‖∂_x u_θ(x, s_k)‖₂ at probe points x on a grid of s, by the batched power
-  iteration of :func:`tvm_theory.lipschitz.local_lipschitz` (one JVP and one VJP per iteration). Every value is
+  iteration of :func:`tvm_theory.analysis.lipschitz.local_lipschitz` (one JVP and one VJP per iteration). Every value is
   a LOWER estimate of the local Jacobian norm, and their maximum a lower estimate of L(s_k) (§6: never a certificate).
 * :func:`ds_norms` — ‖∂_s F̃_θ(x, t, s)‖₂ per example, F̃ = [w ·] F(x, t, s, [β = 1/w]), by one forward-mode JVP with
   tangent 1 on s and 0 on x and t (the quantity the gap embedding controls, §2 and §8).
@@ -25,10 +25,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checks import as_batch_time, check_finite, check_same_shape, check_time
+from ..checks import as_batch_time, check_finite, check_same_shape, check_time
 from .lipschitz import certified_mlp_lipschitz, local_lipschitz
-from .param import Network, guidance_weights, guided_call_and_ds, velocity
-from .path import interpolate
+from ..param import Network, guidance_weights, guided_call_and_ds, velocity
+from ..path import interpolate
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def velocity_jacobian_norms(F: Network, probes: Sequence[Tensor], s_grid: Tensor
     """‖∂_x u_θ(x, s_k)‖₂ at each probe of ``probes[k]`` (B, ...) for each s_k of ``s_grid`` (THEORY.md §5 (A3)).
 
     u_θ(x, s) = [w ·] F(x, s, s, **cond, [β = 1/w]) (:func:`tvm_theory.param.velocity`). All K·B probes, flattened
-    to (K·B, D), run as one batch through :func:`tvm_theory.lipschitz.local_lipschitz` (v ← JᵀJ v / ‖JᵀJ v‖,
+    to (K·B, D), run as one batch through :func:`tvm_theory.analysis.lipschitz.local_lipschitz` (v ← JᵀJ v / ‖JᵀJ v‖,
     σ̂ = ‖J v‖ ≤ ‖J‖₂), for ``n_iter`` iterations or until each σ̂ changes by less than ``tol`` (relative). Its
     per-row argument carries the row indices, so that each row keeps its own s_k and conditioning while converged
     rows drop out. ``cond`` (e.g. ``y``) holds per-example tensors of the probes' batch size B.
@@ -246,7 +246,7 @@ def certified_vs_local(F: Network, linears: Sequence[nn.Linear], act_lipschitz: 
                        probes: Sequence[Tensor], s_grid: Tensor, **kwargs) -> CertifiedVsLocal:
     """How close the local estimate comes to the certified constant for an MLP F (THEORY.md §6 and §6.1).
 
-    Certified: :func:`tvm_theory.lipschitz.certified_mlp_lipschitz` (product of spectral norms). Local:
+    Certified: :func:`tvm_theory.analysis.lipschitz.certified_mlp_lipschitz` (product of spectral norms). Local:
     :func:`velocity_jacobian_norms` of u_θ(·, s) = F(·, s, s) over ``probes`` at ``s_grid`` (``kwargs`` go to it).
     """
     cert = certified_mlp_lipschitz(linears, act_lipschitz, x_dim)

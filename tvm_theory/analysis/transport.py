@@ -24,7 +24,7 @@ import ot
 import torch
 from torch import Tensor
 
-from .checks import check_finite
+from ..checks import check_finite
 from .estimate import Estimate
 
 
