@@ -7,7 +7,7 @@ Times, on one CUDA card, at each (B, H, S, D):
   ours_fwd_jvp    kernels.attention under torch.func.jvp (O and Ȯ, no grad);
   ours_jvp_bwd    kernels.attention under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩;
 plus our separate kernel launches (fwd, tangent, primal backward, tangent backward) for the profile.
-FLOP counts (units of B·H·S²·D, KERNEL_NOTES.md): 4 plain forward, 10 plain backward, 12 forward + JVP,
+FLOP counts (units of B·H·S²·D, docs/KERNEL.md): 4 plain forward, 10 plain backward, 12 forward + JVP,
 42 backward through O and Ȯ. Peak extra memory = peak allocated during one call minus what was allocated before.
 
 Usage: python benchmarks/attention_jvp.py [--out results.json] [--shapes 64,18,256,64 ...] [--dtype bf16]

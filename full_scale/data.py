@@ -11,7 +11,7 @@ Layout of ``--out``: ``plan.json`` (what is being built); ``latents-KKKKK.safete
 (n, C, h, w) raw, i.e. unstandardized, ``labels`` int64 (n,), ``indices`` int64 (n,) positions in the sorted
 listing); a sidecar ``latents-KKKKK.json`` per finished shard; optional ``images-KKKKK.npz`` (ADM batch: ``arr_0``
 uint8 (n, H, W, 3), ``arr_1`` labels); and ``manifest.json``, written last, which records the standardization
-constants (the paper's by resolution, ANCHORS.md, or recomputed from the data) that :class:`LatentDataset` applies.
+constants (the paper's by resolution, docs/ANCHORS.md, or recomputed from the data) that :class:`LatentDataset` applies.
 """
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
 
     Resumable: finished shards (sidecar present, size matching) are skipped; a ``plan.json`` left by another
     listing, resolution, shard size or VAE makes it stop instead of mixing data. Shard k goes to rank k mod R.
-    ``latent_stats``: "paper" (ANCHORS.md constants, 256/512 only), "data" (recomputed), or "auto" (paper when
+    ``latent_stats``: "paper" (docs/ANCHORS.md constants, 256/512 only), "data" (recomputed), or "auto" (paper when
     available, else data).
     """
     if latent_stats not in ("auto", "paper", "data"):
@@ -396,7 +396,7 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
     latent_shape = list(read_safetensors_header(out / shards[0]["file"])[0]["latents"]["shape"][1:])
     use_paper = latent_stats == "paper" or (latent_stats == "auto" and resolution in PAPER_LATENT_STATS)
     if use_paper:
-        stats, stats_source = PAPER_LATENT_STATS[resolution], "paper (ANCHORS.md)"
+        stats, stats_source = PAPER_LATENT_STATS[resolution], "paper (docs/ANCHORS.md)"
     else:
         stats, count = compute_latent_stats(out, [s["file"] for s in shards])
         stats_source = f"data ({count} values per channel)"

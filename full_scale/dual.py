@@ -1,4 +1,4 @@
-"""Forward-mode derivatives of the DiT's layers written out by hand (THEORY.md §2, §9).
+"""Forward-mode derivatives of the DiT's layers written out by hand (docs/THEORY.md §2, §9).
 
 The DiT's ∂_s F (``DiT.forward_and_ds``) is built from these instead of ``torch.func.jvp``; the primal values come
 from the plain forward's own calls, these functions add the tangents. The tangent is a plain

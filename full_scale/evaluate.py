@@ -206,7 +206,7 @@ def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 def resolve_latent_stats(spec: str) -> LatentStats:
-    """'paper256' / 'paper512' (ANCHORS.md) or a prepared dataset's manifest.json (or its folder)."""
+    """'paper256' / 'paper512' (docs/ANCHORS.md) or a prepared dataset's manifest.json (or its folder)."""
     if spec.startswith("paper") and spec[5:].isdigit() and int(spec[5:]) in PAPER_LATENT_STATS:
         return PAPER_LATENT_STATS[int(spec[5:])]
     path = Path(spec)

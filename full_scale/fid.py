@@ -7,7 +7,7 @@ loads directly. Its input path follows the graph: uint8 RGB → legacy TF1 bilin
 (``align_corners=False`` without half-pixel centres) → (x − 128) / 128. Features are pool_3 (2048); the IS uses the
 logits without the fc bias (as ADM's and the original IS code do).
 
-FID = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2}) = W2(N(μ₁, Σ₁), N(μ₂, Σ₂))² (THEORY.md §7), computed with
+FID = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2}) = W2(N(μ₁, Σ₁), N(μ₂, Σ₂))² (docs/THEORY.md §7), computed with
 :func:`tvm_theory.analysis.transport.w2_gaussian`, or — when one side is n < D samples — exactly through an n × n matrix
 (:func:`frechet_distance_to_samples`).
 """

@@ -1,5 +1,5 @@
 """Run metrics: a JSON-lines log (one object per line, ``metrics.jsonl``), optional TensorBoard, and the probes of the
-bound's ingredients (THEORY.md §5, §8): a local Lipschitz estimate of x ↦ u_θ(x, s) on a fixed probe batch.
+bound's ingredients (docs/THEORY.md §5, §8): a local Lipschitz estimate of x ↦ u_θ(x, s) on a fixed probe batch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The semi-Lipschitz Diffusion Transformer F_θ(x, t, s, y, β) (THEORY.md §2 and §8).
+"""The semi-Lipschitz Diffusion Transformer F_θ(x, t, s, y, β) (docs/THEORY.md §2 and §8).
 
 A DiT (Peebles & Xie) whose conditioning vector is the sum of four embeddings:
 
@@ -433,7 +433,7 @@ class DiT(nn.Module):
     def forward_and_ds(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
                        beta: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(F_θ(x, t, s, y, β), ∂_s F_θ) with the tangent carried by hand through every layer (``full_scale.dual``);
-        equal to ``torch.func.jvp`` of :meth:`forward` in s with tangent 1 (THEORY.md §2). The token path starts
+        equal to ``torch.func.jvp`` of :meth:`forward` in s with tangent 1 (docs/THEORY.md §2). The token path starts
         with a zero tangent (the patch embedding does not depend on s); ∂_s enters through c."""
         h, (c, cd) = self._embed(x), self.condition_and_ds(t, s, y, beta)
         hd = torch.zeros_like(h)

@@ -1,4 +1,4 @@
-"""Few-step class-conditional sampling from a trained run (THEORY.md §3), from the evaluation EMA by default.
+"""Few-step class-conditional sampling from a trained run (docs/THEORY.md §3), from the evaluation EMA by default.
 
     python -m full_scale.sample --run runs/digits [--steps 1 2 4] [--weight 1.5] [--per-class 10] [--out DIR]
 

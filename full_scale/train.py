@@ -1,4 +1,4 @@
-"""Train a DiT with the TVM objective (THEORY.md §3), on one process or many.
+"""Train a DiT with the TVM objective (docs/THEORY.md §3), on one process or many.
 
     python -m full_scale.train --preset tiny-digits --out runs/digits [--steps N] [--set section.key=value ...]
     torchrun --nproc_per_node 2 -m full_scale.train --preset tiny-digits --out runs/digits
@@ -44,7 +44,7 @@ from .models import DiT
 
 
 class StudentStep(nn.Module):
-    """The module DDP wraps: its forward is the student's part of the loss, JVP included (THEORY.md §3).
+    """The module DDP wraps: its forward is the student's part of the loss, JVP included (docs/THEORY.md §3).
 
     forward(batch) → (f_θ(x_t, t, s), ∂_s f_θ(x_t, t, s), u_θ(x_{s′}, s′)), upcast to float32 under bf16 autocast.
     ``manual_jvp``: ∂_s F from the DiT's ``forward_and_ds`` (hand-written tangent); otherwise ``torch.func.jvp``.

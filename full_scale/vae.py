@@ -1,7 +1,7 @@
 """SD-VAE (``diffusers.AutoencoderKL``) between uint8 images and per-channel standardized latents.
 
 The paper trains on SD-VAE (ft-EMA) latents z standardized per channel c: z̃_c = (z_c − m_c) / s_c, with the
-constants of ANCHORS.md (:data:`PAPER_LATENT_STATS`); sampling inverts it, z = s ⊙ z̃ + m, then decodes. Images are
+constants of docs/ANCHORS.md (:data:`PAPER_LATENT_STATS`); sampling inverts it, z = s ⊙ z̃ + m, then decodes. Images are
 uint8 arrays in the ADM layout (N, H, W, 3); the VAE sees x = u / 127.5 − 1 ∈ [−1, 1] and decodes back with
 u = round(127.5 · (x + 1)) clipped to [0, 255] (DiT's ``127.5 x + 128`` then truncation, i.e. the same rounding).
 """
@@ -49,7 +49,7 @@ class LatentStats:
         return z_std * s + m
 
 
-# ANCHORS.md: SD-VAE (ft-EMA) raw latent statistics the paper standardizes with, by image resolution.
+# docs/ANCHORS.md: SD-VAE (ft-EMA) raw latent statistics the paper standardizes with, by image resolution.
 PAPER_LATENT_STATS = {
     256: LatentStats(mean=(0.865, -0.278, 0.216, 0.374), std=(4.855, 5.319, 3.937, 3.987)),
     512: LatentStats(mean=(1.56, -0.695, 0.483, 0.729), std=(5.27, 5.91, 4.21, 4.31)),

@@ -1,4 +1,4 @@
-"""Flash attention with a forward-mode JVP and a backward pass through it (THEORY.md §9)."""
+"""Flash attention with a forward-mode JVP and a backward pass through it (docs/THEORY.md §9)."""
 from .attention import attention, attention_jvp
 from .reference import attention_reference, attention_reference_jvp
 

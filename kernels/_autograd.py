@@ -1,5 +1,5 @@
 """autograd.Function wrappers that make the Triton kernels correct under autograd, ``torch.func.jvp`` and
-``torch.autograd.forward_ad`` (THEORY.md §9; structure from /work/shared/KERNEL_NOTES.md).
+``torch.autograd.forward_ad`` (docs/THEORY.md §9; structure from docs/KERNEL.md).
 
 ``_Attention`` computes O (and the base-2 log-sum-exp, and for fp16/bf16 O's low part, ``_forward``) and
 back-propagates through O. Its ``jvp`` returns Ȯ through

@@ -1,4 +1,4 @@
-"""Triton backward kernels through O (plain flash backward) and through Ȯ (tangent backward). THEORY.md §9.
+"""Triton backward kernels through O (plain flash backward) and through Ȯ (tangent backward). docs/THEORY.md §9.
 
 With P, T, μ as in ``_forward``, Tc = T − μ1ᵀ, upstream gradients dO (of O) and G = dȮ (of Ȯ):
 
@@ -7,7 +7,7 @@ With P, T, μ as in ``_forward``, Tc = T − μ1ᵀ, upstream gradients dO (of O
   dQ = α(dL K + dT K̇), dQ̇ = α dT K, dK = α(dLᵀ Q + dTᵀ Q̇), dK̇ = α dTᵀ Q, dV = (P∘Tc)ᵀ G, dV̇ = Pᵀ G.
 
 (O and Ȯ in the row sums are O_hi + O_lo for fp16/bf16, ``_forward``; dL is the gradient with respect to the
-logits αQKᵀ; these equal THEORY.md §9's dS and dṠ after the factor α.)
+logits αQKᵀ; these equal docs/THEORY.md §9's dS and dṠ after the factor α.)
 Three launches per pass and no atomics: a row pre-pass for the row sums, a KV-outer kernel (K, V, K̇, V̇ resident,
 loop over query blocks) for the key-side gradients, a Q-outer kernel for the query-side ones. Nothing S²-sized is
 stored. The tests check these formulas against float64 autograd of the plain formula.

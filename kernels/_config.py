@@ -4,7 +4,7 @@ Under ``TRITON_INTERPRET=1`` (CPU tests) ``@triton.autotune`` does not work and 
 fixed small configuration is used and every operand is upcast to fp32 inside the kernels. On a GPU each kernel is
 autotuned over a handful of configurations keyed on the padded head dimension, the dtype (Triton adds the dtypes of
 tensor arguments to the key) and a power-of-two bucket of the sequence length; batch size and head count are runtime
-values, so a new batch size never recompiles. See /work/shared/KERNEL_NOTES.md.
+values, so a new batch size never recompiles. See docs/KERNEL.md.
 """
 import os
 

@@ -1,6 +1,6 @@
-"""Triton forward kernels: plain flash attention (O, lse) and the tangent pass (tO, μ). THEORY.md §9.
+"""Triton forward kernels: plain flash attention (O, lse) and the tangent pass (tO, μ). docs/THEORY.md §9.
 
-Notation (THEORY.md §9): α = scale, P = softmax_row(α QKᵀ), O = PV, T = α(Q̇Kᵀ + QK̇ᵀ), μ_i = Σ_j P_ij T_ij,
+Notation (docs/THEORY.md §9): α = scale, P = softmax_row(α QKᵀ), O = PV, T = α(Q̇Kᵀ + QK̇ᵀ), μ_i = Σ_j P_ij T_ij,
 Ȯ = P V̇ + (P ⊙ (T − μ1ᵀ)) V = Σ_j P_ij (T_ij V_j + V̇_j) − μ_i O_i.
 
 All tensors are contiguous (B, H, S, D); the statistics lse and μ are fp32 (B·H, S_q). lse is stored in base 2

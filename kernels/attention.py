@@ -1,4 +1,4 @@
-"""Public entry point: ``attention(q, k, v, scale=None, backend="auto")`` (THEORY.md §9)."""
+"""Public entry point: ``attention(q, k, v, scale=None, backend="auto")`` (docs/THEORY.md §9)."""
 import math
 
 import torch
@@ -63,7 +63,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
               backend: str = "auto") -> torch.Tensor:
     """Scaled dot-product attention O = softmax_row(α Q Kᵀ) V with forward-mode and reverse-mode derivatives.
 
-    Math (THEORY.md §9): with tangents Q̇, K̇, V̇ and T = α(Q̇Kᵀ + QK̇ᵀ), μ = rowsum(P∘T), the tangent is
+    Math (docs/THEORY.md §9): with tangents Q̇, K̇, V̇ and T = α(Q̇Kᵀ + QK̇ᵀ), μ = rowsum(P∘T), the tangent is
     Ȯ = P V̇ + (P∘(T − μ1ᵀ)) V. The Triton backend computes O with a flash forward, Ȯ with a second flash pass
     (both saving only per-row statistics), and back-propagates through O and Ȯ without any S_q×S_k buffer.
 
@@ -99,7 +99,7 @@ def _triton_attention_jvp(q, k, v, tq, tk, tv, scale):
 def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor, tk: torch.Tensor,
                   tv: torch.Tensor, scale: float | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(O, Ȯ) for explicit tangents q̇, k̇, v̇, without ``torch.func.jvp``: the same function and derivative as
-    ``torch.func.jvp(attention, (q, k, v), (tq, tk, tv))`` (THEORY.md §9), for callers that carry tangents by hand.
+    ``torch.func.jvp(attention, (q, k, v), (tq, tk, tv))`` (docs/THEORY.md §9), for callers that carry tangents by hand.
 
     Reverse mode flows through both outputs to all six inputs (Triton: ``_Attention``'s backward through O and
     ``_AttentionTangent``'s backward through Ȯ; reference: autograd through the closed form

@@ -1,4 +1,4 @@
-"""Pure-PyTorch attention, the same function as the Triton kernels (THEORY.md §9).
+"""Pure-PyTorch attention, the same function as the Triton kernels (docs/THEORY.md §9).
 
 O = softmax_row(α QKᵀ) V with α = scale (default 1/√D). Computed in fp32 for fp16/bf16 inputs (float64 stays
 float64) and returned in the input dtype. Differentiable in every mode PyTorch offers (autograd, ``torch.func.jvp``,
@@ -16,7 +16,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
 
 def attention_reference_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor, tk: torch.Tensor,
                             tv: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O, Ȯ) by the closed form of THEORY.md §9 in plain operators (differentiable by autograd, traceable by
+    """(O, Ȯ) by the closed form of docs/THEORY.md §9 in plain operators (differentiable by autograd, traceable by
     ``torch.compile``): P = softmax(α QKᵀ), T = α(Q̇Kᵀ + QK̇ᵀ), μ = rowsum(P∘T), Ȯ = P V̇ + (P∘(T − μ1ᵀ)) V."""
     dtype = q.dtype
     compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32

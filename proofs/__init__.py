@@ -1,4 +1,4 @@
-"""Machine checks of the corrected Theorem 1 and of every closed form in THEORY.md §5, §7 and §9.
+"""Machine checks of the corrected Theorem 1 and of every closed form in docs/THEORY.md §5, §7 and §9.
 
 Read ``proofs/README.md`` for the proof; each ``proofs/check_<name>.py`` verifies the steps that document links to
 it and is runnable as ``python -m proofs.check_<name>``. ``python -m proofs`` runs them all. The scripts use only

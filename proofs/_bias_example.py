@@ -1,4 +1,4 @@
-"""The counterexample of THEORY.md §4 in mpmath: p0 = N(0, σ0²) and the model u_θ = u + r (constant bias).
+"""The counterexample of docs/THEORY.md §4 in mpmath: p0 = N(0, σ0²) and the model u_θ = u + r (constant bias).
 
 Closed forms (derived in proofs/README.md §3, checked symbolically in check_counterexample.py), with a = 1 + σ0²,
 κ(s) = c(s)/σ_s², τ* = σ0²/a the zero of κ (κ < 0 before it, > 0 after), J(s) = asinh((a s − σ0²)/σ0)/√a an
@@ -20,7 +20,7 @@ def sd(s, sig0):
 
 
 def kappa(s, sig0):
-    """κ(s) = (s − (1 − s)σ0²)/σ_s², the slope of u(x, s) = κ(s)x (THEORY.md §4)."""
+    """κ(s) = (s − (1 − s)σ0²)/σ_s², the slope of u(x, s) = κ(s)x (docs/THEORY.md §4)."""
     return (s - (1 - s) * sig0**2) / sd(s, sig0) ** 2
 
 

@@ -1,4 +1,4 @@
-"""THEORY.md §9: attention under forward-mode AD — the tangent, the six backward formulas, the flash recurrence.
+"""docs/THEORY.md §9: attention under forward-mode AD — the tangent, the six backward formulas, the flash recurrence.
 
 With α the scale, S = QKᵀ, P = softmax_row(αS), O = PV and tangents Q̇, K̇, V̇, the claims are
   Ȯ = PV̇ + (P ⊙ N)V with N = αṠ − μ1ᵀ, Ṡ = Q̇Kᵀ + QK̇ᵀ, μ_i = Σ_j P_ij αṠ_ij;
@@ -53,7 +53,7 @@ def max_abs(a: mp.matrix) -> mp.mpf:
 
 
 def main() -> None:
-    rep = Report("check_attention (THEORY.md §9, attention JVP and its backward)")
+    rep = Report("check_attention (docs/THEORY.md §9, attention JVP and its backward)")
     mp.mp.dps = DIGITS
     alpha = sp.Symbol("alpha", positive=True)
     names = {"Q": (NQ, HD), "K": (NK, HD), "V": (NK, HD), "Qd": (NQ, HD), "Kd": (NK, HD), "Vd": (NK, HD),
@@ -82,7 +82,7 @@ def main() -> None:
     ref_grad = {n: evaluate(sp.Matrix(*names[n], lambda i, j: sp.diff(loss, m[n][i, j])))
                 for n in ("Q", "K", "V", "Qd", "Kd", "Vd")}
 
-    # The formulas of THEORY.md §9, in mpmath, with no differentiation.
+    # The formulas of docs/THEORY.md §9, in mpmath, with no differentiation.
     q, k, v, qd, kd, vd, g, do = (num[n] for n in ("Q", "K", "V", "Qd", "Kd", "Vd", "G", "dO"))
     s_mat = q * k.T
     p = mp.matrix(NQ, NK)

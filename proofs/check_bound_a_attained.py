@@ -1,4 +1,4 @@
-"""THEORY.md §5: bound (a) is attained by a constant velocity bias wherever κ ≤ 0.
+"""docs/THEORY.md §5: bound (a) is attained by a constant velocity bias wherever κ ≤ 0.
 
 Claims: for any slope κ(s) and constant bias r, the error e = y − z of the model flow against the true flow solves
 e′ = κe + r, e(t) = 0, so e(0) = −r∫_0^t exp(−∫_0^τ κ) dτ (symbolic, generic κ); if κ ≤ 0 on [0, t] then
@@ -51,12 +51,12 @@ def check_numbers(rep: Report) -> None:
                       f"ratio {mp.nstr(bound / w2, 5)}, ODE precision gap {mp.nstr(err, 2)}")
     mp.mp.dps = 30
     b3, w3 = (r_val * ex.int_lambda_closed(mp.mpf(3), 1)) ** 2, ex.w2sq_closed(mp.mpf(3), r_val, 1)
-    rep.check("σ0 = 3, t = 1 reproduces THEORY.md §5: 0.0419 vs 0.0414",
+    rep.check("σ0 = 3, t = 1 reproduces docs/THEORY.md §5: 0.0419 vs 0.0414",
               (mp.nstr(b3, 3), mp.nstr(w3, 3)) == ("0.0419", "0.0414"))
 
 
 def main() -> None:
-    rep = Report("check_bound_a_attained (THEORY.md §5, bound (a) is tight)")
+    rep = Report("check_bound_a_attained (docs/THEORY.md §5, bound (a) is tight)")
     check_symbolic(rep)
     check_numbers(rep)
     rep.finish()

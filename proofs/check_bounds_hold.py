@@ -1,4 +1,4 @@
-"""THEORY.md §5: the steps of the proofs of (a), (b), (c), and the three bounds on the counterexample of §4.
+"""docs/THEORY.md §5: the steps of the proofs of (a), (b), (c), and the three bounds on the counterexample of §4.
 
 Claims:
   * Gronwall backwards in time (step of (a)): the comparison solution of −E′ = a + LE + b, E(t) = 0, has
@@ -86,7 +86,7 @@ def check_counterexample_bounds(rep: Report) -> None:
 
 
 def main() -> None:
-    rep = Report("check_bounds_hold (THEORY.md §5, proof steps of (a), (b), (c) and the bounds on §4)")
+    rep = Report("check_bounds_hold (docs/THEORY.md §5, proof steps of (a), (b), (c) and the bounds on §4)")
     check_algebra(rep)
     check_gronwall(rep)
     check_counterexample_bounds(rep)

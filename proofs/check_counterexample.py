@@ -1,4 +1,4 @@
-"""THEORY.md §4: the paper's explicit Theorem 1 fails on a 1-D Gaussian; exact numbers with certified error.
+"""docs/THEORY.md §4: the paper's explicit Theorem 1 fails on a 1-D Gaussian; exact numbers with certified error.
 
 Setting: p0 = N(0, σ0²), u = κ(s)x; model u_θ = u + r (r = 0.1), f_θ the exact flow of u_θ. Symbolic claims:
 the flow of u_θ is y(s) = (σ_s/σ_t)x + rσ_s(J(s) − J(t)) with J′ = 1/σ_s, so A_t ≡ 0; B ≡ r² and
@@ -120,7 +120,7 @@ def check_factor_three_alone(rep: Report) -> None:
 
 
 def main() -> None:
-    rep = Report("check_counterexample (THEORY.md §4, the paper's explicit bound fails)")
+    rep = Report("check_counterexample (docs/THEORY.md §4, the paper's explicit bound fails)")
     check_symbolic(rep)
     check_numbers(rep)
     check_factor_three_alone(rep)

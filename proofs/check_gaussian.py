@@ -1,4 +1,4 @@
-"""THEORY.md §7, Gaussian test bed: every closed form for p0 = N(μ, σ0²) checked symbolically.
+"""docs/THEORY.md §7, Gaussian test bed: every closed form for p0 = N(μ, σ0²) checked symbolically.
 
 Claims (1-D; the D-dimensional isotropic case is D independent copies of it, so σ²(s) carries a factor D):
   u(x, s) = −μ + κ(s)(x − (1 − s)μ),  κ = c/σ_s²,  c(s) = s − (1 − s)σ0²,  σ_s² = (1 − s)²σ0² + s²,
@@ -30,12 +30,12 @@ def c(s_):
 
 
 def u(x_, s_):
-    """The marginal velocity of THEORY.md §7."""
+    """The marginal velocity of docs/THEORY.md §7."""
     return -mu + c(s_) / var(s_) * (x_ - (1 - s_) * mu)
 
 
 def psi(x_, t_, s_):
-    """The flow map of THEORY.md §7."""
+    """The flow map of docs/THEORY.md §7."""
     return (1 - s_) * mu + sp.sqrt(var(s_)) / sp.sqrt(var(t_)) * (x_ - (1 - t_) * mu)
 
 
@@ -127,7 +127,7 @@ def check_w2_formula(rep: Report) -> None:
 
 
 def main() -> None:
-    rep = Report("check_gaussian (THEORY.md §7, Gaussian closed forms)")
+    rep = Report("check_gaussian (docs/THEORY.md §7, Gaussian closed forms)")
     check_velocity(rep)
     check_two_dims(rep)
     check_flow(rep)

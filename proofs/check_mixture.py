@@ -1,4 +1,4 @@
-"""THEORY.md §7, Gaussian mixture test bed: the component velocity and the posterior-weighted mixture velocity.
+"""docs/THEORY.md §7, Gaussian mixture test bed: the component velocity and the posterior-weighted mixture velocity.
 
 Claims: given component k (x0 ~ N(μ_k, Σ_k)), x_t ~ N(m_k, C_k) with m_k = (1 − t)μ_k, C_k = (1 − t)²Σ_k + t²I,
 and E[x1 − x0 | x_t = x, k] = u_k(x) = (tI − (1 − t)Σ_k)C_k⁻¹(x − m_k) − μ_k (checked in 2-D with a generic
@@ -107,7 +107,7 @@ def check_mixture_by_quadrature(rep: Report) -> None:
 
 
 def main() -> None:
-    rep = Report("check_mixture (THEORY.md §7, Gaussian-mixture velocity)")
+    rep = Report("check_mixture (docs/THEORY.md §7, Gaussian-mixture velocity)")
     check_component_2d(rep)
     check_mixture_continuity(rep)
     check_mixture_by_quadrature(rep)

@@ -1,4 +1,4 @@
-"""THEORY.md §5 on a nonlinear model with A ≠ 0: the chain W2 = D_t ≤ (a), and (b), (c), with quadrature error.
+"""docs/THEORY.md §5 on a nonlinear model with A ≠ 0: the chain W2 = D_t ≤ (a), and (b), (c), with quadrature error.
 
 Setting: p0 = N(0, σ0²) with σ0 = 1.5, t = 0.6 (κ < 0 on [0, t] since τ* = 0.69). Model velocity
 u_θ(x, s) = κ(s)x + ε sin(ωx) (ε = 0.1, ω = 2), whose certified Lipschitz constant is exactly
@@ -10,7 +10,7 @@ The map T(x) = x − t u_θ(x, t) is increasing (T′ ≥ 1 − tκ(t) − tεω
 comonotone coupling, which is optimal in 1-D: here W2 = D_t exactly. Expectations over x_t by Gauss–Hermite,
 integrals in s by Gauss–Legendre, each at n and 2n nodes; the gap is the reported error.
 
-Also the variation-of-constants (Alekseev–Gröbner) identity of THEORY §6.1 on the same model path
+Also the variation-of-constants (Alekseev–Gröbner) identity of docs/THEORY.md §6.1 on the same model path
 y(σ) = x + (σ − t)u_θ(x, t): with ρ(σ) = y′(σ) − u(y(σ), σ), y(0) − z(0) = −∫_0^t ∂_xψ(y(σ), σ, 0) ρ(σ) dσ, where
 ∂_xψ(·, σ, 0) = σ0/σ_σ; and its ingredient ∂_σψ(x, σ, 0) = −∂_xψ(x, σ, 0) u(x, σ) (symbolic, Gaussian flow).
 """
@@ -74,7 +74,7 @@ def check_variation_of_constants(rep: Report) -> None:
     x, mu = sp.symbols("x mu", real=True)
     sig, sg0 = sp.symbols("sigma sigma0", positive=True)
     sdv = sp.sqrt((1 - sig) ** 2 * sg0**2 + sig**2)
-    psi_to_0 = mu + sg0 / sdv * (x - (1 - sig) * mu)  # ψ(x, σ, 0) of THEORY §7
+    psi_to_0 = mu + sg0 / sdv * (x - (1 - sig) * mu)  # ψ(x, σ, 0) of docs/THEORY.md §7
     u_true = -mu + (sig - (1 - sig) * sg0**2) / sdv**2 * (x - (1 - sig) * mu)
     rep.check("∂_σψ(x, σ, 0) = −∂_xψ(x, σ, 0) u(x, σ) (so d/dσ ψ(y(σ), σ, 0) = ∂_xψ ρ)",
               sp.simplify(sp.diff(psi_to_0, sig) + sp.diff(psi_to_0, x) * u_true) == 0)
@@ -91,7 +91,7 @@ def check_variation_of_constants(rep: Report) -> None:
 
 
 def main() -> None:
-    rep = Report("check_nonlinear (THEORY.md §5 on a nonlinear model with A ≠ 0)")
+    rep = Report("check_nonlinear (docs/THEORY.md §5 on a nonlinear model with A ≠ 0)")
     monotone = 1 - T * kappa(T) - T * EPS * OMEGA
     rep.check("T(x) = x − t u_θ(x, t) is increasing, so W2 = D_t (comonotone coupling)", monotone > 0,
               f"inf T′ ≥ {monotone:.4f}")

@@ -1,4 +1,4 @@
-"""THEORY.md §2–§3: the displacement parameterization, its s-derivative, the CFG-scaled form and the sampler.
+"""docs/THEORY.md §2–§3: the displacement parameterization, its s-derivative, the CFG-scaled form and the sampler.
 
 Claims: with f = (s − t)F, ∂_s f = F + (s − t)∂_s F and f(x, t, t) = 0; if F receives the gap t − s, ∂_s F = −∂_gap F;
 the instantaneous velocity ∂_s f|_{s=t} is F(x, t, t) = u_θ(x, t), so the terminal term vanishes at s = t; in the
@@ -86,7 +86,7 @@ def check_exact_average_velocity(rep: Report) -> None:
 
 
 def main() -> None:
-    rep = Report("check_parameterization (THEORY.md §2–§3, f = (s − t)F, CFG scaling, sampler)")
+    rep = Report("check_parameterization (docs/THEORY.md §2–§3, f = (s − t)F, CFG scaling, sampler)")
     check_plain(rep)
     check_cfg(rep)
     check_exact_average_velocity(rep)

@@ -1,4 +1,4 @@
-"""kernels.attention against a float64 reference: O, Ȯ and all six gradients (issue 3, THEORY.md §9).
+"""kernels.attention against a float64 reference: O, Ȯ and all six gradients (issue 3, docs/THEORY.md §9).
 
 Runs the Triton kernels on the CPU through TRITON_INTERPRET=1 (set below before `kernels` is imported when no GPU
 is present). The reference is torch.func.jvp + torch.autograd of the plain formula softmax(α q kᵀ) v in float64 on
@@ -56,7 +56,7 @@ def tolerance(dtype, name, condition=0.0):
 
 def dl_path_condition(inputs, g1, g2, scale, reference, floor):
     """‖M‖ / max(‖x‖, floor·√n) for x = dq, dk, dq̇, dk̇, where M adds up the absolute values of the terms that x sums
-    (THEORY.md §9's backward formulas with |·| everywhere; P weighted by 1 + |logit|, the growth of its relative error
+    (docs/THEORY.md §9's backward formulas with |·| everywhere; P weighted by 1 + |logit|, the growth of its relative error
     when it is recomputed as 2^(s − lse)). u·‖M‖ bounds x's rounding error to first order, up to a modest constant,
     however much the terms cancel. Float64, from the rounded inputs and the float64 ``reference`` (its O and Ȯ)."""
     q, k, v, tq, tk, tv = inputs

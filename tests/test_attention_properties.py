@@ -282,7 +282,7 @@ def test_explicit_tangent_call_rejects_mismatched_tangents():
 
 
 def test_closed_form_reference_jvp_equals_func_jvp_of_the_reference_in_float64():
-    """kernels.reference.attention_reference_jvp (THEORY.md §9 closed form) against torch.func.jvp of
+    """kernels.reference.attention_reference_jvp (docs/THEORY.md §9 closed form) against torch.func.jvp of
     attention_reference, values, tangents and gradients, float64."""
     from kernels import attention_reference, attention_reference_jvp
     primals = [x.double().cpu() for x in qkv(11)]

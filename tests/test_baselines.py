@@ -95,7 +95,7 @@ def test_meanflow_at_s_equal_t_is_flow_matching():
 
 
 def _exact_average_velocity(mu, sigma0):
-    """F*(x, t, s) = (ψ(x, t, s) − x)/(s − t) for p0 = N(μ, σ0²) in 1-D (THEORY.md §7), and u(x, t) at s = t:
+    """F*(x, t, s) = (ψ(x, t, s) − x)/(s − t) for p0 = N(μ, σ0²) in 1-D (docs/THEORY.md §7), and u(x, t) at s = t:
     ψ(x, t, s) = m(s) + σ(s)/σ(t) (x − m(t)), m(t) = (1 − t)μ, σ(t)² = (1 − t)²σ0² + t²."""
     def m(t):
         return (1 - t) * mu

@@ -1,4 +1,4 @@
-"""Bounds of THEORY.md §4–6 with their errors: quadrature, exact affine chain, Monte Carlo ladder, verdicts."""
+"""Bounds of docs/THEORY.md §4–6 with their errors: quadrature, exact affine chain, Monte Carlo ladder, verdicts."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The semi-Lipschitz DiT: shapes, named sizes, and each THEORY.md §8 switch doing what it claims."""
+"""The semi-Lipschitz DiT: shapes, named sizes, and each docs/THEORY.md §8 switch doing what it claims."""
 import pytest
 import torch
 from hypothesis import given, settings

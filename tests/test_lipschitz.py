@@ -1,4 +1,4 @@
-"""Lipschitz estimators (THEORY.md §6): the certificate is an upper bound (exact for affine maps), the local
+"""Lipschitz estimators (docs/THEORY.md §6): the certificate is an upper bound (exact for affine maps), the local
 estimate a lower one, both checked against the exact Jacobian from float64 autograd."""
 import math
 

@@ -31,7 +31,7 @@ def test_smoke_run_two_variants_one_seed(tmp_path):
     assert len(mod) == 2 * 6 + 2 and all(v <= 1.0 + 1e-6 for v in mod) and max(mod) > 0.5
     saved = json.loads((out / "ablation.json").read_text())
     assert set(saved["summary"]["digits"]) == {"all_on", "vanilla"}
-    assert saved["toy"]["mlp"]["log10_certified_over_local"] >= 0.0  # certified ≥ local (THEORY.md §6)
+    assert saved["toy"]["mlp"]["log10_certified_over_local"] >= 0.0  # certified ≥ local (docs/THEORY.md §6)
     table = (out / "LIPSCHITZ.md").read_text()
     assert "| all_on |" in table and "| vanilla |" in table
     for name in ("lipschitz_training.png", "lipschitz_gradnorm.png", "lipschitz_quality.png"):

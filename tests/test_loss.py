@@ -1,4 +1,4 @@
-"""The practical TVM loss and the exact objective against independent float64 computations (THEORY.md §3)."""
+"""The practical TVM loss and the exact objective against independent float64 computations (docs/THEORY.md §3)."""
 import math
 
 import pytest
@@ -110,7 +110,7 @@ def test_label_dropout_rate_and_random_guidance_range():
 
 
 def test_exact_objective_for_the_exact_gaussian_flow():
-    """For the exact flow of p0 = N(μ, σ0²) the terminal term is 0 and E‖u(x_s, s) − v‖² = σ²(s) (THEORY.md §7)."""
+    """For the exact flow of p0 = N(μ, σ0²) the terminal term is 0 and E‖u(x_s, s) − v‖² = σ²(s) (docs/THEORY.md §7)."""
     mu, sig0 = 0.7, 1.8
 
     class ExactFlow:

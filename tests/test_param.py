@@ -1,4 +1,4 @@
-"""∂_s f by forward-mode JVP against central finite differences in float64 (THEORY.md §2)."""
+"""∂_s f by forward-mode JVP against central finite differences in float64 (docs/THEORY.md §2)."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st

@@ -1,4 +1,4 @@
-"""Probes of the Lipschitz ingredients (THEORY.md §5, §6, §8), each checked against an independent reference: the
+"""Probes of the Lipschitz ingredients (docs/THEORY.md §5, §6, §8), each checked against an independent reference: the
 exact spectral norm of a linear map (SVD), the exact Jacobian of an MLP (float64 autograd + SVD) and its certified
 constant, central finite differences for ∂_s F, and hand-computed RMS for the hooks."""
 import math

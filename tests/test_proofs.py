@@ -1,4 +1,4 @@
-"""Run every proofs/ check script (THEORY.md §4, §5, §7, §9) and require it to pass.
+"""Run every proofs/ check script (docs/THEORY.md §4, §5, §7, §9) and require it to pass.
 
 Each script is an independent symbolic / arbitrary-precision check (sympy, mpmath, numpy; no torch); a script
 exits non-zero when any of its claims fails, and prints the claim with its evidence.
@@ -42,7 +42,7 @@ def test_a_failing_claim_exits_nonzero():
     assert "FAIL" in proc.stdout
 
 
-# Property checks of the bias model of THEORY §4 over its parameters (closed forms vs mpmath ODE, proofs/README §3).
+# Property checks of the bias model of docs/THEORY.md §4 over its parameters (closed forms vs mpmath ODE, proofs/README.md §3).
 SIGMA0 = st.floats(0.3, 6.0)
 BIAS = st.floats(0.01, 1.0)
 TIME = st.floats(0.05, 1.0)

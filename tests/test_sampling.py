@@ -1,4 +1,4 @@
-"""The few-step sampler (THEORY.md §3): grid, one network for every N, exact for an exact flow map."""
+"""The few-step sampler (docs/THEORY.md §3): grid, one network for every N, exact for an exact flow map."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st

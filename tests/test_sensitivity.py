@@ -1,4 +1,4 @@
-"""The sensitivity (variation-of-constants) bound of THEORY.md §6.1: its Jacobian against closed forms, its exact
+"""The sensitivity (variation-of-constants) bound of docs/THEORY.md §6.1: its Jacobian against closed forms, its exact
 identity, and the pathwise inequality it rests on."""
 import math
 

@@ -1,4 +1,4 @@
-"""Analytic test beds against independent computations (THEORY.md §1, §7; issue 2 item 3)."""
+"""Analytic test beds against independent computations (docs/THEORY.md §1, §7; issue 2 item 3)."""
 import math
 
 import numpy as np
@@ -38,7 +38,7 @@ def mc_velocity(bed, x, t, n, rng):
     """E[x1 − x0 | x_t = x] by self-normalized importance sampling, with its standard error (per coordinate).
 
     t < 1/2: propose x1 ~ N(0, I) and set x0 = (x − t x1)/(1 − t) (sampling from the likelihood; weight ∝ p0(x0));
-    t ≥ 1/2: propose x0 ~ p0, weight ∝ N(x; (1 − t) x0, t² I). (THEORY.md §6.1: sampling from p0 collapses for small t.)
+    t ≥ 1/2: propose x0 ~ p0, weight ∝ N(x; (1 − t) x0, t² I). (docs/THEORY.md §6.1: sampling from p0 collapses for small t.)
     """
     d = x.shape[0]
     if t < 0.5:

@@ -1,4 +1,4 @@
-"""`python -m toy theorem-check` reproduces THEORY.md §4 and shows (a), (b), (c) holding (issue 2 item 6)."""
+"""`python -m toy theorem-check` reproduces docs/THEORY.md §4 and shows (a), (b), (c) holding (issue 2 item 6)."""
 import json
 import math
 import subprocess
@@ -27,7 +27,7 @@ def test_cli_reproduces_the_counterexample(tmp_path):
     data = json.loads((tmp_path / "theorem_check.json").read_text())
     cases = {c["sigma0"]: c for c in data["cases"]}
     assert sorted(cases) == [1.0, 3.0] and all(c["r"] == 0.1 for c in cases.values())
-    # THEORY.md §4's figures (true W2² vs paper) and §5's attainment of (a) at σ0 = 3
+    # docs/THEORY.md §4's figures (true W2² vs paper) and §5's attainment of (a) at σ0 = 3
     assert round(cases[1.0]["w2_sq_true"], 5) == 0.01554 and round(cases[1.0]["paper_rhs"], 5) == 0.01435
     assert round(cases[3.0]["w2_sq_true"], 5) == 0.04144 and round(cases[3.0]["paper_rhs"], 5) == 0.02047
     assert round(cases[3.0]["bound_a_sq"], 4) == 0.0419 and 0.99 < cases[3.0]["a_attainment"] < 1.0

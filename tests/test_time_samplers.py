@@ -1,4 +1,4 @@
-"""Time samplers (THEORY.md §3): support, the paper's gap* statistics, and truncation against rejection sampling."""
+"""Time samplers (docs/THEORY.md §3): support, the paper's gap* statistics, and truncation against rejection sampling."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -19,7 +19,7 @@ def test_support_shapes_dtypes(name, n, seed, dtype):
 
 
 def test_gap_star_statistics_match_the_paper():
-    """Medians g ≈ 0.31, s ≈ 0.33, t ≈ 0.71 and P(t > 0.95, s < 0.05) ≈ 4e-4 (THEORY.md §3)."""
+    """Medians g ≈ 0.31, s ≈ 0.33, t ≈ 0.71 and P(t > 0.95, s < 0.05) ≈ 4e-4 (docs/THEORY.md §3)."""
     n = 400_000
     ts = GapSampler()(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     g = ts.t - ts.s

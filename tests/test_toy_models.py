@@ -1,4 +1,4 @@
-"""Toy models (THEORY.md §2, §7): the SiLU constant, the Lipschitz-controlled MLP, the Gaussian-preserving affine
+"""Toy models (docs/THEORY.md §2, §7): the SiLU constant, the Lipschitz-controlled MLP, the Gaussian-preserving affine
 model and its exact Lipschitz constant, each against an independent computation."""
 import math
 

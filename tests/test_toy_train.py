@@ -1,4 +1,4 @@
-"""Toy training (THEORY.md §3): a short run lowers the loss and W2; a resumed run equals an uninterrupted one;
+"""Toy training (docs/THEORY.md §3): a short run lowers the loss and W2; a resumed run equals an uninterrupted one;
 the verify command's report has the documented schema and is reproduced exactly after an interruption."""
 import json
 

@@ -1,4 +1,4 @@
-"""The verification ladder on random models (THEORY.md §6): the exact link W2_emp ≤ paired RMSE for any model,
+"""The verification ladder on random models (docs/THEORY.md §6): the exact link W2_emp ≤ paired RMSE for any model,
 and bound (a) with the certified L never violated beyond its reported error (hypothesis over random MLPs)."""
 import torch
 from hypothesis import given, settings

@@ -1,4 +1,4 @@
-"""W2: exact OT, sliced, Gaussian closed form — each against a second method (THEORY.md §6, §7; issue 2 item 4)."""
+"""W2: exact OT, sliced, Gaussian closed form — each against a second method (docs/THEORY.md §6, §7; issue 2 item 4)."""
 import itertools
 import math
 

@@ -19,7 +19,7 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "theorem-check": Command("the paper's explicit W2 bound vs. the 1-D Gaussian counterexample (THEORY.md §4)",
+    "theorem-check": Command("the paper's explicit W2 bound vs. the 1-D Gaussian counterexample (docs/THEORY.md §4)",
                              theorem_check.add_arguments, theorem_check.run),
     "verify": Command("train TVM on a test bed and check the W2 bounds against the true W2 during training",
                       verify.add_arguments, verify.run),

@@ -1,4 +1,4 @@
-"""Certified against local Lipschitz constants of the 2-D toy students (THEORY.md §6; issue 8, item 4).
+"""Certified against local Lipschitz constants of the 2-D toy students (docs/THEORY.md §6; issue 8, item 4).
 
 The same Jacobian probe as the full-scale Lipschitz ablation (``full_scale.experiments.lipschitz_ablation``), on
 MLPs whose certified constant is known: the product of the spectral norms of the linears times the activation's
@@ -18,7 +18,7 @@ from .train import TrainConfig, build_model, train
 
 def toy_certified_vs_local(steps: int = 400, seed: int = 0) -> dict:
     """Issue item 4: the same Jacobian probe on 2-D toy MLPs, whose certified constant is known (product of spectral
-    norms, THEORY.md §6): ``toy.train`` fits the ring of 8 Gaussians for ``steps`` steps (0: left at initialization)
+    norms, docs/THEORY.md §6): ``toy.train`` fits the ring of 8 Gaussians for ``steps`` steps (0: left at initialization)
     with an unconstrained MLP and with a spectrally normalized one (``mlp-sn``, cap 4); the trained student is probed
     at 512 path points x_s = (1 − s) x0 + s ε (x0 from the test bed) for s ∈ {0.05, 0.25, 0.5, 0.75, 0.95}, 100 power
     iterations. Returns, per model, the certified constant, the largest local estimate and their ratio (≥ 1)."""

@@ -8,12 +8,12 @@ only ``TrainConfig.objective`` and the target EMA differ) and is sampled from it
 * meanflow  — MeanFlow as published (``tvm_theory.baselines.meanflow_step_loss``);
 * fm        — conditional flow matching, sampled by Euler steps (``tvm_theory.baselines.EulerJump``).
 
-Metrics, per test bed and training seed k (the community's protocol, ANCHORS.md, last section): from a generator
+Metrics, per test bed and training seed k (the community's protocol, docs/ANCHORS.md, last section): from a generator
 seeded 10_000 + k, n = 1,000 held-out points of p0, a second independent n-point sample of p0 and n noise points x1.
 * W2 = exact ``ot.emd2`` W2 (``tvm_theory.analysis.transport.w2``) between the n generated points and the n held-out points;
   the *floor* is the W2 between the two independent data samples (what a perfect sampler gets, on average), and
   "exact ψ" the W2 of the exact flow-map samples ψ(x1, 1, 0) (another perfect sampler, paired with the same noise).
-* RMSE to ψ = (mean_i ‖x̂_i − ψ(x1_i, 1, 0)‖²)^{1/2} on the same noise (D_t of THEORY.md §5–6 at t = 1), with ψ from
+* RMSE to ψ = (mean_i ‖x̂_i − ψ(x1_i, 1, 0)‖²)^{1/2} on the same noise (D_t of docs/THEORY.md §5–6 at t = 1), with ψ from
   the test bed's adaptive ODE solve; its solver error (max over points) is reported beside it.
 * wall time of training (seconds per run) and of sampling n points.
 Mean ± standard error over the seeds. Verdicts compare TVM with each baseline by the *paired* per-seed difference

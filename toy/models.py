@@ -1,4 +1,4 @@
-"""Toy networks F_θ(x, t, s) for low-dimensional flows (THEORY.md §2).
+"""Toy networks F_θ(x, t, s) for low-dimensional flows (docs/THEORY.md §2).
 
 * :class:`MLP` feeds the network x together with sinusoidal embeddings of t and of the gap t − s, as the reference
   DiT does, so ∂_s F flows only through the gap embedding. With ``lipschitz_cap`` every linear layer is spectrally
@@ -7,7 +7,7 @@
   (ℓ = SiLU's Lipschitz constant) instead of growing without bound.
 * :class:`AffineModel` is affine in x: F(x, t, s) = A(t, s) x + b(t, s) with A, b produced by an MLP of the time
   embeddings. Its jumps map Gaussians to Gaussians, so on a Gaussian test bed its W2 is exact with no sampling
-  (THEORY.md §7), and its Lipschitz constant L(s) = ‖A(s, s)‖₂ is exact.
+  (docs/THEORY.md §7), and its Lipschitz constant L(s) = ‖A(s, s)‖₂ is exact.
 
 Both expose ``lipschitz_certificate(s)`` → (log10 L(s) per s, exact flag), the certified constant the bounds use.
 """

@@ -1,4 +1,4 @@
-"""Figures of a verification run (THEORY.md §6): bounds vs. true W2 over training, the s-profiles, the samples.
+"""Figures of a verification run (docs/THEORY.md §6): bounds vs. true W2 over training, the s-profiles, the samples.
 
 * ``bounds_vs_w2.png`` — log10 of W2_emp, D_t, the floor and every bound at each checkpoint (full range, left) and
   a zoom on the non-vacuous ones (right). Bounds that overflow float64 are drawn from their log10 values.
@@ -49,7 +49,7 @@ def _log10_series(entries: list[dict], key: str) -> np.ndarray:
 
 
 def plot_bounds(report: dict, path: Path) -> Path:
-    """Bound vs. true W2 over training, log scale (THEORY.md §6: the ladder at every checkpoint)."""
+    """Bound vs. true W2 over training, log scale (docs/THEORY.md §6: the ladder at every checkpoint)."""
     entries = report["checkpoints"]
     steps = np.array([e["step"] for e in entries], dtype=float)
     w2 = _log10_series(entries, "w2_emp")

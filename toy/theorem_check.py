@@ -1,4 +1,4 @@
-"""`python -m toy theorem-check`: the paper's explicit bound against the 1-D Gaussian counterexample (THEORY.md §4).
+"""`python -m toy theorem-check`: the paper's explicit bound against the 1-D Gaussian counterexample (docs/THEORY.md §4).
 
 For every pair (σ0, r): p0 = N(0, σ0²), u_θ = u + r, f_θ the exact flow of u_θ (``BiasedFlowJump``), at time t
 (default 1). The model's law is Gaussian, so everything is exact except the integrals over s: A ≡ 0, B(s) = r²,
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     cases = [check_case(s0, r, args.t, args.n_grid, args.k) for s0 in args.sigma0 for r in args.bias]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "theorem_check.json"
-    out.write_text(json.dumps({"theory": "THEORY.md §4-5", "k": args.k, "cases": cases}, indent=2))
+    out.write_text(json.dumps({"theory": "docs/THEORY.md §4-5", "k": args.k, "cases": cases}, indent=2))
     print(_table(cases))
     print(f"\nwrote {out}")
     return 0

@@ -1,4 +1,4 @@
-"""Train TVM on a low-dimensional test bed on CPU (THEORY.md §3), with exact resume.
+"""Train TVM on a low-dimensional test bed on CPU (docs/THEORY.md §3), with exact resume.
 
 One flat loop, readable top to bottom: build the test bed, the model, the target EMA (rate ``ema``, the paper's
 0.99) and an evaluation EMA (rate ``eval_ema``, with warm-up min(rate, (1 + n)/(10 + n))); then per step draw

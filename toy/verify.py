@@ -1,7 +1,7 @@
 """`python -m toy verify`: train TVM on a test bed and check the W2 bounds against the true W2 during training.
 
 At every verification step the evaluation-EMA model (cast to float64) is checked at each requested t on FIXED
-samples (the same x_t at every step, drawn from ``--seed``): the ladder of THEORY.md §6 —
+samples (the same x_t at every step, drawn from ``--seed``): the ladder of docs/THEORY.md §6 —
 
     W2_emp(one-step samples, ψ samples) ≤ D_t (paired RMSE) ≤ (a) with local L ≤ (a) with certified L,
 
@@ -398,7 +398,7 @@ def reading_guide(report: dict) -> str:
     return "\n".join([
         f"At step {e['step']}: true W2 = {w:.4f} (finite-sample floor {e['w2_floor']:.4f}), paired RMSE D_t = "
         f"{e['paired_rmse']:.4f}.",
-        f"  sensitivity bound (THEORY.md §6.1) ∫‖∂_xψ‖‖ρ‖ = {e['bound_sensitivity']:.4f} = "
+        f"  sensitivity bound (docs/THEORY.md §6.1) ∫‖∂_xψ‖‖ρ‖ = {e['bound_sensitivity']:.4f} = "
         f"{e['bound_sensitivity'] / w:.1f}× the true W2; with ∫‖∂_xψ ρ‖ (sens-dir) {e['bound_sensitivity_directional']:.4f}"
         f" = {e['bound_sensitivity_directional'] / w:.1f}×; exact identity checked to "
         f"{e['sensitivity']['identity_rel_residual']:.1e} (relative).",
@@ -409,7 +409,7 @@ def reading_guide(report: dict) -> str:
         f"  (a), (b), (c) with the certified L (product of spectral norms, 10^{e['lipschitz']['log10_certified']:.1f})"
         f" are 10^{e['log10_bound_a_certified'] - math.log10(w):.0f}, 10^{e['log10_bound_b_certified'] - math.log10(w):.0f}"
         f" and 10^{e['log10_bound_c_certified'] - math.log10(w):.0f} times W2: valid but vacuous.",
-        "  The paper's explicit form is not a valid bound: it fails on the Gaussian counterexample of THEORY.md §4 "
+        "  The paper's explicit form is not a valid bound: it fails on the Gaussian counterexample of docs/THEORY.md §4 "
         "(`python -m toy theorem-check`).",
         f"  2- and 4-step W2 (not covered by the theorem): {e['w2_2step']:.4f}, {e['w2_4step']:.4f}."])
 

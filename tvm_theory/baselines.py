@@ -1,4 +1,4 @@
-"""One-step baselines beside TVM: MeanFlow and plain flow matching, in the project's conventions (THEORY.md §1–3).
+"""One-step baselines beside TVM: MeanFlow and plain flow matching, in the project's conventions (docs/THEORY.md §1–3).
 
 Every objective here is a *step loss* with the signature and return type of
 :func:`tvm_theory.loss.tvm_step_loss` — ``step_loss(F, F_target, x0, times, *, x1=None, y=None, cfg=None,
@@ -14,7 +14,7 @@ F(x, t, s) = average velocity from t down to s (jump x ↦ x + (s − t) F), and
       F_tgt = sg[v − (t − s) · JVP(F, (x_t, t, s), (v, 1, 0))],   Δ = F_θ(x_t, t, s) − F_tgt,
 
   using the *conditional* v in both the tangent and the target, exactly as published. The JVP's tangent is detached
-  (unlike TVM's, THEORY.md §3 item 2); the primal output carries the gradient. Loss per example, with the paper's
+  (unlike TVM's, docs/THEORY.md §3 item 2); the primal output carries the gradient. Loss per example, with the paper's
   adaptive weighting w = sg[(‖Δ‖² + c)^(−p)] (‖·‖² summed over data dimensions as published, c = 1e-3,
   p = 1 their ImageNet default; p = 0 is the plain squared error):
 

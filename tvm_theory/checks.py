@@ -15,7 +15,7 @@ def check_finite(name: str, x: Tensor) -> None:
 
 
 def check_time(name: str, t: Tensor, lo: float = 0.0, hi: float = 1.0) -> None:
-    """Times must be finite and lie in [lo, hi] (THEORY.md §1: t ∈ [0, 1], 0 is data, 1 is noise)."""
+    """Times must be finite and lie in [lo, hi] (docs/THEORY.md §1: t ∈ [0, 1], 0 is data, 1 is noise)."""
     check_finite(name, t)
     if t.numel() and (float(t.min()) < lo or float(t.max()) > hi):
         raise ValueError(

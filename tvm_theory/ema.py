@@ -1,4 +1,4 @@
-"""Exponential moving averages of weights: the TVM target network and the evaluation copy (THEORY.md §3, item 1).
+"""Exponential moving averages of weights: the TVM target network and the evaluation copy (docs/THEORY.md §3, item 1).
 
 θ_ema ← r · θ_ema + (1 − r) · θ with rate r (the target's 0.99 in the paper; rate 0 is a plain stop-gradient copy).
 """

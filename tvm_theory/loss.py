@@ -1,4 +1,4 @@
-"""The TVM objective: the exact per-(t, s) objective and the practical training loss (THEORY.md §3).
+"""The TVM objective: the exact per-(t, s) objective and the practical training loss (docs/THEORY.md §3).
 
 Exact objective (Eq. 9), 0 ≤ s ≤ t ≤ 1, used by the bounds:
 
@@ -33,7 +33,7 @@ from .time_samplers import TimeSample
 
 @dataclass(frozen=True)
 class CFGConfig:
-    """Class conditioning with the scaled (CFG) parameterization (THEORY.md §2, §3 item 5).
+    """Class conditioning with the scaled (CFG) parameterization (docs/THEORY.md §2, §3 item 5).
 
     weight: constant guidance weight w ≥ 1 (used when ``weight_range`` is None).
     weight_range: (w_min, w_max) for random guidance, β = 1/w ~ U(1/w_max, 1/w_min).
@@ -195,7 +195,7 @@ def exact_objective_terms(model, x_t: Tensor, t, s, x_s: Tensor, v: Tensor) -> t
     """Per-example terms of Eq. 9 for a :class:`~tvm_theory.param.JumpModel` (no stop-gradient, no weights):
 
     terminal_i = ‖∂_s f_θ(x_t, t, s) − u_θ(x_t + f_θ(x_t, t, s), s)‖²,  fm_i = ‖u_θ(x_s, s) − v‖²  (sums over dims).
-    Their means over x_t ~ p_t and (x_s, v) are A_t(s) and B(s) + σ²(s) (THEORY.md §5).
+    Their means over x_t ~ p_t and (x_s, v) are A_t(s) and B(s) + σ²(s) (docs/THEORY.md §5).
     """
     f, dfds = model.displacement_and_ds(x_t, t, s)
     terminal = (dfds - model.velocity(x_t + f, s)).pow(2).flatten(1).sum(1)

@@ -1,4 +1,4 @@
-"""The model's parameterization: average velocity F, displacement f, instantaneous velocity u (THEORY.md §2).
+"""The model's parameterization: average velocity F, displacement f, instantaneous velocity u (docs/THEORY.md §2).
 
 A network ``F(x, t, s, **cond)`` takes a batch x of shape (B, ...) and times t, s of shape (B,). From it:
 
@@ -48,7 +48,7 @@ def guided_call(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, c
 
 
 def displacement(F: Network, x: Tensor, t, s, w=None, **cond) -> Tensor:
-    """f_θ(x, t, s) = (s − t) · [w ·] F_θ(x, t, s, [c, 1/w]) (THEORY.md §2). Satisfies f_θ(x, t, t) = 0."""
+    """f_θ(x, t, s) = (s − t) · [w ·] F_θ(x, t, s, [c, 1/w]) (docs/THEORY.md §2). Satisfies f_θ(x, t, t) = 0."""
     t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
     return expand_like(s - t, x) * guided_call(F, x, t, s, w, cond)
 
@@ -68,7 +68,7 @@ def guided_call_and_ds(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | 
 
 
 def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Tensor, Tensor]:
-    """(f_θ(x, t, s), ∂_s f_θ(x, t, s)) from one JVP of the network in s (THEORY.md §2):
+    """(f_θ(x, t, s), ∂_s f_θ(x, t, s)) from one JVP of the network in s (docs/THEORY.md §2):
 
     f_θ = (s − t) G, ∂_s f_θ = G + (s − t) ∂_s G, G = [w ·] F_θ(x, t, s, [c, 1/w]).
     Gradients flow through both outputs, the tangent included (§3, item 2).
@@ -87,7 +87,7 @@ def displacement_and_ds_of(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tenso
 
 
 def velocity(F: Network, x: Tensor, s, w=None, **cond) -> Tensor:
-    """u_θ(x, s) = [w ·] F_θ(x, s, s, [c, 1/w]) — the model's instantaneous velocity (THEORY.md §2)."""
+    """u_θ(x, s) = [w ·] F_θ(x, s, s, [c, 1/w]) — the model's instantaneous velocity (docs/THEORY.md §2)."""
     s, w = as_batch_time("s", s, x), guidance_weights(w, x)
     return guided_call(F, x, s, s, w, cond)
 

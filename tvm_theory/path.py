@@ -1,4 +1,4 @@
-"""The linear (rectified-flow) path between data and noise (THEORY.md §1).
+"""The linear (rectified-flow) path between data and noise (docs/THEORY.md §1).
 
 x_t = (1 − t) x0 + t x1 with x0 ~ p0 (data) and x1 ~ N(0, I); t = 0 is data, t = 1 is noise.
 The conditional velocity is v = dx_t/dt = x1 − x0.
@@ -31,7 +31,7 @@ def interpolate(x0: Tensor, x1: Tensor, t: float | Tensor) -> Tensor:
 
 
 def sample_path(x0: Tensor, x1: Tensor, t: float | Tensor) -> PathSample:
-    """Validated point on the path with its conditional velocity v = x1 − x0 (THEORY.md §1)."""
+    """Validated point on the path with its conditional velocity v = x1 − x0 (docs/THEORY.md §1)."""
     check_same_shape("x0", x0, "x1", x1)
     check_finite("x0", x0)
     check_finite("x1", x1)

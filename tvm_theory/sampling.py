@@ -1,4 +1,4 @@
-"""The few-step sampler (THEORY.md §3).
+"""The few-step sampler (docs/THEORY.md §3).
 
 Grid t_k = linspace(1, 0, N + 1); x ← x + f_θ(x, t_k, t_{k+1}) with f_θ = (t_{k+1} − t_k) · w · F_θ(x, t_k, t_{k+1},
 c, 1/w); x starts as N(0, I) noise; no noise is injected. One network serves every N.

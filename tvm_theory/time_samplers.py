@@ -1,4 +1,4 @@
-"""Time samplers for the TVM objective (THEORY.md §3).
+"""Time samplers for the TVM objective (docs/THEORY.md §3).
 
 Each sampler draws, per example, a jump start t, a jump end s ≤ t and an independent flow-matching time s′.
 Convention: t = 0 is data, t = 1 is noise; the model jumps from t down to s.

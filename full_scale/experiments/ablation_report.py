@@ -141,7 +141,7 @@ def markdown_table(summary: dict, meta: dict, floor: dict | None = None) -> str:
     lines = [f"Budget `{meta['budget']}`: {meta['steps']} steps, {meta['seeds']} seed(s) per variant, device "
              f"{meta['device']}. Cells: mean ± standard error over seeds; **bold** = differs from `all_on` by "
              f"Welch's t-test with Holm–Bonferroni adjusted p < {ALPHA} (over the variants, per metric and data set). "
-             f"Local L is a power-iteration LOWER estimate of ‖∂ₓu_θ(x, s)‖₂ on a fixed probe batch (THEORY.md §6).",
+             f"Local L is a power-iteration LOWER estimate of ‖∂ₓu_θ(x, s)‖₂ on a fixed probe batch (docs/THEORY.md §6).",
              ""]
     for ds, by_variant in summary.items():
         metrics = [m for m in TABLE_METRICS

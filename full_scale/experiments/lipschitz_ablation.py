@@ -1,4 +1,4 @@
-"""The Lipschitz ablation: does the semi-Lipschitz DiT need each of its changes? (THEORY.md §8, issue 8)
+"""The Lipschitz ablation: does the semi-Lipschitz DiT need each of its changes? (docs/THEORY.md §8, issue 8)
 
     python -m full_scale.experiments.lipschitz_ablation --out DIR [--budget small|gpu] [--seeds N]
         [--datasets digits patches] [--variants all_on vanilla ...] [--steps N] [--workers N]
@@ -51,7 +51,7 @@ PRESET = "tiny-digits"
 LIPSCHITZ_SWITCHES = ("qk_norm", "rms_norm", "mod_norm", "spectral_init", "spectral_init_time")
 ALL_ON = {k: True for k in LIPSCHITZ_SWITCHES} | {"spectral_norm": False}
 
-# name → (model switches, train overrides). "Each change off in turn" follows THEORY.md §8's numbering; change 4
+# name → (model switches, train overrides). "Each change off in turn" follows docs/THEORY.md §8's numbering; change 4
 # (spectral initialization) covers the attention/MLP linears, the patch embedding and the time MLPs together.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "all_on": (ALL_ON, {}),
@@ -81,7 +81,7 @@ BUDGETS = {
 }
 # The recipe every run shares, pinned here so that edits of the preset cannot change a study half-way: the paper's
 # time embedding of t itself (time_scale 1, as the official code), gap* sampler, target EMA 0.99, AdamW β = (0.9, 0.95)
-# at lr 1e-3 (§8.5 and ANCHORS.md, with the larger small-model learning rate), constant CFG w = 1.5, label dropout 0.1.
+# at lr 1e-3 (§8.5 and docs/ANCHORS.md, with the larger small-model learning rate), constant CFG w = 1.5, label dropout 0.1.
 RECIPE = {"model": {"input_size": 8, "in_channels": 1, "patch_size": 2, "mlp_ratio": 4.0, "time_scale": 1.0},
           "train": {"lr": 1.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "grad_clip": None, "target_ema": 0.99,
                     "time_sampler": "gap", "micro_batch": None, "nan_policy": "skip", "max_nan_skips": 20},

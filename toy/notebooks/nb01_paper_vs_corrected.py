@@ -1,7 +1,7 @@
 # %% [markdown]
 # # The paper's explicit W2 bound against the corrected bounds (closed forms only)
 #
-# THEORY.md §4–5. Data p0 = N(0, σ0²) in 1-D; the model's velocity is the true one plus a constant bias r
+# docs/THEORY.md §4–5. Data p0 = N(0, σ0²) in 1-D; the model's velocity is the true one plus a constant bias r
 # (u_θ = u + r) and its jump is the exact flow of u_θ, so the terminal-velocity residual A vanishes and
 # B(s) = r² for every s. Everything is Gaussian, so the true W2 is exact; only the integrals over s are numerical
 # (trapezoid on a grid refined at the kink of L(s) = |κ(s)|, with the error |grid − every-other-point grid|).
@@ -25,7 +25,7 @@ BIAS = 0.1
 cases = [check_case(float(s0), BIAS, n_grid=N_GRID) for s0 in SIGMAS]
 
 # %% [markdown]
-# ## The two cases of THEORY.md §4
+# ## The two cases of docs/THEORY.md §4
 # σ0 = 1: true W2² = 0.01554 against the paper's 0.01435; σ0 = 3: 0.04144 against 0.02047.
 
 # %%

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Bound vs. true W2 during training on a 2-D mixture
 #
-# THEORY.md §6. `python -m toy verify` trains TVM on the 8-mode ring (a Gaussian mixture, so the true velocity u
+# docs/THEORY.md §6. `python -m toy verify` trains TVM on the 8-mode ring (a Gaussian mixture, so the true velocity u
 # and flow ψ are known) and, at a few checkpoints, compares on the same noise samples x1:
 #
 # W2_emp(one-step samples, ψ(x1, 1, 0)) ≤ D_t (paired RMSE) ≤ (a) with local L ≤ (a) with certified L,

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # How tight is each link of the ladder, and what makes it tighter?
 #
-# THEORY.md §6, §6.1. On the 2-D Gaussian test bed (p0 = N((1, −1), 0.5² I), exact u and ψ) we look at
+# docs/THEORY.md §6, §6.1. On the 2-D Gaussian test bed (p0 = N((1, −1), 0.5² I), exact u and ψ) we look at
 #
 # 1. **Lipschitz control** — the certified constant of an unconstrained MLP (product of spectral norms) makes
 #    bound (a) vacuous; spectral normalization during training (`--model mlp-sn`) caps it, and the affine model

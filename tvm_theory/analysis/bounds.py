@@ -1,4 +1,4 @@
-"""The W2 bounds of THEORY.md §4–6, each with its numerical error, and the verdict rule.
+"""The W2 bounds of docs/THEORY.md §4–6, each with its numerical error, and the verdict rule.
 
 API
 ---
@@ -13,7 +13,7 @@ API
 * ``verdict(lhs, rhs, k=3.0) -> "holds" | "violated" | "inconclusive"`` for the claim lhs ≤ rhs.
 * ``make_grid(t, n)``, ``trapezoid_weights(s)``, ``cumulative_trapezoid(y, s)``, ``log_bounds(t, s, A, B, L)``.
 
-Definitions (THEORY.md §5), on an s-grid 0 = s_0 < … < s_m = t:
+Definitions (docs/THEORY.md §5), on an s-grid 0 = s_0 < … < s_m = t:
   A_t(s) = E‖∂_s f_θ(x_t, t, s) − u_θ(x_t + f_θ(x_t, t, s), s)‖²,  B(s) = E_{p_s}‖u_θ(x, s) − u(x, s)‖²,
   λ(s) = exp(∫_0^s L), Λ_t = ∫_0^t λ, D_t = (E‖x_t + f_θ(x_t, t, 0) − ψ(x_t, t, 0)‖²)^{1/2};
   (a) = ∫ λ(√A + √B) = core × amplification with core = ∫(√A + √B) (§6.1);
@@ -23,7 +23,7 @@ finite; linear values overflow to inf. The chain checked is W2 ≤ D_t ≤ (a) a
 is compared with W2² where W2 is exact and with D_t² always (D_t² > paper does not by itself refute the paper's
 claim about W2², since W2 ≤ D_t; it does refute the paper's proof, which bounds D_t²).
 
-Errors (THEORY.md §6): ``se`` is a bootstrap standard error over the samples (the same resampling for A and D_t,
+Errors (docs/THEORY.md §6): ``se`` is a bootstrap standard error over the samples (the same resampling for A and D_t,
 which share x_t; an independent one for B); ``quad`` = |value on the grid − value on the grid's every other point|,
 a conservative estimate for the trapezoid rule; ``ode`` = the L²(samples) size of ψ's error estimate (which bounds
 its effect on D_t and W2_emp by Minkowski's inequality).
@@ -215,11 +215,11 @@ def compare(lhs_name: str, lhs: Estimate, rhs_name: str, rhs: Estimate, rhs_log1
 # ---- reports -------------------------------------------------------------------------------------------------------
 @dataclass
 class BoundReport:
-    """Everything of the verification ladder at one t (THEORY.md §6); ``to_dict()`` gives JSON-ready data.
+    """Everything of the verification ladder at one t (docs/THEORY.md §6); ``to_dict()`` gives JSON-ready data.
 
     ``w2`` is the exact W2 (``w2_kind == "exact"``), the empirical W2 between the model's and ψ's samples
     (``"empirical"``) or None; with the empirical one, ``w2_floor`` is the finite-sample floor: the empirical W2
-    between ψ's samples (exact samples of p0 up to the ODE error) and as many fresh samples of p0 (THEORY.md §6). ``bounds`` / ``bounds_log10`` hold the quantities of ``BOUND_NAMES``;
+    between ψ's samples (exact samples of p0 up to the ODE error) and as many fresh samples of p0 (docs/THEORY.md §6). ``bounds`` / ``bounds_log10`` hold the quantities of ``BOUND_NAMES``;
     ``comparisons`` the ladder's claims with verdicts. Profiles A, B (and B_fm) are per grid point, with
     bootstrap standard errors ``A_se``, ``B_se`` (None where exact).
     """
@@ -308,7 +308,7 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
                  s_grid=None, n_b: int | None = None, generator: torch.Generator | None = None, n_boot: int = 200,
                  seed: int = 0, b_fm: bool = False, sigma2_n: int = 20_000, compute_w2: bool = False,
                  psi: OdeSolution | None = None, k: float = 3.0) -> BoundReport:
-    """The Monte Carlo verification ladder of THEORY.md §6 for ``model`` (a JumpModel) on ``testbed`` at time t.
+    """The Monte Carlo verification ladder of docs/THEORY.md §6 for ``model`` (a JumpModel) on ``testbed`` at time t.
 
     Args:
         L: Lipschitz profile of x ↦ u_θ(x, s): a callable on a numpy array of s, an array over the grid, or a number.
@@ -392,7 +392,7 @@ def _affine_sq_mean(P: Tensor, q: Tensor, mean: Tensor, var: float | Tensor, dim
 
 def exact_affine_report(model: AffineJump, bed: Gaussian, t: float, *, s_grid=None, L=None,
                         k: float = 3.0) -> BoundReport:
-    """The ladder with exact A_t(s), B(s), D_t and W2 for an affine jump model on a Gaussian (THEORY.md §7).
+    """The ladder with exact A_t(s), B(s), D_t and W2 for an affine jump model on a Gaussian (docs/THEORY.md §7).
 
     p_s = N((1 − s)μ, σ_s² I); every residual is affine in x, so each expectation is ‖P m + q‖² + P² v D. The jump's
     law at t is N(a m_t + b, a² σ_t² I), so W2² = ‖a m_t + b − μ‖² + D(|a|σ_t − σ0)². L defaults to the exact

@@ -1,4 +1,4 @@
-"""A number with its numerical errors, kept apart by kind (THEORY.md §6: every comparison carries its error).
+"""A number with its numerical errors, kept apart by kind (docs/THEORY.md §6: every comparison carries its error).
 
 API: ``Estimate(value, se=0, quad=0, ode=0)`` — ``se`` a Monte Carlo standard error (statistical), ``quad`` a
 quadrature error estimate and ``ode`` an ODE-tolerance error estimate (both deterministic, absolute, same units as

@@ -1,4 +1,4 @@
-"""Lipschitz constants of x ↦ u_θ(x, s) for the bound's assumption (A3) (THEORY.md §5, §6).
+"""Lipschitz constants of x ↦ u_θ(x, s) for the bound's assumption (A3) (docs/THEORY.md §5, §6).
 
 Two estimators, on opposite sides of the true constant L(s) = sup_x ‖∂_x u_θ(x, s)‖₂:
 
@@ -9,7 +9,7 @@ Two estimators, on opposite sides of the true constant L(s) = sup_x ‖∂_x u_�
 
   because only the first D input columns see x (the time embeddings are constant in x). For a single linear layer
   (no activation) the bound is the exact constant of the affine map. Products of spectral norms overflow float64
-  for unconstrained networks (THEORY.md §6.1 saw 10^227 to 10^946), so the result is carried as log10.
+  for unconstrained networks (docs/THEORY.md §6.1 saw 10^227 to 10^946), so the result is carried as log10.
 * :func:`local_lipschitz` — a LOWER estimate: the largest ‖∂_x u(x)‖₂ found over probe points, each by batched
   power iteration on JᵀJ with one forward-mode JVP (J v) and one reverse-mode VJP (Jᵀ w) per iteration. Both the
   power iteration (a Rayleigh quotient never exceeds σ_max) and the maximum over finitely many probes can only
@@ -60,7 +60,7 @@ def _spectral_norm(w: Tensor) -> float:
 
 
 def certified_mlp_lipschitz(linears: Sequence[nn.Linear], act_lipschitz: float, x_dim: int) -> LipschitzCertificate:
-    """Certified x-Lipschitz constant of an MLP F(x, t, s) (THEORY.md §6: "certified L").
+    """Certified x-Lipschitz constant of an MLP F(x, t, s) (docs/THEORY.md §6: "certified L").
 
     Args:
         linears: the MLP's linear layers in order; an activation sits between consecutive layers.
@@ -120,7 +120,7 @@ def _quantiles(v: Tensor) -> dict:
 
 def local_lipschitz(u: Callable[..., Tensor], x: Tensor, *, s: Tensor | None = None, n_iter: int = 100,
                     tol: float = 1e-7, generator: torch.Generator | None = None) -> LocalLipschitz:
-    """Largest singular value of ∂_x u at each probe point by batched power iteration (THEORY.md §6 "local L").
+    """Largest singular value of ∂_x u at each probe point by batched power iteration (docs/THEORY.md §6 "local L").
 
     ``u`` maps a batch (B, D) to (B, D) row by row (row i of the output depends only on row i of the input), so one
     JVP with tangents V gives the rows J_i v_i and one VJP with cotangents W gives J_iᵀ w_i for all i at once.

@@ -1,11 +1,11 @@
-"""A batched adaptive ODE solver with per-sample error control, used for flow maps ψ (THEORY.md §1, §6).
+"""A batched adaptive ODE solver with per-sample error control, used for flow maps ψ (docs/THEORY.md §1, §6).
 
 API: ``odeint(fn, x, t0, t1, rtol=1e-9, atol=1e-9) -> Tensor`` solves dz/dr = fn(z, r) from z(t0) = x to r = t1
 (either direction) for a whole batch with one shared step sequence; ``odeint_with_error(...) -> OdeSolution`` adds an
 error estimate per sample: the distance to a second solve at 10× tighter tolerances.
 
 Why not ``scipy.integrate.solve_ivp`` on the flattened batch: its error norm is an RMS over all components, so one
-hard sample among thousands is under-resolved (THEORY.md §6.1, pitfalls). Here the local error of every sample and
+hard sample among thousands is under-resolved (docs/THEORY.md §6.1, pitfalls). Here the local error of every sample and
 coordinate must pass: the step is accepted when max_i |err_i| / (atol + rtol·|z_i|) ≤ 1 (Dormand–Prince 5(4),
 the same pair as ``solve_ivp``'s RK45).
 """

@@ -1,4 +1,4 @@
-"""Network-agnostic probes of the bound's Lipschitz ingredients during training (THEORY.md §5 (A3), §6, §8).
+"""Network-agnostic probes of the bound's Lipschitz ingredients during training (docs/THEORY.md §5 (A3), §6, §8).
 
 Three measurements that apply to any network F(x, t, s, **cond) in the convention of :mod:`tvm_theory.param`:
 
@@ -33,7 +33,7 @@ from ..path import interpolate
 
 @dataclass(frozen=True)
 class JacobianNorms:
-    """Power-iteration estimates of ‖∂_x u_θ(x, s)‖₂ over probes and an s-grid (LOWER estimates, THEORY.md §6).
+    """Power-iteration estimates of ‖∂_x u_θ(x, s)‖₂ over probes and an s-grid (LOWER estimates, docs/THEORY.md §6).
 
     s_grid: (K,) the values of s.
     per_point: (K, B) σ̂ at probe i for s_k.
@@ -53,7 +53,7 @@ class JacobianNorms:
 
 
 def path_probes(x0: Tensor, noise: Tensor, s_grid: Tensor) -> list[Tensor]:
-    """Probe points on the path at each s: [(1 − s_k) x0 + s_k · noise for k] (THEORY.md §1), each (B, ...)."""
+    """Probe points on the path at each s: [(1 − s_k) x0 + s_k · noise for k] (docs/THEORY.md §1), each (B, ...)."""
     check_same_shape("x0", x0, "noise", noise)
     if s_grid.ndim != 1 or s_grid.numel() == 0:
         raise ValueError(f"s_grid: expected a non-empty 1-D tensor of times, got shape {tuple(s_grid.shape)}")
@@ -64,7 +64,7 @@ def path_probes(x0: Tensor, noise: Tensor, s_grid: Tensor) -> list[Tensor]:
 def velocity_jacobian_norms(F: Network, probes: Sequence[Tensor], s_grid: Tensor, *, w=None, n_iter: int = 20,
                             tol: float = 1e-3, generator: torch.Generator | None = None,
                             **cond) -> JacobianNorms:
-    """‖∂_x u_θ(x, s_k)‖₂ at each probe of ``probes[k]`` (B, ...) for each s_k of ``s_grid`` (THEORY.md §5 (A3)).
+    """‖∂_x u_θ(x, s_k)‖₂ at each probe of ``probes[k]`` (B, ...) for each s_k of ``s_grid`` (docs/THEORY.md §5 (A3)).
 
     u_θ(x, s) = [w ·] F(x, s, s, **cond, [β = 1/w]) (:func:`tvm_theory.param.velocity`). All K·B probes, flattened
     to (K·B, D), run as one batch through :func:`tvm_theory.analysis.lipschitz.local_lipschitz` (v ← JᵀJ v / ‖JᵀJ v‖,
@@ -96,7 +96,7 @@ def velocity_jacobian_norms(F: Network, probes: Sequence[Tensor], s_grid: Tensor
 
 
 def ds_norms(F: Network, x: Tensor, t, s, *, w=None, **cond) -> Tensor:
-    """Per-example ‖∂_s F̃_θ(x, t, s)‖₂ over all non-batch dimensions, (B,) (THEORY.md §2, §8).
+    """Per-example ‖∂_s F̃_θ(x, t, s)‖₂ over all non-batch dimensions, (B,) (docs/THEORY.md §2, §8).
 
     F̃ = [w ·] F(x, t, s, **cond, [β = 1/w]) is the average velocity the jump uses, f_θ = (s − t) F̃. One forward-mode
     JVP with tangent 1 on s (0 on x and t; :func:`~tvm_theory.param.guided_call_and_ds`) gives ∂_s F̃ exactly.
@@ -167,7 +167,7 @@ class NormRecorder:
 
 @dataclass
 class ProbeSet:
-    """A fixed probe batch for measuring a network every N steps (THEORY.md §5, §8).
+    """A fixed probe batch for measuring a network every N steps (docs/THEORY.md §5, §8).
 
     x0: (B, ...) data points; noise: (B, ...) standard normal draws; y: (B,) labels or None (unconditional);
     s_grid: (K,) values of s for the Jacobian norms (probes on the path at each s_k);
@@ -230,7 +230,7 @@ class ProbeSet:
 
 @dataclass(frozen=True)
 class CertifiedVsLocal:
-    """Certified (upper) vs power-iteration (lower) x-Lipschitz constants of an MLP on an s-grid (THEORY.md §6).
+    """Certified (upper) vs power-iteration (lower) x-Lipschitz constants of an MLP on an s-grid (docs/THEORY.md §6).
 
     log10_certified: log10 of the certificate (the same for every s).
     local_max: (K,) the largest local estimate at each s_k.
@@ -244,7 +244,7 @@ class CertifiedVsLocal:
 
 def certified_vs_local(F: Network, linears: Sequence[nn.Linear], act_lipschitz: float, x_dim: int,
                        probes: Sequence[Tensor], s_grid: Tensor, **kwargs) -> CertifiedVsLocal:
-    """How close the local estimate comes to the certified constant for an MLP F (THEORY.md §6 and §6.1).
+    """How close the local estimate comes to the certified constant for an MLP F (docs/THEORY.md §6 and §6.1).
 
     Certified: :func:`tvm_theory.analysis.lipschitz.certified_mlp_lipschitz` (product of spectral norms). Local:
     :func:`velocity_jacobian_norms` of u_θ(·, s) = F(·, s, s) over ``probes`` at ``s_grid`` (``kwargs`` go to it).

@@ -1,4 +1,4 @@
-"""The sensitivity (nonlinear variation-of-constants, Alekseev–Gröbner) bound on the one-step error (THEORY.md §6.1).
+"""The sensitivity (nonlinear variation-of-constants, Alekseev–Gröbner) bound on the one-step error (docs/THEORY.md §6.1).
 
 Fix x_t. The model's jump path is y(σ) = x_t + f_θ(x_t, t, σ), σ ∈ [0, t], with y(t) = x_t; the true path is
 z(σ) = ψ(x_t, t, σ). With the residual of the model path against the TRUE field
@@ -11,7 +11,7 @@ the function g(σ) = ψ(y(σ), σ, 0) has g(0) = y(0), g(t) = ψ(x_t, t, 0) = z(
     y(0) − z(0) = −∫_0^t ∂_x ψ(y(σ), σ, 0) ρ(σ) dσ,
 
 and the pathwise bound ‖y(0) − z(0)‖ ≤ I := ∫_0^t ‖∂_x ψ(y(σ), σ, 0)‖₂ ‖ρ(σ)‖ dσ. By Minkowski in L²,
-D_t ≤ (E I²)^{1/2}, and W2 ≤ D_t (THEORY.md §5). Unlike bound (a) no Lipschitz constant enters: the flow's own
+D_t ≤ (E I²)^{1/2}, and W2 ≤ D_t (docs/THEORY.md §5). Unlike bound (a) no Lipschitz constant enters: the flow's own
 Jacobian replaces exp(∫L), which is why this bound stays within a small factor of the true error where exp(∫L)
 is astronomically loose (multimodal targets, §6.1).
 
@@ -141,7 +141,7 @@ def _integrand(model: JumpModel, u: Field, x_t: Tensor, t: float, sigmas: list[f
 def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Tensor, *, n_panels: int = 8,
                       rtol: float = 1e-3, max_rounds: int = 5, ode_steps: int = 64,
                       n_ode_check: int = 32) -> SensitivityResult:
-    """The sensitivity bound on D_t for the one-step jump t → 0 and the check of its exact identity (THEORY.md §6.1).
+    """The sensitivity bound on D_t for the one-step jump t → 0 and the check of its exact identity (docs/THEORY.md §6.1).
 
     Args:
         model: the model, a :class:`~tvm_theory.param.JumpModel` (its jump path y(σ) and ∂_σ y by JVP).

@@ -9,7 +9,7 @@ API
   (E_θ W2²(θ·x, θ·y))^{1/2} over uniform directions θ, a Monte Carlo estimate with its standard error. It is a
   different metric (SW2 ≤ W2), cheap for large n.
 * ``w2_gaussian(m1, C1, m2, C2) -> float`` — W2 (not squared) between N(m1, C1) and N(m2, C2) in closed form,
-  W2² = ‖m1 − m2‖² + tr(C1 + C2 − 2 (C2^{1/2} C1 C2^{1/2})^{1/2}) (THEORY.md §7); eigen-decompositions in float64
+  W2² = ‖m1 − m2‖² + tr(C1 + C2 − 2 (C2^{1/2} C1 C2^{1/2})^{1/2}) (docs/THEORY.md §7); eigen-decompositions in float64
   on the inputs' device, fast up to D ≈ 2048. ``w2_gaussian(...)**2`` is the Fréchet distance of features.
 
 Inputs are torch tensors or numpy arrays; point clouds have shape (n, D).
@@ -50,7 +50,7 @@ def _weights(name: str, w, n: int) -> np.ndarray:
 def w2(x, y, a=None, b=None, *, num_itermax: int = 10_000_000) -> float:
     """Exact W2 between two weighted point clouds: sqrt(min_γ Σ γ_ij ‖x_i − y_j‖²) over couplings of a and b.
 
-    Raises ``RuntimeError`` when POT's solver reports anything but an optimum (e.g. the iteration limit; THEORY.md
+    Raises ``RuntimeError`` when POT's solver reports anything but an optimum (e.g. the iteration limit; docs/THEORY.md
     §6.1: n = 5000 needs ``num_itermax`` ≥ 1e7).
     """
     x, y = _points("x", x), _points("y", y)
@@ -137,7 +137,7 @@ def _psd_sqrt(name: str, c: Tensor) -> Tensor:
 
 
 def w2_gaussian(m1, C1, m2, C2) -> float:
-    """W2 between N(m1, C1) and N(m2, C2): means of shape (D,), covariances (D, D) symmetric PSD (THEORY.md §7).
+    """W2 between N(m1, C1) and N(m2, C2): means of shape (D,), covariances (D, D) symmetric PSD (docs/THEORY.md §7).
 
     tr (C2^{1/2} C1 C2^{1/2})^{1/2} = Σ sqrt(eigenvalues of Lᵀ C1 L) with C2 = L Lᵀ (the same spectrum as C1·C2),
     so one Cholesky factorization and one symmetric eigenvalue problem in float64 suffice; if C2 is singular the

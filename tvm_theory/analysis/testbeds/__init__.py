@@ -1,4 +1,4 @@
-"""Analytic test beds: data laws p0 whose marginal velocity u, flow map ψ and σ² are known (THEORY.md §1, §7).
+"""Analytic test beds: data laws p0 whose marginal velocity u, flow map ψ and σ² are known (docs/THEORY.md §1, §7).
 
 API
 ---
@@ -13,7 +13,7 @@ API
   ``make_testbed(name, **overrides)`` with names in ``TESTBEDS``: gaussian-1d, gaussian-2d, ring8, moons,
   checkerboard.
 * Closed-form jump models (:class:`tvm_theory.param.JumpModel`): ``BiasedFlowJump(gaussian, bias)`` — u_θ = u + r
-  with f_θ its exact flow (THEORY.md §4) — and ``PolynomialAffineJump`` (random affine models); both are
+  with f_θ its exact flow (docs/THEORY.md §4) — and ``PolynomialAffineJump`` (random affine models); both are
   ``AffineJump`` (coefficients for the exact bounds of ``tvm_theory.analysis.bounds.exact_affine_report``).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What every analytic test bed offers (THEORY.md §1, §7); the concrete beds live in gaussian.py and mixture.py."""
+"""What every analytic test bed offers (docs/THEORY.md §1, §7); the concrete beds live in gaussian.py and mixture.py."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -15,7 +15,7 @@ from ...path import PathSample, sample_path
 class TestBed(ABC):
     """A data law p0 on R^D with its exact marginal velocity u(x, t), flow map ψ(x, t, s) and σ²(t).
 
-    Times follow THEORY.md §1: x_t = (1 − t) x0 + t x1, t = 0 is data, t = 1 is noise N(0, I).
+    Times follow docs/THEORY.md §1: x_t = (1 − t) x0 + t x1, t = 0 is data, t = 1 is noise N(0, I).
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -46,7 +46,7 @@ class TestBed(ABC):
 
     @abstractmethod
     def cond_variance(self, t: float, **kwargs) -> Estimate:
-        """σ²(t) = E‖v − u(x_t, t)‖² (THEORY.md §1), with its error."""
+        """σ²(t) = E‖v − u(x_t, t)‖² (docs/THEORY.md §1), with its error."""
 
     def sample_path(self, n: int, t, generator: torch.Generator | None = None) -> PathSample:
         """n independent path points (x0 ~ p0, x1 ~ N(0, I), x_t, v = x1 − x0) at time(s) t."""

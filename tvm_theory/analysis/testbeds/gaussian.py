@@ -1,4 +1,4 @@
-"""The isotropic Gaussian test bed p0 = N(μ, σ0² I), everything in closed form (THEORY.md §7).
+"""The isotropic Gaussian test bed p0 = N(μ, σ0² I), everything in closed form (docs/THEORY.md §7).
 
 With σ_s² = (1 − s)²σ0² + s², c(s) = s − (1 − s)σ0², κ(s) = c(s)/σ_s² = d/ds log σ_s:
 
@@ -66,7 +66,7 @@ class Gaussian(TestBed):
 
     # ---- test-bed interface ------------------------------------------------------------------------------------
     def velocity(self, x: Tensor, t) -> Tensor:
-        """u(x, t) = −μ + κ(t)(x − (1 − t)μ) (THEORY.md §7)."""
+        """u(x, t) = −μ + κ(t)(x − (1 − t)μ) (docs/THEORY.md §7)."""
         t = expand_like(self._times(x, t), x)
         return -self.mean + self.kappa(t) * (x - (1 - t) * self.mean)
 
@@ -83,7 +83,7 @@ class Gaussian(TestBed):
         return self.mean + self.std * eps
 
     def cond_variance(self, t: float, **_) -> Estimate:
-        """σ²(t) = D(1 + σ0² − c(t)²/σ_t²), exact (THEORY.md §7); the Monte Carlo keywords of the mixture
+        """σ²(t) = D(1 + σ0² − c(t)²/σ_t²), exact (docs/THEORY.md §7); the Monte Carlo keywords of the mixture
         (n, generator) are accepted and ignored, so both beds share one call."""
         t = scalar_time("t", t)
         c = t - (1 - t) * self.std**2

@@ -1,13 +1,13 @@
 """Closed-form affine jump models on the Gaussian test bed: the §4 counterexample family and random affine models.
 
-An affine jump model has, for isotropic scalars a, ȧ, k and vectors b, ḃ, m (THEORY.md §2, §5):
+An affine jump model has, for isotropic scalars a, ȧ, k and vectors b, ḃ, m (docs/THEORY.md §2, §5):
 
     x + f_θ(x, t, s) = a(t, s) x + b(t, s),   ∂_s f_θ(x, t, s) = ȧ(t, s) x + ḃ(t, s),   u_θ(x, s) = k(s) x + m(s).
 
 It keeps Gaussians Gaussian, so on ``Gaussian`` every quantity of the bound (A, B, D_t, W2) is exact
 (``tvm_theory.analysis.bounds.exact_affine_report``); its velocity is exactly |k(s)|-Lipschitz.
 
-**Biased exact flow** (THEORY.md §4): u_θ = u + r with a constant r and f_θ the exact flow of u_θ. With
+**Biased exact flow** (docs/THEORY.md §4): u_θ = u + r with a constant r and f_θ the exact flow of u_θ. With
 w = z − (1 − s)μ the ODE dz/ds = u(z, s) + r reads dw/ds = κ(s) w + r, whose integrating factor is σ_s
 (κ = d log σ_s/ds), so
 
@@ -71,7 +71,7 @@ class AffineJump(ABC):
 
 
 class BiasedFlowJump(AffineJump):
-    """u_θ = u + r and f_θ the exact flow of u_θ, on a :class:`Gaussian` (THEORY.md §4's counterexample family).
+    """u_θ = u + r and f_θ the exact flow of u_θ, on a :class:`Gaussian` (docs/THEORY.md §4's counterexample family).
 
     Args:
         bed: the Gaussian test bed (any dimension, isotropic).
@@ -108,7 +108,7 @@ class BiasedFlowJump(AffineJump):
 
 
 class PolynomialAffineJump(AffineJump):
-    """A generic affine model, used to test the bound chain with exact quantities (THEORY.md §6):
+    """A generic affine model, used to test the bound chain with exact quantities (docs/THEORY.md §6):
 
         f_θ(x, t, s) = (s − t)[α(t, s) x + β(t, s)],  α = α0 + α1 s + α2 t,  β = β0 + β1 s + β2 t,
         u_θ(x, s) = (k0 + k1 s) x + m0 + m1 s,

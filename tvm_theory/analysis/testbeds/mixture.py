@@ -1,4 +1,4 @@
-"""The Gaussian-mixture test bed p0 = Σ_k π_k N(μ_k, Σ_k): exact velocity, ψ by ODE (THEORY.md §7).
+"""The Gaussian-mixture test bed p0 = Σ_k π_k N(μ_k, Σ_k): exact velocity, ψ by ODE (docs/THEORY.md §7).
 
 Given component k, x_t ~ N(m_k, C_k) with m_k = (1 − t)μ_k, C_k = (1 − t)²Σ_k + t² I, and
 u_k(x) = (t I − (1 − t)Σ_k) C_k⁻¹ (x − m_k) − μ_k; u(x, t) = Σ_k w_k(x) u_k(x) with posterior weights

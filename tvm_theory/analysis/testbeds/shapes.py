@@ -1,4 +1,4 @@
-"""2-D toy shapes built as Gaussian mixtures, so every toy has an exact velocity (THEORY.md §6, §7)."""
+"""2-D toy shapes built as Gaussian mixtures, so every toy has an exact velocity (docs/THEORY.md §6, §7)."""
 from __future__ import annotations
 
 import math
