@@ -10,14 +10,13 @@ A checkpoint directory holds
 Writing is atomic: everything goes into ``step_N.tmp`` and a single ``os.replace`` publishes it, so an interrupted
 write leaves the previous checkpoints intact and loadable (a leftover ``*.tmp`` is ignored and cleared by the next
 save). Loading verifies every hash and loads weights strictly; any corruption or mismatch raises
-:class:`CheckpointError` naming the file and the problem — never a partial load.
+:class:`CheckpointError` naming the file and the problem — never a partial load. The directory format (hashes,
+atomic publish, rotation) is ``tvm_theory.io``'s, shared with the toy trainer.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -25,27 +24,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tvm_theory.io import (CheckpointError, PREFIX, latest_checkpoint, list_checkpoints as _list, publish_checkpoint,
+                           read_checkpoint_meta, start_checkpoint)
+
 FORMAT = "tvm-checkpoint-v1"
 WEIGHTS = ("model", "target_ema", "eval_ema")
-PREFIX = "step_"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupted, or does not match the run that loads it."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -54,16 +37,11 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Published checkpoints of a run, oldest first (``*.tmp`` directories are not checkpoints)."""
-    root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return _list(checkpoint_dir(run_dir))
 
 
 def latest(run_dir: str | os.PathLike) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    return latest_checkpoint(checkpoint_dir(run_dir))
 
 
 def _state(module: nn.Module) -> dict:
@@ -80,55 +58,25 @@ def save(run_dir: str | os.PathLike, step: int, *, model: nn.Module, target_ema:
     """
     if keep < 1:
         raise ValueError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
-    root = checkpoint_dir(run_dir)
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f"{final.name}.tmp"
+    tmp = checkpoint_dir(run_dir) / f"{PREFIX}{step:08d}.tmp"
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob("*.tmp"):
-            shutil.rmtree(stale)
-        tmp.mkdir()
+        start_checkpoint(checkpoint_dir(run_dir), step)
     barrier()
     torch.save({k: v.cpu() for k, v in rng.items()}, tmp / f"rng_rank{rank}.pt")
-    _fsync(tmp / f"rng_rank{rank}.pt")
     barrier()
+    final = tmp.with_name(tmp.name.removesuffix(".tmp"))
     if rank == 0:
         for name, module in zip(WEIGHTS, (model, target_ema, eval_ema)):
             save_file(_state(module), str(tmp / f"{name}.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        files = sorted(p.name for p in tmp.iterdir())
-        for name in files:
-            _fsync(tmp / name)
-        record = {**meta, "format": FORMAT, "step": step, "world_size": world_size,
-                  "files": {name: sha256_file(tmp / name) for name in files}}
-        (tmp / "meta.json").write_text(json.dumps(record, indent=2))
-        _fsync(tmp / "meta.json")
-        if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old)
+        publish_checkpoint(tmp, fmt=FORMAT, step=step, meta={**meta, "world_size": world_size}, keep=keep)
     barrier()
     return final
 
 
 def read_meta(path: str | os.PathLike) -> dict:
     """meta.json of a checkpoint after checking the format and every file's SHA-256."""
-    path = Path(path)
-    meta_path = path / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{meta_path}: unreadable checkpoint meta data ({err})") from err
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: expected format {FORMAT!r}, got {meta.get('format')!r}")
-    for name, digest in meta["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: missing from the checkpoint")
-        if sha256_file(file) != digest:
-            raise CheckpointError(f"{file}: SHA-256 mismatch, the file is corrupted")
-    return meta
+    return read_checkpoint_meta(path, FORMAT)
 
 
 def check_model_config(meta: dict, model_config: dict, path) -> None:

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import sha256_file
+from tvm_theory.io import atomic_savez, atomic_write, atomic_write_text, sha256_file
+
+from .distributed import setup
 from .vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, encode_images, load_vae
 
 MANIFEST = "manifest.json"
@@ -279,26 +281,6 @@ def compute_latent_stats(root: str | os.PathLike, files: list[str] | None = None
 
 # --------------------------------------------------------------------------------------------------------- prepare
 
-def _distributed():
-    """(rank, world_size, local_rank) from torchrun's environment; starts a gloo group (barriers only)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=12))
-    return rank, world, local
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _shard_done(out: Path, k: int, want_images: bool) -> bool:
     side = out / f"{_shard_name(k)}.json"
     if not side.is_file():
@@ -314,17 +296,14 @@ def _write_shard(out: Path, k: int, latents, labels, indices, images) -> None:
 
     name = _shard_name(k)
     info = {"file": f"{name}.safetensors", "count": int(labels.shape[0]), "start": int(indices[0])}
-    tmp = out / f"{name}.safetensors.tmp"
-    save_file({"latents": latents.contiguous(), "labels": labels, "indices": indices}, str(tmp))
-    os.replace(tmp, out / info["file"])
+    atomic_write(out / info["file"], lambda tmp: save_file(
+        {"latents": latents.contiguous(), "labels": labels, "indices": indices}, str(tmp)))
     info.update(bytes=(out / info["file"]).stat().st_size, sha256=sha256_file(out / info["file"]))
     if images is not None:
         img_file = out / f"images-{k:05d}.npz"
-        with open(img_file.with_name(img_file.name + ".tmp"), "wb") as f:
-            np.savez(f, arr_0=images, arr_1=labels.numpy())
-        os.replace(img_file.with_name(img_file.name + ".tmp"), img_file)
+        atomic_savez(img_file, arr_0=images, arr_1=labels.numpy())
         info["images"] = {"file": img_file.name, "count": int(images.shape[0]), "bytes": img_file.stat().st_size}
-    _atomic_write_text(out / f"{name}.json", json.dumps(info))
+    atomic_write_text(out / f"{name}.json", json.dumps(info))
 
 
 def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_size: int = 10_000,
@@ -348,7 +327,8 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
         raise ValueError(f"dtype: expected fp32, bf16 or fp16, got {dtype!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive int or None, got {limit}")
-    rank, world, local = _distributed()
+    d = setup(backend="gloo", timeout=timedelta(hours=12))  # barriers only
+    rank, world = d.rank, d.world_size
     out = Path(out)
     src = ImageSource(source)
     n = len(src) if limit is None else min(limit, len(src))
@@ -362,9 +342,9 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
             raise ValueError(f"out: {out} holds a different preparation (differs in {diff}); use a new folder")
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / PLAN, json.dumps(plan, indent=1))
-    _barrier(world)
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        atomic_write_text(out / PLAN, json.dumps(plan, indent=1))
+    d.barrier()
+    device = d.device
     num_shards = -(-n // shard_size)
     shard_items = [range(k * shard_size, min(n, (k + 1) * shard_size)) for k in range(num_shards)]
     mine = [k for k in range(rank, num_shards, world) if not _shard_done(out, k, images)]
@@ -389,7 +369,7 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
             _write_shard(out, k, torch.cat(latents), torch.cat(labels), torch.cat(indices),
                          np.concatenate(crops) if images else None)
         bar.close()
-    _barrier(world)
+    d.barrier()
     if rank != 0:
         return None
     shards = [json.loads((out / f"{_shard_name(k)}.json").read_text()) for k in range(num_shards)]
@@ -404,7 +384,7 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
                 "latent_mean": list(stats.mean), "latent_std": list(stats.std), "stats_source": stats_source,
                 "shards": [{key: s[key] for key in ("file", "count", "start", "bytes", "sha256")} for s in shards],
                 "image_batches": [s["images"] for s in shards] if images else None}
-    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -446,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
             manifest = json.loads(path.read_text())
             manifest.update(latent_mean=list(stats.mean), latent_std=list(stats.std),
                             stats_source=f"data ({count} values per channel)")
-            _atomic_write_text(path, json.dumps(manifest, indent=1))
+            atomic_write_text(path, json.dumps(manifest, indent=1))
     else:
         manifest, _ = load_manifest(args.root, full=args.full)
         print(f"ok: {manifest['num_items']} items in {len(manifest['shards'])} shards, latent shape "

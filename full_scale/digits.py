@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from tvm_theory.io import atomic_write
 from tvm_theory.analysis.transport import w2, w2_gaussian
 
 HELD_OUT_PER_CLASS = 30
@@ -126,9 +127,7 @@ def load_classifier(cache_dir: str | os.PathLike | None = None) -> Classifier:
         return clf.eval()
     clf = train_classifier()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp)))
     return clf
 
 

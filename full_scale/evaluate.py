@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tvm_theory.io import atomic_savez
+
+from .distributed import chunk, gather_rows, setup
 from .fid import (
     FEATURE_DIM, frechet_distance, frechet_distance_to_samples, gaussian_stats, inception_score, load_inception,
 )
@@ -100,46 +103,15 @@ class ImageSet:
         return np.concatenate(parts)
 
 
-# ---------------------------------------------------------------------------------------------------- distribution
-
-def _distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device) from torchrun's environment; NCCL on GPUs, gloo on the CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if world > 1 and not torch.distributed.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                             timeout=timedelta(hours=2))
-    return rank, world, device
-
-
-def _chunk(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Rank r's contiguous share [⌊rn/R⌋, ⌊(r+1)n/R⌋) of n items."""
-    return rank * n // world, (rank + 1) * n // world
-
-
-def _gather_rows(x: torch.Tensor, n: int, world: int) -> torch.Tensor:
-    """Concatenate every rank's rows (in rank order) on every rank; shares differ by at most one row."""
-    if world == 1:
-        return x
-    width = max(b - a for a, b in (_chunk(n, r, world) for r in range(world)))
-    padded = torch.zeros(width, *x.shape[1:], dtype=x.dtype, device=x.device)
-    padded[: len(x)] = x
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(parts, padded)
-    return torch.cat([p[: b - a] for p, (a, b) in zip(parts, (_chunk(n, r, world) for r in range(world)))])
-
-
 # ----------------------------------------------------------------------------------------------------- features
 
 @torch.no_grad()
 def inception_outputs(images: ImageSet, model, *, batch_size: int = 200):
     """pool_3 features (N, 2048) and bias-free logits (N, 1008) of all images under ``model``
     (:func:`full_scale.fid.load_inception`), as float64 numpy arrays on every rank, each computing its chunk."""
-    rank, world, device = _distributed()
-    lo, hi = _chunk(len(images), rank, world)
+    d = setup(timeout=timedelta(hours=2))
+    rank, world, device = d.rank, d.world_size, d.device
+    lo, hi = chunk(len(images), rank, world)
     feats, logits = [], []
     for s in range(lo, hi, batch_size):
         x = torch.from_numpy(images.batch(s, min(s + batch_size, hi))).to(device).permute(0, 3, 1, 2)
@@ -149,7 +121,7 @@ def inception_outputs(images: ImageSet, model, *, batch_size: int = 200):
     empty = torch.zeros(0, dtype=torch.float64, device=device)
     f = torch.cat(feats) if feats else empty.reshape(0, FEATURE_DIM)
     z = torch.cat(logits) if logits else empty.reshape(0, model.fc.out_features)
-    return _gather_rows(f, len(images), world).cpu().numpy(), _gather_rows(z, len(images), world).cpu().numpy()
+    return gather_rows(f, len(images), world).cpu().numpy(), gather_rows(z, len(images), world).cpu().numpy()
 
 
 def reference_stats(ref: str | os.PathLike, model, *, batch_size: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +137,7 @@ def reference_stats(ref: str | os.PathLike, model, *, batch_size: int = 200) -> 
 def fid_and_is(samples, ref, *, weights=None, splits: int = 10, batch_size: int = 200, model=None) -> dict:
     """FID of ``samples`` against ``ref`` and the samples' Inception Score (see the module docstring); the
     Inception comes from ``weights`` (a file, or None for the usual download) unless ``model`` is given."""
-    model = model if model is not None else load_inception(weights, device=_distributed()[2])
+    model = model if model is not None else load_inception(weights, device=setup(timeout=timedelta(hours=2)).device)
     mu2, sigma2 = reference_stats(ref, model, batch_size=batch_size)
     feats, logits = inception_outputs(ImageSet(samples), model, batch_size=batch_size)
     if feats.shape[0] <= FEATURE_DIM:  # few samples: the exact low-rank route (the covariance is singular anyway)
@@ -222,35 +194,31 @@ def write_adm_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarra
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": np.asarray(labels, np.int64)}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_savez(path, **arrays)
 
 
 def decode_to_npz(latents_path, out, *, vae: str = SD_VAE_ID, latent_stats: str = "paper256",
                   batch_size: int = 32, dtype: torch.dtype = torch.float32) -> None:
     """Decode standardized latents with the VAE (:func:`full_scale.vae.decode_latents`) into an ADM ``.npz``;
     under torchrun each rank decodes its chunk into ``out.partR.npy`` and rank 0 joins them."""
-    rank, world, device = _distributed()
+    d = setup(timeout=timedelta(hours=2))
+    rank, world, device = d.rank, d.world_size, d.device
     latents, labels = read_latents(latents_path)
     stats = resolve_latent_stats(latent_stats)
-    lo, hi = _chunk(len(latents), rank, world)
+    lo, hi = chunk(len(latents), rank, world)
     model = load_vae(vae, device=device, dtype=dtype)
     out = Path(out)
     part = out.with_name(f"{out.name}.part{rank}.npy")
     if hi > lo:
         np.save(part, decode_latents(model, latents[lo:hi], stats, batch_size=batch_size))
-    if world > 1:
-        torch.distributed.barrier()
+    d.barrier()
     if rank == 0:
         parts = [out.with_name(f"{out.name}.part{r}.npy") for r in range(world)]
         images = np.concatenate([np.load(p) for p in parts if p.exists()])
         write_adm_npz(out, images, None if labels is None else labels.numpy())
         for p in parts:
             p.unlink(missing_ok=True)
-    if world > 1:
-        torch.distributed.barrier()
+    d.barrier()
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -282,23 +250,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False  # full float32, as the reference evaluator
     torch.backends.cudnn.allow_tf32 = False
-    rank = int(os.environ.get("RANK", "0"))
+    d = setup(timeout=timedelta(hours=2))
     if args.command == "decode":
         decode_to_npz(args.latents, args.out, vae=args.vae, latent_stats=args.latent_stats,
                       batch_size=args.batch_size)
     elif args.command == "export":
         images = ImageSet(args.images)
-        if rank == 0:
+        if d.main:
             write_adm_npz(args.out, images.batch(0, len(images)))
     elif args.command == "stats":
-        model = load_inception(args.inception, device=_distributed()[2])
+        model = load_inception(args.inception, device=d.device)
         mu, sigma = gaussian_stats(inception_outputs(ImageSet(args.images), model, batch_size=args.batch_size)[0])
-        if rank == 0:
+        if d.main:
             np.savez(args.out, mu=mu, sigma=sigma)
     else:
         result = fid_and_is(args.samples, args.ref, splits=args.splits, weights=args.inception,
                             batch_size=args.batch_size)
-        if rank == 0:
+        if d.main:
             print(json.dumps(result))
             if args.out:
                 Path(args.out).write_text(json.dumps(result, indent=1))

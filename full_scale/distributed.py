@@ -1,0 +1,77 @@
+"""The one distributed set-up of the full-scale code: training, latent preparation, sampling and evaluation.
+
+``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK; a plain ``python -m`` is one process (rank 0 of 1). With more than
+one process, :func:`setup` starts the default process group once (NCCL on GPUs, gloo on the CPU, unless a backend is
+given) and pins rank r to ``cuda:{LOCAL_RANK}``. Work is split into contiguous shares with :func:`chunk` and put back
+together in rank order with :func:`gather_rows`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place: ``rank`` of ``world_size``, its ``device``; ``main`` is rank 0."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def setup(*, backend: str | None = None, timeout: timedelta | None = None) -> Dist:
+    """This process's :class:`Dist` from torchrun's environment, starting the process group if there are several.
+
+    ``backend``: None for NCCL on GPUs and gloo on the CPU; "gloo" for a group used only for barriers on any device.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK, WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE from torchrun, got {rank}, {world}")
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"),
+                                **({"timeout": timeout} if timeout is not None else {}))
+    return Dist(rank=rank, world_size=world, device=device)
+
+
+def teardown(d: Dist) -> None:
+    """End the process group that :func:`setup` started (a no-op for one process)."""
+    if d.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def chunk(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank r's contiguous share [⌊rn/R⌋, ⌊(r+1)n/R⌋) of n items."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def gather_rows(x: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """Concatenate every rank's :func:`chunk` of rows (in rank order) on every rank; shares differ by at most one."""
+    if world == 1:
+        return x
+    shares = [chunk(n, r, world) for r in range(world)]
+    padded = torch.zeros(max(b - a for a, b in shares), *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: len(x)] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: b - a] for p, (a, b) in zip(parts, shares)])
