@@ -2,7 +2,8 @@
 
 Analytic test beds with exact velocities, flows and conditional variances (``testbeds``), optimal transport
 (``transport``), ODE solves with error estimates (``ode``), numbers with their errors (``estimate``), Lipschitz
-estimators and certificates (``lipschitz``, ``probes``), and the bound calculators of docs/THEORY.md §5–§6
-(``bounds``, ``sensitivity``). The method itself (path, parameterization, loss, time samplers, sampler, EMA,
-baselines) lives one level up in ``tvm_theory`` and imports nothing from here.
+estimators and certificates (``lipschitz``, ``probes``), the bound calculators of docs/THEORY.md §5–§6
+(``bounds``, ``sensitivity``) and their quadrature rules (``quadrature``). The method itself (path,
+parameterization, loss, time samplers, sampler, EMA, baselines) lives one level up in ``tvm_theory`` and imports
+nothing from here.
 """

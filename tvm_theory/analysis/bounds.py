@@ -11,7 +11,8 @@ API
 * ``evaluate_bounds(t, s, A, B, L, A_reps=None, B_reps=None) -> (dict[str, Estimate], dict[str, Estimate])`` — the
   bounds from per-s profiles (linear values and log10 values), the piece both reports share.
 * ``verdict(lhs, rhs, k=3.0) -> "holds" | "violated" | "inconclusive"`` for the claim lhs ≤ rhs.
-* ``make_grid(t, n)``, ``trapezoid_weights(s)``, ``cumulative_trapezoid(y, s)``, ``log_bounds(t, s, A, B, L)``.
+* ``log_bounds(t, s, A, B, L)``; the grids (``make_grid(t, n)``) and the trapezoid rule come from
+  :mod:`tvm_theory.analysis.quadrature`.
 
 Definitions (docs/THEORY.md §5), on an s-grid 0 = s_0 < … < s_m = t:
   A_t(s) = E‖∂_s f_θ(x_t, t, s) − u_θ(x_t + f_θ(x_t, t, s), s)‖²,  B(s) = E_{p_s}‖u_θ(x, s) − u(x, s)‖²,
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from .estimate import Estimate
 from .ode import OdeSolution
+from .quadrature import check_grid, cumulative_trapezoid, make_grid, trapezoid_weights
 from .testbeds import AffineJump, Gaussian, TestBed
 from .testbeds.base import scalar_time
 from .transport import w2
@@ -46,42 +48,6 @@ from .transport import w2
 LN10 = math.log(10.0)
 ROUNDING = 1e-12  # relative allowance for floating-point rounding in verdicts of exact quantities
 BOUND_NAMES = ("core", "amplification", "lambda_t", "Lambda", "bound_a", "bound_b", "bound_c", "paper")
-
-
-# ---- quadrature ----------------------------------------------------------------------------------------------------
-def make_grid(t: float, n: int = 129) -> np.ndarray:
-    """n (odd, ≥ 3) equally spaced points from 0 to t."""
-    if not isinstance(n, int) or n < 3 or n % 2 == 0:
-        raise ValueError(f"n: expected an odd int ≥ 3 (the error estimate drops every other point), got {n!r}")
-    return np.linspace(0.0, scalar_time("t", t), n)
-
-
-def _check_grid(s, t: float) -> np.ndarray:
-    s = np.asarray(s, dtype=np.float64)
-    if s.ndim != 1 or s.shape[0] < 3 or s.shape[0] % 2 == 0:
-        raise ValueError(f"s_grid: expected a 1-D grid of odd length ≥ 3, got shape {s.shape}")
-    if not np.isfinite(s).all() or not (np.diff(s) > 0).all():
-        raise ValueError("s_grid: expected finite, strictly increasing points")
-    if s[0] != 0.0 or abs(s[-1] - t) > 1e-12:
-        raise ValueError(f"s_grid: expected to run from 0 to t = {t}, got [{s[0]}, {s[-1]}]")
-    s = s.copy()
-    s[-1] = t
-    return s
-
-
-def trapezoid_weights(s: np.ndarray) -> np.ndarray:
-    """w with Σ w_i y_i = the trapezoid rule on the (possibly non-uniform) grid s."""
-    h = np.diff(s)
-    w = np.zeros_like(s)
-    w[:-1] += h / 2
-    w[1:] += h / 2
-    return w
-
-
-def cumulative_trapezoid(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """∫_{s_0}^{s_i} y by the trapezoid rule along the last axis, starting at 0."""
-    inc = 0.5 * (y[..., 1:] + y[..., :-1]) * np.diff(s)
-    return np.concatenate([np.zeros(y.shape[:-1] + (1,)), np.cumsum(inc, axis=-1)], axis=-1)
 
 
 def _logsumexp(a: np.ndarray) -> np.ndarray:
@@ -325,7 +291,7 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
     t = scalar_time("t", t)
     if t == 0.0:
         raise ValueError("t: expected t in (0, 1]; at t = 0 every quantity of the bound vanishes")
-    s = _check_grid(make_grid(t) if s_grid is None else s_grid, t)
+    s = check_grid(make_grid(t) if s_grid is None else s_grid, t)
     Ls = _profile_L(L, s)
     if x_t is None:
         x_t = testbed.sample_path(n, t, generator).x_t
@@ -407,7 +373,7 @@ def exact_affine_report(model: AffineJump, bed: Gaussian, t: float, *, s_grid=No
     t = scalar_time("t", t)
     if t == 0.0:
         raise ValueError("t: expected t in (0, 1]; at t = 0 every quantity of the bound vanishes")
-    s = _check_grid(make_grid(t, 2049) if s_grid is None else s_grid, t)
+    s = check_grid(make_grid(t, 2049) if s_grid is None else s_grid, t)
     st = torch.as_tensor(s, dtype=torch.float64)
     tt = torch.full_like(st, t)
     mu, dim = bed.mean.to(torch.float64), bed.dim

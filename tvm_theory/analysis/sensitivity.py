@@ -18,8 +18,9 @@ is astronomically loose (multimodal targets, §6.1).
 Numerics. J(σ) = ∂_x ψ(y(σ), σ, 0) is the solution at r = 0 of the variational equation dz/dr = u(z, r),
 dJ/dr = ∂_x u(z, r) J started at (y(σ), I) at r = σ; it is integrated with fixed-step RK4 (``ode_steps`` steps,
 ∂_x u J by forward-mode JVPs of u), its error estimated by Richardson against half the steps. The σ-integral uses
-adaptive Simpson panels shared by all samples: a panel is split while its Simpson-vs-composite-Simpson difference
-exceeds its share of ``rtol`` — multimodal targets concentrate the integrand where paths cross between modes.
+adaptive Simpson panels shared by all samples (:func:`tvm_theory.analysis.quadrature.adaptive_simpson`): a panel is
+split while its Simpson-vs-composite-Simpson difference exceeds its share of ``rtol`` — multimodal targets
+concentrate the integrand where paths cross between modes.
 The identity is checked sample by sample; its residual measures the combined quadrature and ODE error.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from ..checks import check_finite
 from ..param import JumpModel
+from .quadrature import adaptive_simpson
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
@@ -163,66 +165,22 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
     t = float(t)
     if not 0.0 < t <= 1.0:
         raise ValueError(f"t: expected a jump start in (0, 1], got {t}")
-    for name, v in (("n_panels", n_panels), ("max_rounds", max_rounds), ("ode_steps", ode_steps)):
-        if not isinstance(v, int) or v < (0 if name == "max_rounds" else 1):
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    # Nodes are kept in units of t (σ = t·v, v ∈ [0, 1]): bisection of [0, 1] gives exact dyadic floats, so a node
-    # reached from two panels is the same dictionary key.
-    cache: dict[float, tuple] = {}
+    if not isinstance(ode_steps, int) or ode_steps < 1:
+        raise ValueError(f"ode_steps: expected a positive int, got {ode_steps!r}")
 
-    def evaluate(points: list[float]) -> None:
-        new = sorted({p for p in points if p not in cache})
-        if new:
-            vals = _integrand(model, u, x_t, t, [t * p for p in new], ode_steps, n_ode_check)
-            for i, p in enumerate(new):
-                cache[p] = tuple(v[i] for v in vals)
+    def integrand(sigmas: list[float]) -> tuple[Tensor, ...]:
+        return _integrand(model, u, x_t, t, sigmas, ode_steps, n_ode_check)
 
-    def simpson(a, m, b, idx):
-        return t * (b - a) / 6 * (cache[a][idx] + 4 * cache[m][idx] + cache[b][idx])
-
-    def composite(panel, idx):
-        a, b = panel
-        m = (a + b) / 2
-        return simpson(a, (3 * a + b) / 4, m, idx) + simpson(m, (a + 3 * b) / 4, b, idx)
+    def richardson_size(diff: tuple[Tensor, ...]) -> float:
+        """Size of S₂ − S on a panel for the scalar integrand ‖J‖‖ρ‖ and the identity's vector integrand J ρ."""
+        return max(float(diff[0].abs().mean()), float(diff[1].norm(dim=1).mean()))
 
     with torch.no_grad():
-        edges = [i / n_panels for i in range(n_panels + 1)]
-        panels = list(zip(edges[:-1], edges[1:]))
-        evaluate(edges + [(a + b) / 2 for a, b in panels])
-        done: list[tuple[float, float, float, float]] = []  # accepted panels: (a, b, error, mean integral)
-        for rnd in range(max_rounds + 1):
-            evaluate([q for a, b in panels for q in ((3 * a + b) / 4, (a + 3 * b) / 4)])
-            coarse = {p: simpson(p[0], (p[0] + p[1]) / 2, p[1], 0) for p in panels}
-            fine = {p: composite(p, 0) for p in panels}
-            # Current estimate of mean_i I_i: accepted panels plus the finer rule on the open ones.
-            scale = max(sum(d[3] for d in done) + sum(float(fine[p].mean()) for p in panels), 1e-300)
-            keep = []
-            for a, b in panels:
-                # Richardson estimate for both the scalar integrand and the identity's vector integrand.
-                err_vec = float((composite((a, b), 1) - simpson(a, (a + b) / 2, b, 1)).norm(dim=1).mean())
-                err = max(float((fine[(a, b)] - coarse[(a, b)]).abs().mean()), err_vec) / 15
-                if err <= rtol * scale * (b - a) or rnd == max_rounds:
-                    done.append((a, b, err, float(fine[(a, b)].mean())))
-                else:
-                    keep += [(a, (a + b) / 2), ((a + b) / 2, b)]
-            panels = keep
-            if not panels:
-                break
-        done.sort()
-        nodes = sorted(cache)
-        per_sample = torch.zeros(x_t.shape[0], dtype=x_t.dtype, device=x_t.device)
-        core = torch.zeros_like(per_sample)
-        directional = torch.zeros_like(per_sample)
-        vec = torch.zeros_like(x_t)
-        quad_err_mean = 0.0
-        ode_err = 0.0  # Σ over panels of width × the largest per-sample ODE error at its nodes
-        for a, b, err, _ in done:
-            per_sample += composite((a, b), 0)
-            vec += composite((a, b), 1)
-            core += composite((a, b), 2)
-            directional += composite((a, b), 5)
-            ode_err += t * (b - a) * max(float(cache[p][4]) for p in (a, (3 * a + b) / 4, (a + b) / 2, (a + 3 * b) / 4, b))
-            quad_err_mean += err
+        quad = adaptive_simpson(integrand, t, n_panels=n_panels, rtol=rtol, max_rounds=max_rounds,
+                                error=richardson_size)
+        per_sample, vec, core, directional = (quad.integral(k) for k in (0, 1, 2, 5))
+        # Σ over panels of width × the largest per-sample ODE error at its nodes
+        ode_err = sum(quad.width(p) * max(float(quad.values[v][4]) for v in p.nodes) for p in quad.panels)
         y0 = x_t + model.displacement(x_t, torch.full((x_t.shape[0],), t, dtype=x_t.dtype),
                                       torch.zeros(x_t.shape[0], dtype=x_t.dtype))
         e0 = y0 - z0
@@ -232,16 +190,14 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
         bound = float(per_sample.pow(2).mean().sqrt())
         mean_i = float(per_sample.mean())
         # Quadrature error of the mean of I scaled to the RMS; ODE error per sample propagated the same way.
-        quad_err = bound * quad_err_mean / max(mean_i, 1e-300)
+        quad_err = bound * quad.error / max(mean_i, 1e-300)
         sq = per_sample.pow(2)
         bound_se = float(sq.std() / math.sqrt(len(sq))) / (2 * bound) if bound > 0 else 0.0
-        jn = torch.stack([cache[p][3] for p in nodes])
-        rn = torch.stack([cache[p][2] for p in nodes])
+        jn, rn = quad.at_nodes(3), quad.at_nodes(2)
         core_rms = float(core.pow(2).mean().sqrt())
     return SensitivityResult(
-        bound=bound, bound_directional=float(directional.pow(2).mean().sqrt()), bound_err=quad_err + ode_err, bound_se=bound_se, per_sample=per_sample,
-        error_direct=err_direct, paired_rmse=rmse, identity_residual=resid,
+        bound=bound, bound_directional=float(directional.pow(2).mean().sqrt()), bound_err=quad_err + ode_err,
+        bound_se=bound_se, per_sample=per_sample, error_direct=err_direct, paired_rmse=rmse, identity_residual=resid,
         identity_rel=float(resid.pow(2).mean().sqrt()) / max(rmse, 1e-300), core=core_rms,
         amplification=bound / core_rms if core_rms > 0 else math.inf, quad_err=quad_err, ode_err=ode_err,
-        sigma_nodes=t * torch.tensor(nodes, dtype=torch.float64), jac_norm_quantiles=_quantiles(jn),
-        residual_quantiles=_quantiles(rn))
+        sigma_nodes=quad.points, jac_norm_quantiles=_quantiles(jn), residual_quantiles=_quantiles(rn))
