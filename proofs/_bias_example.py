@@ -5,13 +5,15 @@ Closed forms (derived in proofs/README.md §3, checked symbolically in check_cou
 antiderivative of 1/σ_s:
   mean offset of the model's one-step law   m_t = r σ0 (J(t) − J(0)),   std ratio 1,   W2² = m_t²;
   λ(s) = exp∫_0^s|κ| = σ0/σ_s (s ≤ τ*),  a σ_s/σ0 (s ≥ τ*).
-Independent routes: mpmath's Taylor-series ODE solver (``odefun``), whose accuracy follows the working precision,
-run at two precisions by the callers to bound its error.
+Two routes to each number. The closed forms at t = 1 are also evaluated in mpmath's interval arithmetic
+(``enclosures_t1``), which rounds outward, so the printed intervals contain the exact values of the closed forms.
+The ODE route (mpmath's Taylor-series solver ``odefun``) is run by the callers at two working precisions; the gap
+between the two runs and the distance to the closed form show that the routes agree, and bound nothing rigorously.
 """
 import mpmath as mp
 
 PRECISIONS = (15, 22)
-"""Working precisions (decimal digits) at which callers run every ODE; their disagreement bounds its error."""
+"""Working precisions (decimal digits) at which callers run every ODE; their disagreement estimates its error."""
 
 
 def sd(s, sig0):
@@ -79,3 +81,23 @@ def bound_c_ode(sig0, r, t):
     """Bound (c) for the bias model (A ≡ 0, B ≡ r²): 3t r² ∫_0^t exp(3∫_0^ρ κ(v)²(t − v) dv) dρ, by ODE."""
     sol = mp.odefun(lambda s, y: [3 * kappa(s, sig0) ** 2 * (t - s), mp.exp(y[0])], 0, [mp.mpf(0), mp.mpf(0)])
     return 3 * t * r**2 * sol(t)[1]
+
+
+def enclosures_t1(sig0, r, dps: int = 30):
+    """Intervals (``mpmath.iv``) that contain W2² = m_1² and Λ_1 at t = 1, from their closed forms.
+
+    ``sig0`` and ``r`` are given as ints or decimal strings ("0.1"), so that they too become enclosing intervals.
+    m_1 = rσ0(asinh σ0 + asinh(1/σ0))/√a and Λ_1 = σ0 asinh(σ0)/√a + 1/(2σ0) + σ0 asinh(1/σ0)/(2√a), a = 1 + σ0²,
+    with asinh x = log(x + √(x² + 1)) (``mpmath.iv`` has no asinh).
+    """
+    iv = mp.iv
+    iv.dps = dps
+    sig0, r = iv.mpf(sig0), iv.mpf(r)
+    root_a = iv.sqrt(1 + sig0**2)
+
+    def asinh(v):
+        return iv.log(v + iv.sqrt(v * v + 1))
+
+    m1 = r * sig0 * (asinh(sig0) + asinh(1 / sig0)) / root_a
+    lam1 = sig0 * asinh(sig0) / root_a + 1 / (2 * sig0) + sig0 * asinh(1 / sig0) / (2 * root_a)
+    return m1 * m1, lam1
