@@ -8,10 +8,10 @@ consecutive log points; every step ends in a device synchronisation, so each int
 forward and JVP, targets, backward, all-reduce, clipping, AdamW, both EMAs, logging). Peak memory is
 ``torch.cuda.max_memory_allocated`` of each rank over the whole run (the largest rank is reported).
 
-The attention backend is the trainer's ``train.attention_backend``. The trainer process is given two substitutes
-(:func:`install_substitutes`), neither inside the step's arithmetic: its data set is :class:`SyntheticLatents`
-(random standardized latents of the preset's shape, 4×32×32 for ``--resolution 256`` and 4×64×64 for 512, labels
-uniform over the classes; no disk), and checkpoint writing is a no-op (I/O, not a step).
+The attention backend is the trainer's ``model.attention_backend``. Each run is ``full_scale.train.train`` with a
+config (:func:`run_config`), nothing patched: the data are ``data.kind: synthetic`` (random standardized latents of
+the preset's shape, 4×32×32 for ``--resolution 256`` and 4×64×64 for 512, labels uniform over the classes; no disk,
+``full_scale.data.synthetic``), and no checkpoint is written (``checkpoint.final: false``; I/O, not a step).
 
 Variants (``--variants``, :data:`VARIANTS`): ``baseline`` = the reference PyTorch attention and ∂_s F by
 ``torch.func.jvp`` (``train.jvp: functorch``), no compilation (``torch.compile`` cannot enter a ``torch.func.jvp``
@@ -67,11 +67,12 @@ if str(ROOT) not in sys.path:
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from full_scale.config import apply_overrides, load_preset, model_config  # noqa: E402
-from full_scale.models import DiTConfig  # noqa: E402
+from full_scale.callbacks import Callback  # noqa: E402
+from full_scale.config import Config, load_config  # noqa: E402
+from full_scale.model import DiTConfig  # noqa: E402
 
 class Variant(NamedTuple):
-    """The trainer settings of one variant (train.attention_backend, train.jvp, train.compile,
+    """The trainer settings of one variant (model.attention_backend, train.jvp, train.compile,
     train.activation_checkpointing, train.ddp_split_graphs) and extra environment of the trainer process."""
 
     backend: str
@@ -127,51 +128,6 @@ def peak_tflops(device_name: str) -> float | None:
 
 # ----------------------------------------------------------------------------------------------------------- worker
 
-class SyntheticLatents(torch.utils.data.IterableDataset):
-    """Random standardized latents z ~ N(0, I) of shape (C, H, W) with labels uniform on {0, …, K − 1}, yielded as
-    ``full_scale.data.LatentDataset`` yields them (float32 z, int64 scalar label). Item i of epoch e on rank r is
-    drawn from ``numpy.random.default_rng([seed, e, r, i])``: reproducible, different across ranks and epochs, and
-    split over DataLoader workers by index. An epoch has ImageNet's 1,281,167 items split evenly over the ranks."""
-
-    def __init__(self, latent_shape: tuple[int, int, int], num_classes: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, num_items: int = 1_281_167):
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
-        self.latent_shape, self.num_classes = tuple(latent_shape), int(num_classes)
-        self.rank, self.world_size, self.seed, self.num_items, self.epoch = rank, world_size, seed, num_items, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_items // self.world_size
-
-    def __iter__(self):
-        indices = range(len(self))
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None:
-            indices = indices[worker.id:: worker.num_workers]
-        for i in indices:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank, i])
-            z = rng.standard_normal(self.latent_shape, dtype=np.float32)
-            yield torch.from_numpy(z), torch.tensor(int(rng.integers(self.num_classes)))
-
-
-def install_substitutes() -> None:
-    """Point the trainer at :class:`SyntheticLatents` and make checkpoint writing a no-op. Module attributes are
-    replaced, so the step code that runs is the trainer's own."""
-    import full_scale.checkpoint as checkpoint
-    from full_scale import train
-
-    def build_dataset(cfg: dict, rank: int, world_size: int) -> SyntheticLatents:
-        m = model_config(cfg)
-        return SyntheticLatents((m.in_channels, m.input_size, m.input_size), m.num_classes, rank=rank,
-                                world_size=world_size, seed=int(cfg["train"]["seed"]))
-
-    train.build_dataset = build_dataset
-    checkpoint.save = lambda run_dir, step, **kwargs: Path(run_dir)
-
-
 ANNOTATIONS = ("ProfilerStep", "Optimizer.", "DistributedDataParallel.", "nccl:")
 ATTENTION_KERNELS = ("_fwd_kernel", "_tangent_kernel", "_rowdot_kernel", "_kv_kernel", "_kv_tangent_kernel",
                      "_q_kernel")
@@ -206,27 +162,35 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
                      "calls_per_step": e.count / steps} for e in ranked]}
 
 
+class ProfilerSteps(Callback):
+    """Advances a ``torch.profiler`` schedule after every optimizer step."""
+
+    def __init__(self, prof):
+        self.prof = prof
+
+    def on_step(self, run) -> None:
+        self.prof.step()
+
+
 def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", profile_steps: str = "0") -> None:
     """One trainer run (this process is one rank); writes ``rank{r}.json`` with its peak memory into ``run_dir``,
-    and on rank 0 with ``profile_steps`` > 0, ``profile.json`` of the steps after ``profile_after`` + 1 (the profiler
-    is stepped by an optimizer-step hook; without CUDA it lists no kernels)."""
-    from full_scale import train
+    and on rank 0 with ``profile_steps`` > 0, ``profile.json`` of the steps after ``profile_after`` + 1 (without
+    CUDA the profile lists no kernels)."""
+    from full_scale.train import train
 
-    install_substitutes()
     rank = int(os.environ.get("RANK", "0"))
     status, error = "ok", ""
     profile_after, profile_steps = int(profile_after), int(profile_steps)
-    prof = None
+    prof, callbacks = None, []
     if profile_steps and rank == 0:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
         from torch.profiler import ProfilerActivity, profile, schedule
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         prof = profile(activities=activities,
                        schedule=schedule(wait=profile_after, warmup=1, active=profile_steps, repeat=1))
         prof.start()
-        register_optimizer_step_post_hook(lambda *_: prof.step())
+        callbacks.append(ProfilerSteps(prof))
     try:
-        train.main(["--preset", config, "--out", run_dir])
+        train(load_config(config), run_dir, callbacks=callbacks)
     except torch.OutOfMemoryError as err:
         status, error = "oom", str(err).splitlines()[0]
     if prof is not None:
@@ -244,24 +208,19 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
 # ----------------------------------------------------------------------------------------------------------- driver
 
 def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, variant: str, sets: list[str],
-               global_batch: int | None = None) -> dict:
+               global_batch: int | None = None) -> Config:
     """The trainer configuration of one run: preset, model name, --set overrides, then the benchmark's own keys
-    (the variant's attention backend, synthetic data, one logged step per micro-batch, no Lipschitz probe, no
-    checkpoint before the end)."""
-    cfg = load_preset(preset)
-    if "attention_backend" not in cfg["train"]:
-        raise RuntimeError(f"preset {preset}: no train.attention_backend key; this trainer cannot switch backends")
-    cfg["model"]["name"] = model
-    cfg = apply_overrides(cfg, sets)
+    (the variant's switches, synthetic data, one logged step per micro-batch, no Lipschitz probe, no checkpoint)."""
     v = VARIANTS[variant]
-    cfg["train"].update(attention_backend=v.backend, jvp=v.jvp, compile=v.compile,
-                        activation_checkpointing=v.checkpointing, ddp_split_graphs=v.ddp_split)
+    cfg = load_config(preset, [f"model.name={model}", *sets])
     # Loader workers on GPUs; none on the CPU, where forked workers of two gloo ranks hung the smoke test at times.
-    cfg["data"].update(kind="synthetic", root=None, num_workers=2 if torch.cuda.is_available() else 0)
-    cfg["train"].update(steps=steps, micro_batch=batch, global_batch=global_batch or batch * gpus)
-    cfg["log"].update(every=1, lipschitz_every=0, tensorboard=False)
-    cfg["checkpoint"].update(every=10 ** 9)
-    return cfg
+    return cfg.override({
+        "model.attention_backend": v.backend, "train.jvp": v.jvp, "train.compile": v.compile,
+        "train.activation_checkpointing": v.checkpointing, "train.ddp_split_graphs": v.ddp_split,
+        "data.kind": "synthetic", "data.root": None, "data.num_workers": 2 if torch.cuda.is_available() else 0,
+        "train.steps": steps, "train.micro_batch": batch, "train.global_batch": global_batch or batch * gpus,
+        "log.every": 1, "log.lipschitz_every": 0, "log.tensorboard": False,
+        "checkpoint.every": 10 ** 9, "checkpoint.final": False})
 
 
 def stop(proc: subprocess.Popen, grace: float = 45.0) -> None:
@@ -279,13 +238,13 @@ def stop(proc: subprocess.Popen, grace: float = 45.0) -> None:
             pass  # a rank still holds the pipes: give up on its output rather than wait
 
 
-def launch(cfg: dict, gpus: int, variant: str, workdir: Path, timeout: float,
+def launch(cfg: Config, gpus: int, variant: str, workdir: Path, timeout: float,
            profile: tuple[int, int] = (0, 0)) -> tuple[Path, str]:
     """Run the trainer on ``cfg`` in a fresh process (torchrun when gpus > 1); returns (run dir, failure text)."""
     env_extra = VARIANTS[variant].env
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.in.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     run_dir = workdir / "run"
     script = [str(Path(__file__).resolve()), "--worker", str(config), str(run_dir), variant,
                                                      *map(str, profile)]
@@ -370,8 +329,8 @@ def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, v
               matmul_tflops: float | None) -> dict:
     extra = 1 + args.profile if args.profile else 0  # profiled steps come last and are not timed
     cfg = run_config(preset, model, batch, gpus, args.warmup + args.steps + extra, variant, args.set)
-    mcfg = model_config(cfg)
-    guided = cfg["guidance"]["mode"] != "none"
+    mcfg = cfg.model.dit()
+    guided = cfg.guidance.mode != "none"
     tag = f"{model.replace('/', '_')}-b{batch}-g{gpus}-{variant}"
     t0 = time.perf_counter()
     run_dir, failure = launch(cfg, gpus, variant, tmp / tag, args.timeout,
@@ -487,53 +446,48 @@ class _OpCensus(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _census_step(cfg: dict, depth: int, manual_jvp: bool) -> dict:
-    """Operator counts of one trainer step (the trainer's StudentStep, tvm_loss, AdamW and ema_update) of a
-    ``depth``-block copy of the configured model at a tiny width, on the CPU in float32, every weight random."""
-    from full_scale.models import DiT
-    from full_scale.train import StudentStep, guidance_config
-    from tvm_theory.ema import ema_update
-    from tvm_theory.loss import StudentOutput, prepare_batch, tvm_loss
-    from tvm_theory.time_samplers import make_time_sampler
+def _census_step(cfg: Config, depth: int, manual_jvp: bool) -> dict:
+    """Operator counts of one step of the trainer's own code (``full_scale.train.accumulate_gradients`` and
+    ``apply_update``, their phases counted one by one) on a ``depth``-block copy of the configured model at a tiny
+    width, on the CPU in float32, every weight random (adaLN-Zero layers too, so no tangent is trivially zero)."""
+    import contextlib
+    import tempfile
 
-    m = model_config(cfg)
-    fields = {**m.to_dict(), "depth": depth, "hidden_size": 8 * m.num_heads, "input_size": 2 * m.patch_size,
-              "freq_dim": 16}
-    torch.manual_seed(0)
-    model = DiT(DiTConfig(**fields))
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    target = DiT(DiTConfig(**fields)).requires_grad_(False)
-    target.load_state_dict(model.state_dict())
-    tc = cfg["train"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]), betas=tuple(tc["betas"]),
-                                  weight_decay=float(tc["weight_decay"]), foreach=True)  # as on CUDA
-    guidance = guidance_config(cfg, model.null_class)
-    gen = torch.Generator().manual_seed(0)
+    from full_scale.data import build_dataset
+    from full_scale.distributed import Dist
+    from full_scale.train import accumulate_gradients, apply_update, build_run
+
+    m = cfg.model.dit()
     n = 4
-    x0 = torch.randn(n, m.in_channels, fields["input_size"], fields["input_size"], generator=gen)
+    cfg = cfg.override({"model.depth": depth, "model.hidden_size": 8 * m.num_heads, "model.input_size": 2 * m.patch_size,
+                        "model.freq_dim": 16, "model.attention_backend": "reference", "train.compile": False,
+                        "train.jvp": "manual" if manual_jvp else "functorch", "train.global_batch": n,
+                        "train.micro_batch": n, "data.kind": "synthetic"})
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build_run(cfg, Path(tmp), Dist(), build_dataset(cfg))
+    torch.manual_seed(0)
+    for p in run.model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    run.target_ema.load_state_dict(run.model.state_dict())
+    tc = cfg.train  # foreach AdamW, as PyTorch picks on CUDA (on the CPU it would loop over the parameters)
+    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay,
+                                      foreach=True)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(n, m.in_channels, 2 * m.patch_size, 2 * m.patch_size, generator=gen)
     y = torch.randint(0, m.num_classes, (n,), generator=gen)
-    times = make_time_sampler(tc["time_sampler"])(n, generator=gen)
-    batch = prepare_batch(x0, times, y=y if guidance is not None else None, cfg=guidance, generator=gen)
-    phases = {}
-    with _OpCensus() as c:
-        f, dfds, u = StudentStep(model, manual_jvp=manual_jvp)(batch)
-    phases["student forward (JVP + flow matching)"] = c
-    with _OpCensus() as c:
-        terms = tvm_loss(batch, StudentOutput(f=f, dfds=dfds, u_fm=u), target, null_class=model.null_class)
-    phases["targets and loss"] = c
-    with _OpCensus() as c:
-        terms.loss.backward()
-    phases["backward"] = c
-    optimizer.step()  # the second step is counted: the first fills the moments
-    with _OpCensus() as c:
-        optimizer.step()
-    phases["AdamW (foreach)"] = c
-    with _OpCensus() as c:
-        ema_update(target, model, float(tc["target_ema"]))
-        ema_update(target, model, float(tc["eval_ema"]))
-    phases["two EMAs"] = c
-    return {k: (v.ops, v.compute_ops, v.zero_input_ops) for k, v in phases.items()}
+    counts: dict[str, _OpCensus] = {}
+
+    @contextlib.contextmanager
+    def counted(name: str):
+        with _OpCensus() as c:
+            yield
+        counts[name] = c
+
+    accumulate_gradients(run, iter([(0, 1, x0, y)]), phase=counted)
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters()])
+    apply_update(run, grad_norm, phase=lambda name: contextlib.nullcontext())  # the first fills AdamW's moments
+    apply_update(run, grad_norm, phase=counted)
+    return {k: (v.ops, v.compute_ops, v.zero_input_ops) for k, v in counts.items()}
 
 
 def census(cfg: dict, manual_jvp: bool) -> dict:
@@ -541,7 +495,7 @@ def census(cfg: dict, manual_jvp: bool) -> dict:
     extrapolated linearly (every block runs the same code). Each operator is at least one kernel launch on a GPU,
     so ``ops`` × (host time per operator) bounds an eager step's time from below when the GPU is fast enough."""
     one, two = _census_step(cfg, 1, manual_jvp), _census_step(cfg, 2, manual_jvp)
-    depth = model_config(cfg).depth
+    depth = cfg.model.dit().depth
     out = {}
     keys = ("ops", "compute_ops", "zero_input_ops")
     for phase in one:

@@ -5,7 +5,7 @@
 Trains (or resumes) the ``tiny-digits`` preset, samples ``sample.per_class`` digits of every class from the
 evaluation EMA for each N in ``sample.steps``, scores them with the cached digits classifier (accuracy of the
 conditioned class, Fréchet distance in its feature space, pixel W2 to the held-out digits, each with its floor;
-``full_scale.digits``) and writes ``eval.json`` beside the samples.
+``full_scale.data.digits``) and writes ``eval.json`` beside the samples.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import digits, sample, train
+from . import sample, train
+from .data import digits
 
 
 def main(argv=None) -> dict:
@@ -28,15 +29,14 @@ def main(argv=None) -> dict:
     p.add_argument("--cache-dir", default=None, help="where the digits classifier is cached (default: "
                    "$TVM_THEORY_CACHE or ~/.cache/tvm_theory)")
     args = p.parse_args(argv)
-    cfg = train.resolve_config(args)
-    if cfg["data"]["kind"] != "digits":
-        raise ValueError(f"--preset: the pipeline scores digits; {args.preset!r} has data.kind={cfg['data']['kind']!r}"
-                         " (use full_scale.train, full_scale.sample and full_scale.evaluate for latents)")
-    if cfg["guidance"]["mode"] == "none":
+    cfg = train.config_from_args(args)
+    if cfg.data.kind != "digits":
+        raise ValueError(f"--preset: the pipeline scores digits; {args.preset!r} has data.kind={cfg.data.kind!r}"
+                         " (use full_scale.train, full_scale.sample and full_scale.evaluation for latents)")
+    if cfg.guidance.mode == "none":
         raise ValueError("guidance.mode: the pipeline scores class-conditional samples; use constant or random")
 
-    train_argv = ["--preset", args.preset, "--out", args.out] + sum((["--set", s] for s in args.set), [])
-    train.main(train_argv + ([] if args.steps is None else ["--steps", str(args.steps)]))
+    train.train(cfg, args.out)
     written = sample.main(["--run", args.out])
 
     classifier = digits.load_classifier(args.cache_dir)

@@ -21,27 +21,27 @@ from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
 
 from . import checkpoint
-from .config import model_config
-from .models import DiT
+from .config import Config
+from .data import DATASETS
+from .model import DiT
 
 
 def load_run(run: str | Path, which: str = "eval_ema", ckpt: str | Path | None = None,
-             device: str | torch.device = "cpu") -> tuple[DiT, dict, dict]:
+             device: str | torch.device = "cpu") -> tuple[DiT, Config, dict]:
     """(model in eval mode with the chosen weights, the run's resolved config, the checkpoint's meta)."""
     run = Path(run)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"--run: {run} has no config.yaml; is it a full_scale.train run directory?")
-    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg = Config.from_dict(yaml.safe_load(cfg_path.read_text()))
     path = Path(ckpt) if ckpt is not None else checkpoint.latest(run)
     if path is None:
         raise FileNotFoundError(f"--run: {run} has no checkpoints yet")
-    mcfg = model_config(cfg)
     with torch.device(device):
-        model = DiT(mcfg)
+        model = DiT(cfg.model.dit())
     meta = checkpoint.load_weights(path, model, which)
-    checkpoint.check_model_config(meta, mcfg.to_dict(), path)
-    model.set_attention_backend(cfg["train"].get("attention_backend", "auto"))  # runs older than the key: auto
+    checkpoint.check_model_config(meta, model.cfg.to_dict(), path)
+    model.set_attention_backend(cfg.model.attention_backend)
     return model.eval().requires_grad_(False), cfg, meta
 
 
@@ -90,37 +90,39 @@ def main(argv=None) -> list[Path]:
     p.add_argument("--per-class", type=int, default=None, help="samples per class (default: sample.per_class)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="classes to sample (default: all)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--vae", default=None, help="latents only: VAE source to decode a PNG grid (full_scale.vae)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per forward (default: eval.batch_size)")
+    p.add_argument("--vae", default=None, help="latents only: VAE source to decode a PNG grid (full_scale.data.vae; "
+                   "default: eval.vae)")
     p.add_argument("--out", default=None, help="output directory (default: RUN/samples)")
     args = p.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg, meta = load_run(args.run, args.weights, args.checkpoint, device)
-    sc = cfg["sample"]
-    steps = args.steps or list(sc["steps"])
-    weight = args.weight if args.weight is not None else float(sc["weight"])
-    per_class = args.per_class or int(sc["per_class"])
-    seed = args.seed if args.seed is not None else int(sc["seed"])
+    sc = cfg.sample
+    steps = args.steps or list(sc.steps)
+    weight = args.weight if args.weight is not None else sc.weight
+    per_class = args.per_class or sc.per_class
+    seed = args.seed if args.seed is not None else sc.seed
+    batch_size, vae_source = args.batch_size or cfg.eval.batch_size, args.vae or cfg.eval.vae
     out = Path(args.out) if args.out else Path(args.run) / "samples"
     out.mkdir(parents=True, exist_ok=True)
-    conditional = cfg["guidance"]["mode"] != "none"
+    conditional = cfg.guidance.mode != "none"
     classes = args.classes if args.classes is not None else list(range(model.cfg.num_classes))
     labels = torch.tensor(classes).repeat_interleave(per_class) if conditional else None
     n = len(classes) * per_class
 
     decode = None
-    if cfg["data"]["kind"] == "latents" and args.vae:
-        from .data import LatentDataset
-        from .vae import decode_latents, load_vae
-        vae, stats = load_vae(args.vae, device=device), LatentDataset(cfg["data"]["root"]).stats
-        decode = lambda z: decode_latents(vae, z, stats)  # noqa: E731
-    elif cfg["data"]["kind"] != "latents":
+    if DATASETS[cfg.data.kind].pixels:
         decode = to_uint8
+    elif vae_source:
+        from .data.latents import LatentDataset
+        from .data.vae import decode_latents, load_vae
+        vae, stats = load_vae(vae_source, device=device), LatentDataset(cfg.data.root).stats
+        decode = lambda z: decode_latents(vae, z, stats)  # noqa: E731
 
     written = []
     for n_steps in steps:
-        x = generate(model, labels, n_steps, weight, n=n, seed=seed, batch_size=args.batch_size)
+        x = generate(model, labels, n_steps, weight, n=n, seed=seed, batch_size=batch_size)
         stem = out / f"samples_{n_steps}step"
         np.savez(stem.with_suffix(".npz"), samples=x.numpy(), labels=(labels if labels is not None else
                  torch.full((n,), -1)).numpy(), n_steps=n_steps, weight=weight, step=meta["step"])

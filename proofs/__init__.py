@@ -13,6 +13,7 @@ CHECKS = (
     "bound_a_attained",
     "bounds_hold",
     "nonlinear",
+    "fewstep",
     "attention",
 )
 """Module names, in reading order of README.md: ``proofs.check_<name>`` for each entry."""

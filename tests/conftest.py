@@ -11,7 +11,7 @@ settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-# `kernels` reads TRITON_INTERPRET when first imported (full_scale.models imports it too): without a GPU the Triton
+# `kernels` reads TRITON_INTERPRET when first imported (full_scale.model.dit imports it too): without a GPU the Triton
 # kernels run in the interpreter, so the CPU tests exercise the same kernels as the GPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -16,7 +16,7 @@ import copy
 
 import torch
 
-from full_scale.models import DiT, dit_config
+from full_scale.model.dit import DiT, dit_config
 
 FACTOR = 10.0
 FLOOR = {"fp32": 1e-5, "bf16": 2e-2}

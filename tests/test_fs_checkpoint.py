@@ -7,7 +7,7 @@ import torch
 
 from full_scale import checkpoint
 from full_scale.checkpoint import CheckpointError
-from full_scale.models import DiT, dit_config
+from full_scale.model.dit import DiT, dit_config
 
 CFG = dict(input_size=4, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=3,
            freq_dim=8, spectral_norm=True)

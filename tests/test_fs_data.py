@@ -1,4 +1,4 @@
-"""full_scale.data and full_scale.vae: ADM center crop, preparation with a tiny random AutoencoderKL, shard
+"""full_scale.data and full_scale.data.vae: ADM center crop, preparation with a tiny random AutoencoderKL, shard
 verification, the latent dataset's shuffling and rank split, channel statistics, and the offline error."""
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from PIL import Image
 
 pytest.importorskip("diffusers", reason="full_scale data preparation needs the optional `diffusers` package")
 
-from full_scale.data import (  # noqa: E402
+from full_scale.data.latents import (  # noqa: E402
     ImageSource, LatentDataset, ShardError, center_crop_arr, compute_latent_stats, load_manifest, main, prepare,
 )
-from full_scale.vae import (  # noqa: E402
+from full_scale.data.vae import (  # noqa: E402
     PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, VAEWeightsError, decode_latents, encode_images, load_vae,
 )
 
@@ -297,7 +297,7 @@ def test_missing_weights_give_instructions(tmp_path):
     with pytest.raises(VAEWeightsError, match="hf download stabilityai/sd-vae-ft-ema"):
         load_vae(str(tmp_path / "no-such-vae"))
     # a hub id with the hub switched off (no network, nothing cached): same clear error
-    code = ("from full_scale.vae import load_vae, VAEWeightsError\n"
+    code = ("from full_scale.data.vae import load_vae, VAEWeightsError\n"
             "try:\n    load_vae('%s')\nexcept VAEWeightsError as e:\n    print('CLEAR', e)\n" % SD_VAE_ID)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""The DiT's hand-written tangent (full_scale.dual, DiT.forward_and_ds) against torch.func.jvp in float64, and the
+"""The DiT's hand-written tangent (full_scale.model.dual, DiT.forward_and_ds) against torch.func.jvp in float64, and the
 trainer's fast path (manual JVP, activation checkpointing, compiled blocks) against the plain one (issue 10)."""
 import shutil
 
@@ -8,8 +8,8 @@ import torch.nn.functional as Fn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from full_scale import dual
-from full_scale.models import RMS_EPS, DiT, dit_config, rms
+from full_scale.model import dual
+from full_scale.model.dit import RMS_EPS, DiT, dit_config, rms
 from tvm_theory.loss import CFGConfig, prepare_batch, student_forward
 from tvm_theory.time_samplers import TimeSample
 

@@ -1,4 +1,4 @@
-"""full_scale.fid and full_scale.evaluate: the Fréchet distance against scipy, the Inception Score, the TF1 resize,
+"""full_scale.evaluation.fid and full_scale.evaluation.scoring: the Fréchet distance against scipy, the Inception Score, the TF1 resize,
 the FID Inception's weights handling, ADM .npz I/O, and prepare → train → sample → decode → evaluate on the CPU
 with a tiny random AutoencoderKL, a tiny DiT and a randomly initialised Inception."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from full_scale.fid import (
+from full_scale.evaluation.fid import (
     InceptionV3, InceptionWeightsError, frechet_distance, frechet_distance_to_samples, gaussian_stats,
     inception_score, load_inception, resize_tf1, tf1_bilinear_matrix,
 )
@@ -201,7 +201,7 @@ def test_matches_torch_fidelity_when_installed(inception_file):
 # --------------------------------------------------------------------------------------------- ADM .npz batches
 
 def test_npz_arrays_memory_map_and_round_trip(tmp_path):
-    from full_scale.evaluate import ImageSet, npz_array, write_adm_npz
+    from full_scale.evaluation.scoring import ImageSet, npz_array, write_adm_npz
 
     images = np.random.default_rng(0).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
     write_adm_npz(tmp_path / "a.npz", images, np.arange(5))
@@ -230,8 +230,8 @@ def pipeline(tmp_path_factory, inception_file):
     from test_fs_data import image_folder, tiny_vae_folder
 
     from full_scale import sample as fs_sample, train as fs_train
-    from full_scale.data import prepare
-    from full_scale.evaluate import main as evaluate_main
+    from full_scale.data.latents import prepare
+    from full_scale.evaluation.scoring import main as evaluate_main
 
     root = tmp_path_factory.mktemp("pipeline")
     vae = tiny_vae_folder(root / "vae")
@@ -251,8 +251,8 @@ def pipeline(tmp_path_factory, inception_file):
 
 
 def test_decode_writes_the_vae_images_of_the_latents(pipeline):
-    from full_scale.evaluate import resolve_latent_stats
-    from full_scale.vae import decode_latents, load_vae
+    from full_scale.evaluation.scoring import resolve_latent_stats
+    from full_scale.data.vae import decode_latents, load_vae
 
     root, latents_file = pipeline
     logged = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -270,7 +270,7 @@ def test_decode_writes_the_vae_images_of_the_latents(pipeline):
 @pytest.fixture(scope="module")
 def features(pipeline, inception_file):
     """Inception outputs of the decoded samples and of the prepared image archive, computed directly."""
-    from full_scale.evaluate import ImageSet, inception_outputs
+    from full_scale.evaluation.scoring import ImageSet, inception_outputs
 
     root, model = pipeline[0], load_inception(inception_file)
     fs, zs = inception_outputs(ImageSet(root / "samples.npz"), model, batch_size=3)
@@ -284,7 +284,7 @@ def expected_numbers(features) -> dict:
 
 
 def test_fid_command_end_to_end(pipeline, inception_file, features, capsys):
-    from full_scale.evaluate import main as evaluate_main, reference_stats
+    from full_scale.evaluation.scoring import main as evaluate_main, reference_stats
 
     root = pipeline[0]
     fs, _, fr = features
@@ -308,7 +308,7 @@ def test_fid_command_end_to_end(pipeline, inception_file, features, capsys):
 def test_stats_and_export_commands(pipeline, inception_file, features, tmp_path):
     from PIL import Image
 
-    from full_scale.evaluate import main as evaluate_main
+    from full_scale.evaluation.scoring import main as evaluate_main
 
     root = pipeline[0]
     images = np.load(root / "samples.npz")["arr_0"]
@@ -329,7 +329,7 @@ def test_torchrun_two_ranks_give_the_single_process_numbers(pipeline, inception_
     root = pipeline[0]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "full_scale.evaluate"]
+           "-m", "full_scale.evaluation"]
     res = subprocess.run(run + ["decode", "--latents", str(pipeline[1]), "--vae", str(root / "vae"),
                                 "--latent-stats", str(root / "data"), "--out", str(tmp_path / "s.npz")],
                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)

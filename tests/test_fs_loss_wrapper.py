@@ -3,7 +3,7 @@ differences, and the gradient through the tangent equals a finite difference in 
 import pytest
 import torch
 
-from full_scale.models import DiT, dit_config
+from full_scale.model.dit import DiT, dit_config
 from full_scale.train import StudentStep
 from tvm_theory.loss import CFGConfig, prepare_batch
 from tvm_theory.param import displacement

@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from full_scale.config import apply_overrides, load_preset, model_config, presets
-from full_scale.models import DiT, dit_config, rms
+from full_scale.config import load_config, presets
+from full_scale.model.dit import DiT, dit_config, rms
 
 TINY = dict(input_size=8, in_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=2, num_classes=5,
             freq_dim=16)
@@ -178,15 +178,15 @@ def test_rms_helper():
 
 def test_presets_resolve():
     assert {"tiny-digits", "imagenet-256", "imagenet-512"} <= set(presets())
-    in256, in512 = load_preset("imagenet-256"), load_preset("imagenet-512")
-    c256, c512 = model_config(in256), model_config(in512)
+    in256, in512 = load_config("imagenet-256"), load_config("imagenet-512")
+    c256, c512 = in256.model.dit(), in512.model.dit()
     assert (c256.hidden_size, c256.num_heads, c256.input_size, c512.input_size) == (1152, 18, 32, 64)
-    assert in256["train"]["lr"] == 1e-4 and in256["train"]["betas"] == [0.9, 0.95]
-    assert in256["train"]["global_batch"] == 2048 and in256["train"]["eval_ema"] == 0.9999
-    assert (in256["guidance"]["weight"], in512["guidance"]["weight"]) == (2.0, 2.5)
-    assert (in256["train"]["grad_clip"], in512["train"]["grad_clip"]) == (None, 1.0)
-    assert model_config(apply_overrides(in256, ["model.num_heads=16"])).num_heads == 16
+    assert in256.train.lr == 1e-4 and list(in256.train.betas) == [0.9, 0.95]
+    assert in256.train.global_batch == 2048 and in256.train.eval_ema == 0.9999
+    assert (in256.guidance.weight, in512.guidance.weight) == (2.0, 2.5)
+    assert (in256.train.grad_clip, in512.train.grad_clip) == (None, 1.0)
+    assert load_config("imagenet-256", ["model.num_heads=16"]).model.dit().num_heads == 16
     with pytest.raises(ValueError, match="unknown key"):
-        apply_overrides(in256, ["train.learning_rate=1"])
+        load_config("imagenet-256", ["train.learning_rate=1"])
     with pytest.raises(ValueError, match="no preset"):
-        load_preset("imagenet-1024")
+        load_config("imagenet-1024")

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from full_scale.models import DiT, dit_config
+from full_scale.model.dit import DiT, dit_config
 from full_scale.sample import generate, grid_png, to_uint8
 
 

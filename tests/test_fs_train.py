@@ -15,8 +15,9 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from full_scale import checkpoint, pipeline, train
+from full_scale.config import GuidanceConfig
 from full_scale.metrics import read_metrics
-from full_scale.models import DiT, dit_config
+from full_scale.model.dit import DiT, dit_config
 from tvm_theory.loss import CFGConfig, StudentOutput, prepare_batch, tvm_loss
 from tvm_theory.time_samplers import GapSampler
 
@@ -196,7 +197,7 @@ def test_imagenet_preset_starts_on_a_latent_dataset(tmp_path):
     # The imagenet-256 recipe (shrunk model) on a tiny prepared latent set: 9 images of 3 classes through a random
     # 2×-downsampling VAE → 4×8×8 latents; micro-batch 2 of a global batch 4 exercises gradient accumulation.
     pytest.importorskip("diffusers")
-    from full_scale.data import prepare
+    from full_scale.data.latents import prepare
     from test_fs_data import RES, image_folder, tiny_vae_folder
 
     vae = tiny_vae_folder(tmp_path / "vae")
@@ -215,13 +216,13 @@ def test_imagenet_preset_starts_on_a_latent_dataset(tmp_path):
 
 
 def test_guidance_modes():
-    cfg = {"guidance": {"mode": "constant", "weight": 2.5, "weight_range": [1.0, 4.0], "label_dropout": 0.2}}
-    const = train.guidance_config(cfg, null_class=10)
+    spec = {"mode": "constant", "weight": 2.5, "weight_range": (1.0, 4.0), "label_dropout": 0.2}
+    const = GuidanceConfig(**spec).cfg(null_class=10)
     assert (const.weight, const.weight_range, const.label_dropout, const.null_class) == (2.5, None, 0.2, 10)
-    cfg["guidance"]["mode"] = "random"
-    assert train.guidance_config(cfg, null_class=10).weight_range == (1.0, 4.0)
-    cfg["guidance"]["mode"] = "none"
-    assert train.guidance_config(cfg, null_class=10) is None
-    cfg["guidance"]["mode"] = "cfg"
+    spec["mode"] = "random"
+    assert GuidanceConfig(**spec).cfg(null_class=10).weight_range == (1.0, 4.0)
+    spec["mode"] = "none"
+    assert GuidanceConfig(**spec).cfg(null_class=10) is None
+    spec["mode"] = "cfg"
     with pytest.raises(ValueError, match="guidance.mode"):
-        train.guidance_config(cfg, null_class=10)
+        GuidanceConfig(**spec).cfg(null_class=10)

@@ -7,8 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from full_scale import patches
-from full_scale.config import apply_overrides, load_preset, model_config
+from full_scale.data import patches
 from full_scale.experiments import ablation_report, lipschitz_ablation as la
 
 
@@ -51,13 +50,13 @@ def test_smoke_run_two_variants_one_seed(tmp_path):
 def test_run_config_switches_each_change_and_is_accepted_by_the_trainer_config():
     budget = la.BUDGETS["small"]
     for variant, (switches, train_over) in la.VARIANTS.items():
-        cfg = apply_overrides(load_preset(la.PRESET), la.run_config("patches", variant, 3, budget, steps=7))
-        mcfg = model_config(cfg)
+        cfg = la.run_config("patches", variant, 3, budget, steps=7)
+        mcfg = cfg.model.dit()
         assert {k: getattr(mcfg, k) for k in switches} == switches
-        assert mcfg.num_classes == patches.NUM_CLASSES and cfg["data"]["kind"] == "patches"
-        assert cfg["train"]["seed"] == 3 and cfg["train"]["steps"] == 7
-        assert cfg["train"]["betas"] == train_over.get("betas", la.RECIPE["train"]["betas"])
-        assert cfg["guidance"]["weight"] == la.GUIDANCE_WEIGHT and mcfg.time_scale == la.RECIPE["model"]["time_scale"]
+        assert mcfg.num_classes == patches.NUM_CLASSES and cfg.data.kind == "patches"
+        assert cfg.train.seed == 3 and cfg.train.steps == 7
+        assert list(cfg.train.betas) == train_over.get("betas", la.RECIPE["train"]["betas"])
+        assert cfg.guidance.weight == la.GUIDANCE_WEIGHT and mcfg.time_scale == la.RECIPE["model"]["time_scale"]
     assert la.VARIANTS["no_spectral_init"][0]["spectral_init_time"] is False
     with pytest.raises(ValueError, match="variant"):
         la.run_config("digits", "no_such_change", 0, budget)

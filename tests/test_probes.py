@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from full_scale.models import DiT, dit_config
+from full_scale.model.dit import DiT, dit_config
 from toy.models import MLP
 from tvm_theory.analysis.lipschitz import certified_mlp_lipschitz
 from tvm_theory.param import velocity

@@ -79,3 +79,30 @@ def test_bias_model_bound_c_holds(sig0, t):
     mp.mp.dps = 15
     sig0, t, r = mp.mpf(sig0), mp.mpf(t), mp.mpf("0.1")
     assert ex.bound_c_ode(sig0, r, t) >= ex.w2sq_closed(sig0, r, t) * (1 + 1e-9)
+
+
+# Property checks of the few-step theorem (proofs/README.md §9) on random non-uniform grids: exact Gaussian laws,
+# mpmath quadrature at 15 digits.
+from proofs import _fewstep_example as fx  # noqa: E402
+
+
+@st.composite
+def _grids(draw):
+    n = draw(st.integers(1, 5))
+    cuts = sorted(set(draw(st.lists(st.floats(0.02, 0.98), min_size=n - 1, max_size=n - 1))))
+    return [mp.mpf(1)] + [mp.mpf(c) for c in reversed(cuts)] + [mp.mpf(0)]
+
+
+@settings(max_examples=12, deadline=None)
+@given(grid=_grids(), family=st.sampled_from(["euler", "flow_eps"]), p=st.floats(0.02, 0.6), sig0=SIGMA0)
+def test_fewstep_bound_and_recursion_hold_on_random_grids(grid, family, p, sig0):
+    mp.mp.dps = 15
+    m = fx.Model(family, p, sig0)
+    E = fx.node_errors(m, grid)
+    bound, e_bounds = fx.bound_a(m, grid)
+    for k in range(len(grid) - 1):
+        gamma, delta, _ = fx.jump_terms(m, grid, k)
+        assert E[k + 1] <= gamma * E[k] + delta + 1e-10
+        assert E[k + 1] <= e_bounds[k + 1] + 1e-10
+    assert fx.w2_exact(m, grid) <= E[-1] + 1e-12
+    assert E[-1] <= fx.bound_loss_side(m, grid)[0] + 1e-10

@@ -20,7 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import train_step as bench  # noqa: E402
 
-from full_scale.models import DiT, dit_config  # noqa: E402
+from full_scale.data.synthetic import SyntheticLatents  # noqa: E402
+from full_scale.model.dit import DiT, dit_config  # noqa: E402
 from full_scale.train import StudentStep  # noqa: E402
 from tvm_theory.loss import CFGConfig, StudentOutput, prepare_batch, tvm_loss  # noqa: E402
 from tvm_theory.time_samplers import make_time_sampler  # noqa: E402
@@ -89,7 +90,7 @@ def test_step_flop_model_matches_a_counted_tvm_step_of_the_manual_jvp():
 
 
 def test_synthetic_latents_are_standard_normal_reproducible_and_differ_across_ranks():
-    ds = bench.SyntheticLatents((2, 3, 3), 7, rank=1, world_size=2, seed=5, num_items=400)
+    ds = SyntheticLatents((2, 3, 3), 7, rank=1, world_size=2, seed=5, num_items=400)
     assert len(ds) == 200
     items = list(ds)
     z = torch.stack([a for a, _ in items])
@@ -99,14 +100,14 @@ def test_synthetic_latents_are_standard_normal_reproducible_and_differ_across_ra
     n = z.numel()  # mean 0 and variance 1 within 5 standard errors
     assert abs(float(z.mean())) < 5 / math.sqrt(n)
     assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
-    again = torch.stack([a for a, _ in bench.SyntheticLatents((2, 3, 3), 7, rank=1, world_size=2, seed=5,
+    again = torch.stack([a for a, _ in SyntheticLatents((2, 3, 3), 7, rank=1, world_size=2, seed=5,
                                                               num_items=400)])
     assert torch.equal(z, again)
-    other = next(iter(bench.SyntheticLatents((2, 3, 3), 7, rank=0, world_size=2, seed=5, num_items=400)))[0]
+    other = next(iter(SyntheticLatents((2, 3, 3), 7, rank=0, world_size=2, seed=5, num_items=400)))[0]
     ds.set_epoch(1)
     assert not torch.equal(other, z[0]) and not torch.equal(next(iter(ds))[0], z[0])
     with pytest.raises(ValueError, match="rank"):
-        bench.SyntheticLatents((2, 3, 3), 7, rank=2, world_size=2)
+        SyntheticLatents((2, 3, 3), 7, rank=2, world_size=2)
 
 
 def test_arguments_are_checked():

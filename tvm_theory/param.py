@@ -11,7 +11,7 @@ Scaled (CFG) parameterization, with guidance weight w ≥ 1 (a float or a (B,) t
 ``w=None`` means the plain parameterization (no ``beta`` keyword is passed).
 
 ∂_s F comes from ``torch.func.jvp``, unless the network has a method ``forward_and_ds(x, t, s, **cond)`` returning
-(F, ∂_s F) computed another way (the DiT carries its tangent by hand, ``full_scale.models``); its tests check it
+(F, ∂_s F) computed another way (the DiT carries its tangent by hand, ``full_scale.model.dit``); its tests check it
 against ``torch.func.jvp``.
 """
 from __future__ import annotations

@@ -7,8 +7,8 @@ Trains the same small class-conditional DiT with TVM (``full_scale.train``, pres
 (data set, variant, seed) for a fixed budget. Variants (:data:`VARIANTS`): all §8 changes on; each change off in
 turn (QK-norm, parameter-free RMSNorm, modulation RMS-normalization, spectral initialization of all linears, the time
 MLPs included); all off (vanilla DiT); all on plus true spectral normalization during training; and, if asked for,
-AdamW β2 = 0.999 instead of 0.95 (§8.5). Data sets: scikit-learn's digits (``full_scale.digits``) and 8 × 8 grey
-patches of its sample photographs (``full_scale.patches``).
+AdamW β2 = 0.999 instead of 0.95 (§8.5). Data sets: scikit-learn's digits (``full_scale.data.digits``) and 8 × 8 grey
+patches of its sample photographs (``full_scale.data.patches``).
 
 Per run (``DIR/runs/{dataset}/{variant}/seed{k}/result.json``): every ``probe_every`` steps, from the checkpoint of
 that step, the probes of :class:`tvm_theory.analysis.probes.ProbeSet` on a fixed probe batch (local Lipschitz estimates of
@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,15 +36,17 @@ import torch
 from safetensors.torch import load_file
 
 from toy.certified_vs_local import toy_certified_vs_local
-from tvm_theory.param import NetworkJump
 from tvm_theory.analysis.probes import ProbeSet
+from tvm_theory.io import atomic_write_text
+from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
 from tvm_theory.time_samplers import make_time_sampler
 
 from .. import checkpoint, train
-from ..config import apply_overrides, load_preset, model_config
+from ..config import Config, load_config
+from ..data import DATASETS as DATA_KINDS
 from ..metrics import read_metrics
-from ..models import DiT
+from ..model import DiT
 
 PRESET = "tiny-digits"
 LIPSCHITZ_SWITCHES = ("qk_norm", "rms_norm", "mod_norm", "spectral_init", "spectral_init_time")
@@ -95,34 +96,31 @@ PROBE_SEED, SAMPLE_SEED = 12345, 2024
 # ------------------------------------------------------------------------------------------------ data sets
 
 def dataset_module(name: str):
-    """The module of a data set: ``load_split``, ``NUM_CLASSES`` and ``evaluate`` (digits: with a classifier)."""
-    if name == "digits":
-        from .. import digits
-        return digits
-    if name == "patches":
-        from .. import patches
-        return patches
-    raise ValueError(f"dataset: expected one of {DATASETS}, got {name!r}")
+    """The scoring module of a data set (``full_scale.data.DATASETS``): ``load_split``, ``NUM_CLASSES``, ``SHAPE``
+    and ``evaluate`` (digits: with a classifier)."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset: expected one of {DATASETS}, got {name!r}")
+    return DATA_KINDS[name].scoring_module()
 
 
 # ------------------------------------------------------------------------------------------------ one run
 
-def run_config(dataset: str, variant: str, seed: int, budget: dict, steps: int | None = None) -> list[str]:
-    """The trainer's ``--set`` overrides of one run (on top of the ``tiny-digits`` preset)."""
+def run_config(dataset: str, variant: str, seed: int, budget: dict, steps: int | None = None) -> Config:
+    """The trainer's configuration of one run: the ``tiny-digits`` preset with the recipe, budget and variant."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     switches, train_over = VARIANTS[variant]
     num_classes = dataset_module(dataset).NUM_CLASSES
     model = RECIPE["model"] | budget["model"] | switches | {"num_classes": num_classes}
-    sets = {f"model.{k}": v for k, v in model.items()}
-    sets |= {f"train.{k}": v for k, v in (RECIPE["train"] | budget["train"] | train_over | {"seed": seed}).items()}
-    sets |= {f"guidance.{k}": v for k, v in RECIPE["guidance"].items()}
+    changes = {f"model.{k}": v for k, v in model.items()}
+    changes |= {f"train.{k}": v for k, v in (RECIPE["train"] | budget["train"] | train_over | {"seed": seed}).items()}
+    changes |= {f"guidance.{k}": v for k, v in RECIPE["guidance"].items()}
     if steps is not None:
-        sets["train.steps"] = steps
-    total = int(sets["train.steps"])
-    sets |= {"data.kind": dataset, "log.every": 1, "log.lipschitz_every": 0,
-             "checkpoint.every": min(int(budget["probe_every"]), total), "checkpoint.keep": 10_000}
-    return [f"{k}={json.dumps(v)}" for k, v in sets.items()]
+        changes["train.steps"] = steps
+    total = int(changes["train.steps"])
+    changes |= {"data.kind": dataset, "log.every": 1, "log.lipschitz_every": 0,
+                "checkpoint.every": min(int(budget["probe_every"]), total), "checkpoint.keep": 10_000}
+    return load_config(PRESET).override(changes)
 
 
 def probe_set(dataset: str, budget: dict, device: torch.device) -> ProbeSet:
@@ -208,16 +206,14 @@ def run_one(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     run_dir.mkdir(parents=True, exist_ok=True)
-    argv = ["--preset", PRESET, "--out", str(run_dir)] + [a for s in spec["sets"] for a in ("--set", s)]
     status, t0 = "ok", time.perf_counter()
     with open(run_dir / "train.log", "a") as log, contextlib.redirect_stderr(log):
         try:
-            train.main(argv)
+            train.train(spec["config"], run_dir)
         except FloatingPointError as err:  # the trainer stops after too many non-finite steps in a row
             status = f"stopped: {err}"
     train_seconds = time.perf_counter() - t0
-    cfg = apply_overrides(load_preset(PRESET), spec["sets"])
-    mcfg = model_config(cfg)
+    mcfg = spec["config"].model.dit()
     # The probes run on the CPU, where the DiT uses the PyTorch reference attention: the Triton kernel supports
     # torch.func.jvp but not the torch.func.vjp of the power iteration. Sampling uses the training device.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -241,9 +237,7 @@ def run_one(spec: dict) -> dict:
               "train_seconds": train_seconds, "device": str(device), "probe_every": spec["budget"]["probe_every"],
               "probes": series, "training": training_summary(read_metrics(run_dir)), "quality": quality,
               "model_config": mcfg.to_dict()}
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, allow_nan=True))
-    os.replace(tmp, result_path)
+    atomic_write_text(result_path, json.dumps(result, allow_nan=True))
     if not spec.get("keep_checkpoints"):
         shutil.rmtree(checkpoint.checkpoint_dir(run_dir), ignore_errors=True)
     return result
@@ -256,7 +250,7 @@ def run_specs(out: Path, budget_name: str, datasets, variants, seeds: int, steps
     budget = BUDGETS[budget_name]
     return [{"dataset": d, "variant": v, "seed": k, "budget": budget, "threads": threads,
              "keep_checkpoints": keep_checkpoints,
-             "sets": run_config(d, v, k, budget, steps), "run_dir": str(out / "runs" / d / v / f"seed{k}")}
+             "config": run_config(d, v, k, budget, steps), "run_dir": str(out / "runs" / d / v / f"seed{k}")}
             for k in range(seeds) for d in datasets for v in variants]
 
 

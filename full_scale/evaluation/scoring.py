@@ -2,17 +2,17 @@
 
 Commands (each runs on one process or under ``torchrun``, the images split into contiguous per-rank chunks)::
 
-    python -m full_scale.evaluate decode --latents samples.safetensors --vae stabilityai/sd-vae-ft-ema \\
+    python -m full_scale.evaluation decode --latents samples.safetensors --vae stabilityai/sd-vae-ft-ema \\
         --latent-stats paper256 --out samples.npz          # ADM batch: arr_0 uint8 (N, H, W, 3), arr_1 labels
-    python -m full_scale.evaluate export --images DIR --out samples.npz    # a folder of PNG/JPEG → ADM batch
-    python -m full_scale.evaluate stats --images REF --out ref_stats.npz   # mu, sigma (ADM's keys)
-    python -m full_scale.evaluate fid --samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out fid.json
+    python -m full_scale.evaluation export --images DIR --out samples.npz    # a folder of PNG/JPEG → ADM batch
+    python -m full_scale.evaluation stats --images REF --out ref_stats.npz   # mu, sigma (ADM's keys)
+    python -m full_scale.evaluation fid --samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out fid.json
 
 Image inputs (``--images``, ``--samples``, ``--ref``) are an ADM ``.npz`` (``arr_0``), a folder of images, or a
 folder of ``.npz`` batches (e.g. ``prepare --images``'s ``images-*.npz``); ``--ref`` may also be an ``.npz`` with
 ``mu`` and ``sigma`` (ADM's reference batches carry both; the statistics are then used as they are). The numbers
 of record remain those of ADM's TensorFlow evaluator run on the exported ``.npz`` (docs/IMAGENET.md); this path
-uses the same network and resize (full_scale/fid.py).
+uses the same network and resize (full_scale/evaluation/fid.py).
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ import torch
 
 from tvm_theory.io import atomic_savez
 
-from .distributed import chunk, gather_rows, setup
+from ..data.vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, decode_latents, load_vae
+from ..distributed import chunk, gather_rows, setup
 from .fid import (
     FEATURE_DIM, frechet_distance, frechet_distance_to_samples, gaussian_stats, inception_score, load_inception,
 )
-from .vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, decode_latents, load_vae
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -108,7 +108,7 @@ class ImageSet:
 @torch.no_grad()
 def inception_outputs(images: ImageSet, model, *, batch_size: int = 200):
     """pool_3 features (N, 2048) and bias-free logits (N, 1008) of all images under ``model``
-    (:func:`full_scale.fid.load_inception`), as float64 numpy arrays on every rank, each computing its chunk."""
+    (:func:`full_scale.evaluation.fid.load_inception`), as float64 numpy arrays on every rank, each computing its chunk."""
     d = setup(timeout=timedelta(hours=2))
     rank, world, device = d.rank, d.world_size, d.device
     lo, hi = chunk(len(images), rank, world)
@@ -199,7 +199,7 @@ def write_adm_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarra
 
 def decode_to_npz(latents_path, out, *, vae: str = SD_VAE_ID, latent_stats: str = "paper256",
                   batch_size: int = 32, dtype: torch.dtype = torch.float32) -> None:
-    """Decode standardized latents with the VAE (:func:`full_scale.vae.decode_latents`) into an ADM ``.npz``;
+    """Decode standardized latents with the VAE (:func:`full_scale.data.vae.decode_latents`) into an ADM ``.npz``;
     under torchrun each rank decodes its chunk into ``out.partR.npy`` and rank 0 joins them."""
     d = setup(timeout=timedelta(hours=2))
     rank, world, device = d.rank, d.world_size, d.device
@@ -224,7 +224,7 @@ def decode_to_npz(latents_path, out, *, vae: str = SD_VAE_ID, latent_stats: str 
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m full_scale.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m full_scale.evaluation", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("decode", help="standardized latents → ADM .npz of uint8 images")
     d.add_argument("--latents", required=True)
@@ -270,7 +270,3 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(result))
             if args.out:
                 Path(args.out).write_text(json.dumps(result, indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -81,7 +81,7 @@ def load_vae(source: str = SD_VAE_ID, *, device: str | torch.device = "cpu", dty
     try:
         from diffusers import AutoencoderKL
     except ImportError as e:  # pragma: no cover - exercised only without the optional dependency
-        raise ImportError("full_scale.vae needs `diffusers` (pip install 'tvm-theory[full]')") from e
+        raise ImportError("full_scale.data.vae needs `diffusers` (pip install 'tvm-theory[full]')") from e
     looks_local = os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(source)
     if looks_local:
         path = Path(source).expanduser()

@@ -30,7 +30,7 @@ from PIL import Image
 
 from tvm_theory.io import atomic_savez, atomic_write, atomic_write_text, sha256_file
 
-from .distributed import setup
+from ..distributed import setup
 from .vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, encode_images, load_vae
 
 MANIFEST = "manifest.json"
@@ -431,7 +431,3 @@ def main(argv: list[str] | None = None) -> None:
         manifest, _ = load_manifest(args.root, full=args.full)
         print(f"ok: {manifest['num_items']} items in {len(manifest['shards'])} shards, latent shape "
               f"{tuple(manifest['latent_shape'])}, {manifest['num_classes']} classes")
-
-
-if __name__ == "__main__":
-    main()

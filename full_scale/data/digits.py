@@ -52,7 +52,7 @@ def load_split(split: str) -> tuple[Tensor, Tensor]:
 
 
 class DigitsDataset(torch.utils.data.IterableDataset):
-    """The training digits with the interface of ``full_scale.data.LatentDataset``.
+    """The training digits with the interface of ``full_scale.data.latents.LatentDataset``.
 
     Epoch e shuffles all N items with ``numpy.random.default_rng([seed, e])``; rank r of R takes π[r], π[r + R], …
     over the first ⌊N/R⌋·R entries. Yields (x float32 (1, 8, 8), label int64 scalar tensor).

@@ -65,7 +65,7 @@ def load_split(split: str) -> tuple[Tensor, Tensor]:
 
 
 class PatchesDataset(DigitsDataset):
-    """The training patches with the interface of :class:`full_scale.digits.DigitsDataset` (same epoch shuffling and
+    """The training patches with the interface of :class:`full_scale.data.digits.DigitsDataset` (same epoch shuffling and
     rank sharding): yields (x float32 (1, 8, 8), label int64 scalar tensor)."""
 
     num_classes = NUM_CLASSES

@@ -21,7 +21,7 @@ with β = 1/w the inverse guidance weight (β = 1 when the caller passes none) a
 Attention goes through ``kernels.attention`` (Triton on CUDA, the PyTorch reference elsewhere), which supports
 ``torch.func.jvp`` with a backward pass through the tangent (§9).
 
-``DiT.forward_and_ds`` returns (F, ∂_s F) with the tangent carried by hand (``full_scale.dual``), the fast path of
+``DiT.forward_and_ds`` returns (F, ∂_s F) with the tangent carried by hand (``full_scale.model.dual``), the fast path of
 the trainer; ``DiT.compile_blocks`` compiles each block's forward and JVP (regional compilation: one graph shared by
 all blocks, the Triton attention between graphs).
 """
@@ -432,7 +432,7 @@ class DiT(nn.Module):
 
     def forward_and_ds(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
                        beta: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(F_θ(x, t, s, y, β), ∂_s F_θ) with the tangent carried by hand through every layer (``full_scale.dual``);
+        """(F_θ(x, t, s, y, β), ∂_s F_θ) with the tangent carried by hand through every layer (``full_scale.model.dual``);
         equal to ``torch.func.jvp`` of :meth:`forward` in s with tangent 1 (docs/THEORY.md §2). The token path starts
         with a zero tangent (the patch embedding does not depend on s); ∂_s enters through c."""
         h, (c, cd) = self._embed(x), self.condition_and_ds(t, s, y, beta)

@@ -1,0 +1,3 @@
+from .latents import main
+
+main()

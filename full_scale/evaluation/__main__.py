@@ -1,0 +1,3 @@
+from .scoring import main
+
+main()
