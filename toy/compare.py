@@ -16,9 +16,9 @@ seeded 10_000 + k, n = 1,000 held-out points of p0, a second independent n-point
 * RMSE to ψ = (mean_i ‖x̂_i − ψ(x1_i, 1, 0)‖²)^{1/2} on the same noise (D_t of docs/THEORY.md §5–6 at t = 1), with ψ from
   the test bed's adaptive ODE solve; its solver error (max over points) is reported beside it.
 * wall time of training (seconds per run) and of sampling n points.
-Mean ± standard error over the seeds. Verdicts compare TVM with each baseline by the *paired* per-seed difference
-(same seed, same noise, same test points): "win"/"loss" when the 95% Student-t interval of the mean difference
-excludes 0, "tie" otherwise.
+Mean ± standard error over the seeds (``tvm_theory.analysis.stats``; "± —" for one seed). Verdicts compare TVM
+with each baseline by the *paired* per-seed difference (same seed, same noise, same test points): "win"/"loss" when
+the 95% Student-t interval of the mean difference excludes 0, "tie" otherwise.
 
 Writes DIR/compare.json, DIR/compare.md, DIR/compare.png (metrics against steps) and DIR/samples.png (one-step
 samples of the first seed); each run's checkpoint and metrics live in DIR/runs/<bed>/<method>/seed<k>/ and a rerun
@@ -34,13 +34,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from scipy import stats
 
 from tvm_theory.baselines import jump_model
 from tvm_theory.sampling import sample_few_step
+from tvm_theory.analysis.stats import mean_se, paired_t_interval
 from tvm_theory.analysis.testbeds import GaussianMixture, make_testbed
 from tvm_theory.analysis.transport import w2
 
@@ -94,20 +93,18 @@ class CompareConfig:
 
 
 def summary(values: list[float]) -> dict:
-    """Mean and standard error (sample std / √n; 0 for one value) of a list of per-seed values."""
-    v = np.asarray(values, dtype=np.float64)
-    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    return {"values": [float(x) for x in v], "mean": float(v.mean()), "se": se}
+    """The per-seed values with their mean ± standard error (:func:`tvm_theory.analysis.stats.mean_se`; NaN SE for
+    one seed)."""
+    return {"values": [float(x) for x in values], **mean_se(values)}
 
 
 def paired_verdict(ours: list[float], theirs: list[float], level: float = 0.95) -> dict:
     """Mean ± SE of the per-seed difference ours − theirs (lower is better) and its verdict: "win" if the two-sided
-    ``level`` Student-t interval lies below 0, "loss" if above, "tie" otherwise (always "tie" for one seed)."""
-    d = summary([a - b for a, b in zip(ours, theirs, strict=True)])
-    n = len(d["values"])
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * d["se"] if n > 1 else math.inf
-    verdict = "win" if d["mean"] + half < 0 else "loss" if d["mean"] - half > 0 else "tie"
-    return {"diff": d["mean"], "se": d["se"], "half_width": half, "verdict": verdict}
+    ``level`` Student-t interval (:func:`tvm_theory.analysis.stats.paired_t_interval`) lies below 0, "loss" if above,
+    "tie" otherwise (always "tie" for one seed)."""
+    d = paired_t_interval(ours, theirs, level)
+    verdict = "win" if d["diff"] + d["half_width"] < 0 else "loss" if d["diff"] - d["half_width"] > 0 else "tie"
+    return {**d, "verdict": verdict}
 
 
 # ---- evaluation data ----------------------------------------------------------------------------------------------
@@ -214,8 +211,13 @@ def _verdicts(methods: dict) -> dict:
 
 
 # ---- reporting ----------------------------------------------------------------------------------------------------
+def _se(se: float, digits: int = 3) -> str:
+    """A standard error, or a dash where there is none (one seed: NaN, see ``tvm_theory.analysis.stats``)."""
+    return f"{se:.{digits}f}" if math.isfinite(se) else "—"
+
+
 def _pm(s: dict, digits: int = 3) -> str:
-    return f"{s['mean']:.{digits}f} ± {s['se']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {_se(s['se'], digits)}"
 
 
 def markdown(res: dict, command: str) -> str:
@@ -246,7 +248,7 @@ def markdown(res: dict, command: str) -> str:
                       "| vs | " + " | ".join(f"{q} {k}" for q in ("W2", "RMSE") for k in map(str, STEP_COUNTS))
                       + " |", "|---" * (1 + 2 * len(STEP_COUNTS)) + "|"]
             for other, v in bed["verdicts"].items():
-                cells = [f"{v[k][q]['verdict']} {v[k][q]['diff']:+.3f} ± {v[k][q]['se']:.3f}"
+                cells = [f"{v[k][q]['verdict']} {v[k][q]['diff']:+.3f} ± {_se(v[k][q]['se'])}"
                          for q in ("w2", "rmse") for k in map(str, STEP_COUNTS)]
                 lines.append(f"| {LABELS[other]} | " + " | ".join(cells) + " |")
         lines.append("")

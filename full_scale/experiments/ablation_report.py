@@ -1,10 +1,10 @@
 """Aggregate the Lipschitz-ablation runs: ``ablation.json``, figures and the Markdown table (issue 8).
 
 Every scalar metric of a run (:data:`METRICS`) is summarized per (data set, variant) over seeds as mean ± standard
-error (sample standard deviation / √n) and compared with "all on" by Welch's unequal-variance t-test
-(``scipy.stats.ttest_ind(equal_var=False)``). The p-values of one metric and data set are Holm–Bonferroni adjusted
-over the variants compared; a difference is called significant when the adjusted p < 0.05. With three seeds the test
-has little power: "not significant" means "not resolved at this budget", not "no effect".
+error (sample standard deviation / √n; none for one seed) and compared with "all on" by Welch's unequal-variance
+t-test (the statistics of ``tvm_theory.analysis.stats``). The p-values of one metric and data set are Holm–Bonferroni
+adjusted over the variants compared; a difference is called significant when the adjusted p < 0.05. With three
+seeds the test has little power: "not significant" means "not resolved at this budget", not "no effect".
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+
+from tvm_theory.analysis.stats import holm, mean_se, welch
 
 ALPHA = 0.05
 # key → (label, how to read it from a run's result). Final probes are those of the last checkpoint; "peak" is the
@@ -65,36 +66,6 @@ def _last_prefix(r: dict, prefix: str, contains: str | None) -> float:
 def _quality(r: dict, n: str, key: str) -> float:
     q = r.get("quality", {}).get(n, {})
     return float(q[key]) if q.get("finite") and key in q else math.nan
-
-
-def mean_se(values) -> dict:
-    """Mean, standard error and n of the finite values."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": math.nan, "se": math.nan, "n": 0}
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-    return {"mean": float(v.mean()), "se": se, "n": int(v.size)}
-
-
-def welch(a, b) -> float:
-    """Two-sided Welch t-test p-value of two samples (NaN if either has < 2 finite values or both are constant)."""
-    a = np.asarray([x for x in a if math.isfinite(x)], dtype=np.float64)
-    b = np.asarray([x for x in b if math.isfinite(x)], dtype=np.float64)
-    if a.size < 2 or b.size < 2:
-        return math.nan
-    if a.std() == 0 and b.std() == 0:
-        return 1.0 if a[0] == b[0] else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def holm(pvalues: dict) -> dict:
-    """Holm–Bonferroni adjusted p-values of {name: p} (NaN entries stay NaN and do not count)."""
-    finite = sorted((p, k) for k, p in pvalues.items() if math.isfinite(p))
-    m, out, running = len(finite), {k: math.nan for k in pvalues}, 0.0
-    for i, (p, k) in enumerate(finite):
-        running = max(running, min(1.0, (m - i) * p))
-        out[k] = running
-    return out
 
 
 def summarize(results: list[dict]) -> dict:
