@@ -8,14 +8,14 @@ its own time sampler), take an AdamW step, update both EMAs and log one JSON lin
 
 Every random draw of training comes from one ``torch.Generator`` seeded with ``seed``; its state, the weights, both
 EMAs, the optimizer state and the hook's results are saved in an atomic checkpoint (weights as safetensors, the rest
-as JSON), so a run resumed from a checkpoint continues bit for bit as if never interrupted.
+as JSON, both hashed: the format of ``tvm_theory.io``), so a run resumed from a checkpoint continues bit for bit as
+if never interrupted.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from tvm_theory.baselines import OBJECTIVES, make_objective
 from tvm_theory.ema import ema_update
+from tvm_theory.io import (CheckpointError, atomic_write_text, latest_checkpoint, read_checkpoint_meta,
+                           write_checkpoint)
 from tvm_theory.analysis.testbeds import make_testbed
 
 from .models import MLP, AffineModel
@@ -130,19 +132,21 @@ def init_state(cfg: TrainConfig, dim: int) -> TrainState:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
-CKPT_JSON = "checkpoint.json"
+FORMAT = "tvm-toy-checkpoint-v1"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def checkpoint_root(out: Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def has_checkpoint(out: Path) -> bool:
+    return latest_checkpoint(checkpoint_root(out)) is not None
 
 
 def save_checkpoint(state: TrainState, out: Path) -> Path:
-    """Write weights (safetensors, one file per step) then the JSON state that names them, each atomically
-    (write to a temporary file, then rename), and delete older weight files. Returns the JSON path."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``out/checkpoints/step_N/`` atomically (``tvm_theory.io``: ``weights.safetensors`` with the three
+    networks, the optimizer's tensors and the generator state; ``meta.json`` with the config, the optimizer's
+    param groups, the hook's entries and every file's SHA-256) and delete older checkpoints. Returns its path."""
     tensors = {}
     for prefix, m in (("model", state.model), ("target", state.target), ("eval", state.eval_model)):
         tensors.update({f"{prefix}.{k}": v.detach().contiguous() for k, v in m.state_dict().items()})
@@ -151,27 +155,22 @@ def save_checkpoint(state: TrainState, out: Path) -> Path:
         for k, v in st.items():
             tensors[f"opt.{idx}.{k}"] = torch.as_tensor(v).contiguous()
     tensors["rng.train"] = state.gen.get_state()
-    weights = out / f"checkpoint_{state.step:08d}.safetensors"
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, weights)
-    meta = {"step": state.step, "weights": weights.name, "config": asdict(state.cfg),
-            "opt_param_groups": opt_sd["param_groups"], "opt_state_keys": {str(i): sorted(st) for i, st in
-                                                                           opt_sd["state"].items()},
-            "entries": state.entries}
-    _atomic_write_text(out / CKPT_JSON, json.dumps(meta, indent=1))
-    for old in out.glob("checkpoint_*.safetensors"):
-        if old.name != weights.name:
-            old.unlink()
-    return out / CKPT_JSON
+    meta = {"config": asdict(state.cfg), "opt_param_groups": opt_sd["param_groups"],
+            "opt_state_keys": {str(i): sorted(st) for i, st in opt_sd["state"].items()}, "entries": state.entries}
+    return write_checkpoint(checkpoint_root(out), state.step,
+                            {"weights.safetensors": lambda path: save_file(tensors, str(path))},
+                            fmt=FORMAT, meta=meta, keep=1)
 
 
 def load_checkpoint(out: Path, dim: int) -> TrainState:
-    """Rebuild the :class:`TrainState` saved by :func:`save_checkpoint` in ``out``."""
-    meta = json.loads((out / CKPT_JSON).read_text())
+    """Rebuild the :class:`TrainState` of the latest checkpoint in ``out`` (hashes verified first)."""
+    path = latest_checkpoint(checkpoint_root(out))
+    if path is None:
+        raise CheckpointError(f"{checkpoint_root(out)}: no checkpoint to resume from")
+    meta = read_checkpoint_meta(path, FORMAT)
     cfg = TrainConfig.from_dict(meta["config"])
     state = init_state(cfg, dim)
-    tensors = load_file(str(out / meta["weights"]))
+    tensors = load_file(str(path / "weights.safetensors"))
     for prefix, m in (("model", state.model), ("target", state.target), ("eval", state.eval_model)):
         m.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
     opt_state = {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys} for i, keys in meta["opt_state_keys"].items()}
@@ -193,7 +192,7 @@ def train(cfg: TrainConfig, out: str | Path, *, hook_steps=(), hook: Hook | None
     Args:
         cfg: the run's configuration; on resume it must equal the checkpoint's.
         out: run directory (checkpoint, ``train.jsonl``).
-        resume: continue from ``out/checkpoint.json`` if it exists.
+        resume: continue from the checkpoint in ``out/checkpoints/`` if there is one.
         stop_after: stop (after checkpointing) once this step is reached — simulates an interrupted run.
     """
     out = Path(out)
@@ -204,13 +203,13 @@ def train(cfg: TrainConfig, out: str | Path, *, hook_steps=(), hook: Hook | None
     if hook_steps and (hook_steps[0] < 0 or hook_steps[-1] > cfg.steps):
         raise ValueError(f"hook_steps: expected steps in [0, {cfg.steps}], got {hook_steps}")
     log_path = out / "train.jsonl"
-    if resume and (out / CKPT_JSON).exists():
+    if resume and has_checkpoint(out):
         state = load_checkpoint(out, bed.dim)
         if asdict(state.cfg) != asdict(cfg):
             diff = {k: (v, asdict(cfg)[k]) for k, v in asdict(state.cfg).items() if asdict(cfg)[k] != v}
             raise ValueError(f"resume: the checkpoint in {out} was made with a different config: {diff}")
         lines = log_path.read_text().splitlines() if log_path.exists() else []
-        _atomic_write_text(log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] <= state.step))
+        atomic_write_text(log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] <= state.step))
     else:
         state = init_state(cfg, bed.dim)
         log_path.write_text("")

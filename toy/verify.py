@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tvm_theory.io import atomic_write_text
 from tvm_theory.analysis.bounds import bound_report, make_grid, verdict
 from tvm_theory.analysis.estimate import Estimate
 from tvm_theory.analysis.lipschitz import model_local_lipschitz
@@ -45,7 +46,7 @@ from tvm_theory.analysis.testbeds import Gaussian, make_testbed
 from tvm_theory.analysis.transport import w2, w2_gaussian
 
 from .models import AffineModel
-from .train import CKPT_JSON, MODELS, TrainConfig, _atomic_write_text, train
+from .train import MODELS, TrainConfig, has_checkpoint, train
 
 SCHEMA = "toy.verify/1"
 K_SIGMA = 3.0  # standard errors in every error bar and verdict
@@ -311,7 +312,7 @@ def _run_verification(args) -> tuple[dict, list[Path]]:
                         sens_ode_steps=args.sens_ode_steps)
     log = out / "verify.jsonl"  # timings only (the report itself is reproducible and carries none)
     out.mkdir(parents=True, exist_ok=True)
-    if args.no_resume or not (out / CKPT_JSON).exists():
+    if args.no_resume or not has_checkpoint(out):
         log.write_text("")
 
     def hook(step, eval_model, _student):
@@ -333,7 +334,7 @@ def _run_verification(args) -> tuple[dict, list[Path]]:
                                         "and the paper's form are square roots of bounds on W2^2"},
               "complete": state.step >= cfg.steps,
               "checkpoints": state.entries}
-    _atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=True))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=True))
     figures = []
     if not args.no_figures and state.entries:
         from .plots import make_figures
