@@ -54,7 +54,7 @@ def check_case(sigma0: float, r: float, t: float = 1.0, n_grid: int = 4097, k: f
         "w2_sq_true": w2_sq.value, "paper_rhs": paper.value, "bound_a_sq": a_sq.value,
         "bound_b": b.value, "bound_c": c.value,
         "paper_violated": verdicts["paper"] == "violated",
-        "paper_excess": w2_sq.value / paper.value - 1.0,
+        "paper_excess": w2_sq.value / paper.value - 1.0,  # how far W2² exceeds the claimed bound, relative to it
         "a_attainment": rep.w2.value / rep.bounds["bound_a"].value,
         "D_t_sq": rep.D.square().value,
         "Lambda_t": rep.bounds["Lambda"].value,

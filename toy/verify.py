@@ -6,6 +6,7 @@ samples (the same x_t at every step, drawn from ``--seed``): the ladder of docs/
     W2_emp(one-step samples, ψ samples) ≤ D_t (paired RMSE) ≤ (a) with local L ≤ (a) with certified L,
 
 bounds (b), (c) and the paper's explicit form (``tvm_theory.analysis.bounds.bound_report``), the sensitivity bound of §6.1
+(a diagnostic: it needs the true u and ∂_xψ, so it shows when the error is made but certifies nothing)
 (``tvm_theory.analysis.sensitivity``) on a subset of the same samples, the finite-sample floor (W2 between ψ samples and an
 independent sample of p0) and the 2- and 4-step W2 (reported; the theorem does not cover them). For the affine
 model on a Gaussian test bed the one-step law is Gaussian, and its W2 to p0 is also given exactly (``w2_exact``).
@@ -115,7 +116,7 @@ class Verifier:
         L = np.array([r.max for r in res])
         per_point = torch.cat([r.per_point for r in res])
         q = torch.quantile(per_point, torch.tensor([0.5, 0.9, 0.99], dtype=per_point.dtype))
-        # the TRUE field's local constant on the same probes: the amplification any accurate model inherits
+        # the TRUE field's local constant on the same probes: the amplification a model as steep as the field pays
         true = model_local_lipschitz(self.bed.velocity, probes, torch.as_tensor(s), n_iter=self.lip_iters, tol=1e-5,
                                      generator=torch.Generator().manual_seed(20_000 + self.seed))
         L_true = np.array([r.max for r in true])
@@ -174,7 +175,7 @@ class Verifier:
         sens_est = Estimate(sens.bound, sens.bound_se, sens.quad_err, sens.ode_err)
         e.update({"bound_sensitivity": sens.bound, "bound_sensitivity_err": sens_est.err(K_SIGMA),
                   "log10_bound_sensitivity": math.log10(sens.bound) if sens.bound > 0 else -math.inf,
-                  # ∫‖∂_xψ ρ‖ instead of ∫‖∂_xψ‖‖ρ‖: equally rigorous, tighter (same numerical errors)
+                  # ∫‖∂_xψ ρ‖ instead of ∫‖∂_xψ‖‖ρ‖: also ≥ D_t (‖∫g‖ ≤ ∫‖g‖), tighter, same numerical errors
                   "bound_sensitivity_directional": sens.bound_directional,
                   "bound_sensitivity_directional_err": sens_est.err(K_SIGMA) * sens.bound_directional / sens.bound
                   if sens.bound > 0 else 0.0})

@@ -99,7 +99,8 @@ for m in grid_sizes:
 # ## 3. Sample size
 # W2_emp between one-step samples and ψ samples of the same noise never exceeds the paired RMSE (the identity
 # pairing is a coupling); both converge with n, while the floor — W2 between two independent samples of p0 — decays
-# slowly (like n^(−1/2) in 2-D, up to logs). A W2 below the floor cannot be told from zero by a two-sample test.
+# slowly (like n^(−1/2) in 2-D, up to logs). A W2 below the floor is smaller than the W2 between two samples of the
+# data at the same n; no two-sample test is run here.
 
 # %%
 ns = [64, 128, 256] if SMALL else [100, 250, 500, 1000, 2000]

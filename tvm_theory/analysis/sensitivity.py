@@ -13,7 +13,9 @@ the function g(σ) = ψ(y(σ), σ, 0) has g(0) = y(0), g(t) = ψ(x_t, t, 0) = z(
 and the pathwise bound ‖y(0) − z(0)‖ ≤ I := ∫_0^t ‖∂_x ψ(y(σ), σ, 0)‖₂ ‖ρ(σ)‖ dσ. By Minkowski in L²,
 D_t ≤ (E I²)^{1/2}, and W2 ≤ D_t (docs/THEORY.md §5). Unlike bound (a) no Lipschitz constant enters: the flow's own
 Jacobian replaces exp(∫L), which is why this bound stays within a small factor of the true error where exp(∫L)
-is astronomically loose (multimodal targets, §6.1).
+is astronomically loose (multimodal targets, §6.1). It needs the true velocity u and the true flow's Jacobian ∂_x ψ;
+where those are known D_t can be computed directly, so this is a diagnostic that splits the known error over the
+times σ at which it is made, not a certificate of W2 (docs/THEORY.md §6.1).
 
 Numerics. J(σ) = ∂_x ψ(y(σ), σ, 0) is the solution at r = 0 of the variational equation dz/dr = u(z, r),
 dJ/dr = ∂_x u(z, r) J started at (y(σ), I) at r = σ; it is integrated with fixed-step RK4 (``ode_steps`` steps,
