@@ -37,8 +37,9 @@ print(reading_guide(report))
 # %% [markdown]
 # ## Every bound against the true W2
 # Left: log10 of each bound on a symlog axis (the certified bounds reach 10^tens to 10^thousands). Right: the
-# non-vacuous part. The sensitivity bound follows the true W2 within a small factor; (a) with the local L is
-# e^(∫L) times its core; the certified bounds are valid but vacuous.
+# non-vacuous part. The sensitivity bound follows the true W2 within a small factor, but it uses the true flow's
+# Jacobian (a diagnostic of when the error is made, not a certificate); (a) with the local L is e^(∫L) times its
+# core; the bounds with the certified L are valid but vacuous (certified in L; B(s) uses the true velocity).
 
 # %%
 display(Image(filename=str(OUT / "bounds_vs_w2.png")))

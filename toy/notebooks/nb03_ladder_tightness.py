@@ -69,7 +69,7 @@ for i, (key, label) in enumerate((("w2_emp", "true W2"), ("bound_sensitivity", "
 ax.set_yscale("log")
 ax.set_xticks(x, names, fontsize=8)
 ax.legend()
-ax.set_title("Lipschitz control makes the certified bound usable; it costs some accuracy")
+ax.set_title("Lipschitz control makes (a) with a certified L usable; it costs some accuracy")
 fig.tight_layout()
 plt.show()
 
