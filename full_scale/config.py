@@ -16,6 +16,7 @@ error names the key (``train.lr: expected a number, got 'abc'``). Unknown keys a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -338,8 +339,16 @@ def _convert_one(key: str, value: Any, kind) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is not None and math.isfinite(number):
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -356,9 +365,9 @@ def _type_name(kind) -> str:
         return "null"
     if typing.get_origin(kind) is tuple:
         args = typing.get_args(kind)
-        inner = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}[args[0]]
+        inner = {bool: "booleans", int: "integers", float: "finite numbers", str: "strings"}[args[0]]
         return f"a list of {inner}" if args[-1] is Ellipsis else f"a list of {len(args)} {inner}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[kind]
 
 
 def _choice(key: str, value, allowed: tuple) -> None:
