@@ -1,6 +1,6 @@
 """Benchmark of full TVM training steps of the real trainer (issue 10): step time, images/s, peak memory, MFU.
 
-Each run is ``full_scale.train.main`` itself (StudentStep under DDP when several GPUs, bf16 autocast, target and
+Each run is ``full_scale.train.train`` itself (StudentStep under DDP when several GPUs, bf16 autocast, target and
 evaluation EMAs, AdamW), started in a fresh process (``torchrun`` for several GPUs). Each optimizer step is one
 micro-batch per GPU (``global_batch = batch × GPUs``, no accumulation) and is logged (``log.every: 1``); the step
 time is the median of the trainer's own ``sec_per_step`` records after ``--warmup`` steps (host clock between
