@@ -148,3 +148,29 @@ def test_sensitivity_identity_along_the_concatenated_path():
     # planted: a wrong reference (z0 shifted) breaks the identity
     bad = few_step_sensitivity(m, bed.velocity, x1, uniform_grid(2), z0 + 0.05, n_nodes=8, ode_steps=24)
     assert bad.identity_rel > 1e-2
+
+
+def test_verify_entry_has_every_few_step_field_and_no_certified_violation():
+    """The report.json block of `python -m toy verify` (toy/fewstep_entry.py) on a random MLP, tiny settings."""
+    from toy.fewstep_entry import few_step_entry
+    from toy.models import MLP
+    from tvm_theory.analysis.testbeds import make_testbed
+    from tvm_theory.param import NetworkJump
+
+    torch.manual_seed(3)
+    bed = make_testbed("gaussian-2d")
+    net = MLP(2, 16, 2, emb_dim=4).double().eval()
+    x1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    z0 = bed.flow(x1, 1.0, 0.0)
+    s = np.linspace(0.0, 1.0, 17)
+    out = few_step_entry(bed, net, NetworkJump(net), x1, z0, 0.0, steps=(1, 2), s_grid=17, n_sens=8,
+                         local_L=(s, np.full(17, 2.0)), sens_ode_steps=8, sens_nodes=4)
+    assert set(out) == {"1", "2"}
+    for e in out.values():
+        for key in ("w2_emp", "paired_rmse", "log10_bound_a_certified", "log10_bound_b_certified", "bound_a_local",
+                    "bound_sensitivity", "E_k", "log10_E_k_bound_certified", "verdicts"):
+            assert key in e, key
+        assert e["verdicts"]["D_N<=(a)_N_certified"] != "violated"
+        assert e["verdicts"]["D_N^2<=(b)_N_certified"] != "violated"
+        assert e["verdicts"]["D_N<=(a)_N_local"] != "violated"  # never called violated with a local L
+        assert len(e["E_k"]) == e["n_steps"] + 1

@@ -20,6 +20,6 @@ def test_notebook_executes_with_small_settings(path, tmp_path, monkeypatch):
     assert any(o.get("output_type") in ("display_data", "stream") for c in code for o in c["outputs"])
 
 
-def test_three_notebooks_are_present():
+def test_the_notebooks_are_present():
     assert [p.stem for p in render.notebooks()] == ["nb01_paper_vs_corrected", "nb02_training_bound_vs_w2",
-                                                    "nb03_ladder_tightness"]
+                                                    "nb03_ladder_tightness", "nb04_fewstep_bound"]

@@ -8,8 +8,10 @@ samples (the same x_t at every step, drawn from ``--seed``): the ladder of docs/
 bounds (b), (c) and the paper's explicit form (``tvm_theory.analysis.bounds.bound_report``), the sensitivity bound of §6.1
 (a diagnostic: it needs the true u and ∂_xψ, so it shows when the error is made but certifies nothing)
 (``tvm_theory.analysis.sensitivity``) on a subset of the same samples, the finite-sample floor (W2 between ψ samples and an
-independent sample of p0) and the 2- and 4-step W2 (reported; the theorem does not cover them). For the affine
-model on a Gaussian test bed the one-step law is Gaussian, and its W2 to p0 is also given exactly (``w2_exact``).
+independent sample of p0), and under ``few_step`` the N-step ladder for N = 1, 2, 4 (docs/THEORY.md §10,
+:mod:`toy.fewstep_entry`): W2_emp ≤ D_N ≤ (a)_N with A under the law the sampler reaches, with certified and local L,
+and the Alekseev–Gröbner diagnostic along the concatenated path. For the affine model on a Gaussian test bed the one-
+and N-step laws are Gaussian, and their W2 to p0 is also given exactly (``w2_exact``).
 
 Units: every ``bound_*``/``paper_bound`` field is a bound on W2 itself (distance units): (b), (c) and the paper's
 form bound W2², so their square roots are reported; ``log10_*`` fields are always present and finite, the linear
@@ -46,6 +48,7 @@ from tvm_theory.analysis.sensitivity import sensitivity_bound
 from tvm_theory.analysis.testbeds import Gaussian, make_testbed
 from tvm_theory.analysis.transport import w2, w2_gaussian
 
+from .fewstep_entry import affine_exact_w2, few_step_entry
 from .models import AffineModel
 from .train import MODELS, TrainConfig, has_checkpoint, train
 
@@ -80,6 +83,7 @@ class Verifier:
         self.lip_iters, self.sens_ode_steps, self.sens_rtol, self.sens_rounds = lip_iters, sens_ode_steps, \
             sens_rtol, sens_rounds
         self.few_steps = tuple(few_steps)
+        self.few_step_bounds = (1, 2, 4)  # N of the few-step ladder (docs/THEORY.md §10)
         self.t_values = [float(t) for t in t_values]
         if not self.t_values or any(not 0 < t <= 1 for t in self.t_values):
             raise ValueError(f"t_values: expected times in (0, 1], got {t_values}")
@@ -95,6 +99,7 @@ class Verifier:
         self.x1 = self.samples[1.0][0] if 1.0 in self.samples else torch.randn(n, bed.dim, generator=g,
                                                                                dtype=torch.float64)
         self.z0_1 = self.samples[1.0][1] if 1.0 in self.samples else bed.flow(self.x1, 1.0, 0.0)
+        self.z0_1_err = self.samples[1.0][2] if 1.0 in self.samples else 0.0
         self.data = bed.sample(n, g)  # independent p0 sample: the floor and the scatter plot
         self.w2_floor = w2(self.z0_1, self.data)
         self.s_grid = make_grid(1.0, s_grid)  # rescaled to [0, t] per t
@@ -142,6 +147,12 @@ class Verifier:
                 entry[f"w2_{k}step"] = w2(xk, self.z0_1)
                 entry[f"w2_{k}step_to_data"] = w2(xk, self.data)
         entry["w2_floor"] = self.w2_floor
+        exact_n = affine_exact_w2(net, self.bed) if isinstance(net, AffineModel) and isinstance(self.bed, Gaussian) \
+            else None
+        entry["few_step"] = few_step_entry(
+            self.bed, net, jump, self.x1, self.z0_1, self.z0_1_err, steps=self.few_step_bounds,
+            s_grid=len(self.s_grid), n_sens=self.n_sens, seed=self.seed, local_L=getattr(self, "_local_profile", None),
+            sens_ode_steps=self.sens_ode_steps, exact_gaussian=exact_n)
         if isinstance(net, AffineModel) and isinstance(self.bed, Gaussian):
             eye = torch.eye(self.bed.dim, dtype=torch.float64)
             m, c = net.push_gaussian(torch.zeros(self.bed.dim, dtype=torch.float64), eye, 1.0, 0.0)
@@ -156,6 +167,8 @@ class Verifier:
         log10_L_cert = log10_L_cert.numpy()
         L_cert = np.where(np.isneginf(log10_L_cert), 0.0, 10.0 ** np.minimum(log10_L_cert, 300))
         L_loc, L_info = self._local_L(jump, s, x_t, t)
+        if t == 1.0:
+            self._local_profile = (s, L_loc)  # reused, interpolated, by the few-step bounds
         common = dict(x_t=x_t, s_grid=s, n_boot=200, seed=self.seed, k=K_SIGMA)
         rep_c = bound_report(jump, self.bed, t, L=L_cert, compute_w2=True,
                              generator=torch.Generator().manual_seed(30_000 + self.seed), **common)
@@ -413,7 +426,19 @@ def reading_guide(report: dict) -> str:
         f" and 10^{e['log10_bound_c_certified'] - math.log10(w):.0f} times W2: valid but vacuous.",
         "  The paper's explicit form is not a valid bound: it fails on the Gaussian counterexample of docs/THEORY.md §4 "
         "(`python -m toy theorem-check`).",
-        f"  2- and 4-step W2 (not covered by the theorem): {e['w2_2step']:.4f}, {e['w2_4step']:.4f}."])
+        *few_step_guide(e)])
+
+
+def few_step_guide(e: dict) -> list[str]:
+    """One line per N of the few-step ladder (docs/THEORY.md §10): true W2, D_N, the diagnostic and (a)_N."""
+    lines = []
+    for n, f in sorted(e.get("few_step", {}).items(), key=lambda kv: int(kv[0])):
+        cert = f"10^{f['log10_bound_a_certified']:.1f}"
+        loc = f", (a)_N local-L {f['bound_a_local']:.3g}" if f.get("bound_a_local") is not None else ""
+        lines.append(f"  {n}-step: W2 = {f['w2_emp']:.4f} ± {f['w2_emp_err']:.4f}, D_N = {f['paired_rmse']:.4f}, "
+                     f"sensitivity diagnostic {f['bound_sensitivity']:.4f} ({f['bound_sensitivity'] / f['w2_emp']:.1f}×)"
+                     f"{loc}, (a)_N certified {cert} — {f['verdicts']['D_N<=(a)_N_certified']}.")
+    return lines
 
 
 def run_demo(args) -> int:
