@@ -148,8 +148,8 @@ def sqrt_a_p(model, grid, k, sigma):
 
 def jump_terms(model, grid, k, *, under="q", transport=True):
     """(Γ_k, δ_k, m_k) for jump k on [t_{k+1}, t_k]: Γ_k = e^{∫L}, δ_k = ∫ e^{∫_{t_{k+1}}^σ L}(√A + √B) dσ with A
-    under q_k (``under="q"``) or p_{t_k} ("p"), and m_k = ∫ e^{∫_{t_{k+1}}^σ L}|P_k(σ)| dσ (the residual's Lipschitz
-    constant transported). ``transport=False`` replaces e^{∫L} by 1 (a planted error)."""
+    under q_k (``under="q"``) or p_{t_k} ("p"), and m_k = ∫ e^{∫_{t_{k+1}}^σ L}|P_k(σ)| dσ (the residual's x-Lipschitz
+    constant, transported; unused by the checks). ``transport=False`` replaces e^{∫L} by 1 (a planted error)."""
     lo, hi = grid[k + 1], grid[k]
     kinks = split_points(model, grid, k)
     if transport:
@@ -199,12 +199,14 @@ def bound_b(model, grid):
     return 2 * big * inner
 
 
-def bound_loss_side(model, grid):
-    """Corollary (F3): E_{k+1} ≤ (Γ_k + m_k)E_k + δ_k^p with A under p_{t_k}; returns (bound, [bounds on E_k])."""
+def bound_jump_lipschitz(model, grid):
+    """Variant (v), the loss-side recursion: E_{k+1} ≤ Lip(Φ_k) E_k + δ_k^p, with Φ_k the jump map x ↦ g x + h
+    (Lip = |g(t_k, t_{k+1})|) and δ_k^p = ∫ e^{∫_{t_{k+1}}^σ L}(√A_{t_k} + √B) dσ, A under p_{t_k} (the quantity the
+    training loss estimates). Returns (bound, [bounds on E_k])."""
     e, out = mp.mpf(0), [mp.mpf(0)]
     for k in range(len(grid) - 1):
-        g, d, m = jump_terms(model, grid, k, under="p")
-        e = (g + m) * e + d
+        _, d, _ = jump_terms(model, grid, k, under="p")
+        e = abs(model.jump(grid[k], grid[k + 1])[0]) * e + d
         out.append(e)
     return e, out
 

@@ -10,7 +10,7 @@ Claims checked, per case:
   1. the recursion E_{k+1} ≤ Γ_k E_k + δ_k at every jump k (A_N under the sampler's law q_k);
   2. D_N ≤ (a)_N = ∫_0^1 λ(√A_N + √B), and the unrolled recursion equals the direct integral;
   3. D_N² ≤ (b)_N = 2Λ_1∫λ(A_N + B);
-  4. the loss-side corollary: E_N ≤ the recursion with (Γ_k + m_k) and A under p_{t_k};
+  4. variant (v), loss side: E_(k+1) ≤ Lip(jump map) E_k + δ_k^p with A under p_{t_k} (what the loss estimates);
   5. the Alekseev–Gröbner identity along the concatenated path at three starting points.
 Each check can fail, and the script shows that it does on a planted error: the recursion and (a)_N with the transport
 factor e^{∫L} replaced by 1 are violated in some cases, and the identity with the last jump's term left out fails.
@@ -39,7 +39,7 @@ def numbers(family, p, sig0, n, dps):
         terms = [fx.jump_terms(m, grid, k) for k in range(n)]
         flat, _ = fx.bound_a(m, grid, transport=False)
         flat_terms = [fx.jump_terms(m, grid, k, transport=False) for k in range(n)]
-        loss_side, _ = fx.bound_loss_side(m, grid)
+        loss_side, _ = fx.bound_jump_lipschitz(m, grid)
         ag = [fx.ag_identity(m, grid, x) for x in ("-1.3", "0.4", "2.1")]
         return {"W2": fx.w2_exact(m, grid), "E": E, "a": a_rec, "a_direct": fx.bound_a_direct(m, grid),
                 "b": fx.bound_b(m, grid), "gamma": [t[0] for t in terms], "delta": [t[1] for t in terms],
@@ -102,7 +102,7 @@ def main() -> None:
                       abs(hi["a"] - hi["a_direct"]) < mp.mpf(10) ** -20, f"|difference| {mp.nstr(abs(hi['a'] - hi['a_direct']), 2)}")
             rep.check(f"{tag}: D_N² ≤ (b)_N", hi["b"] - E[-1] ** 2 > tol,
                       f"√(b)_N = {mp.nstr(mp.sqrt(hi['b']), 6)}")
-            rep.check(f"{tag}: loss-side corollary (A under p_(t_k), transport Γ_k + m_k) ≥ D_N",
+            rep.check(f"{tag}: variant (v): Lip(jump map) recursion with A under p_(t_k) ≥ D_N",
                       hi["loss_side"] - E[-1] > tol, f"bound {mp.nstr(hi['loss_side'], 6)}")
             ag_err = max(abs(a - b) for a, b in hi["ag"])
             rep.check(f"{tag}: X_N − Z_N = −∫_0^1 ∂_xψ(y(σ), σ, 0) ρ(σ) dσ at 3 points", ag_err < mp.mpf(10) ** -20,
@@ -120,7 +120,7 @@ def main() -> None:
               f"in {planted_rec} of {len(rows)} cases")
     rep.check("planted error detected: the identity without the last jump's term fails", planted_ag > 0,
               f"in {planted_ag} of {len(CASES) * (len(STEPS) - 1)} multi-step cases")
-    print("\n  case                     W2 exact   D_N        (a)_N      √(b)_N     loss-side  [(a)_N, λ≡1]")
+    print("\n  case                     W2 exact   D_N        (a)_N      √(b)_N     (v)        [(a)_N, λ≡1]")
     for tag, *vals in rows:
         print(f"  {tag:<24} " + " ".join(f"{mp.nstr(v, 6):<10}" for v in vals))
     rep.finish()

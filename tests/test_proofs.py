@@ -105,4 +105,4 @@ def test_fewstep_bound_and_recursion_hold_on_random_grids(grid, family, p, sig0)
         assert E[k + 1] <= gamma * E[k] + delta + 1e-10
         assert E[k + 1] <= e_bounds[k + 1] + 1e-10
     assert fx.w2_exact(m, grid) <= E[-1] + 1e-12
-    assert E[-1] <= fx.bound_loss_side(m, grid)[0] + 1e-10
+    assert E[-1] <= fx.bound_jump_lipschitz(m, grid)[0] + 1e-10
