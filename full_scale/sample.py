@@ -98,16 +98,22 @@ def main(argv=None) -> list[Path]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg, meta = load_run(args.run, args.weights, args.checkpoint, device)
+    given = {"sample.steps": args.steps, "sample.weight": args.weight, "sample.per_class": args.per_class,
+             "sample.seed": args.seed, "eval.batch_size": args.batch_size, "eval.vae": args.vae}
+    try:  # the run's sample and eval sections with the flags given, validated like the config
+        cfg = cfg.override({k: v for k, v in given.items() if v is not None})
+    except ValueError as err:
+        p.error(str(err))
+    num_classes = model.cfg.num_classes
+    if args.classes is not None and not all(0 <= c < num_classes for c in args.classes):
+        p.error(f"--classes: expected classes in [0, {num_classes - 1}], got {args.classes}")
     sc = cfg.sample
-    steps = args.steps or list(sc.steps)
-    weight = args.weight if args.weight is not None else sc.weight
-    per_class = args.per_class or sc.per_class
-    seed = args.seed if args.seed is not None else sc.seed
-    batch_size, vae_source = args.batch_size or cfg.eval.batch_size, args.vae or cfg.eval.vae
+    steps, weight, per_class, seed = list(sc.steps), sc.weight, sc.per_class, sc.seed
+    batch_size, vae_source = cfg.eval.batch_size, cfg.eval.vae
     out = Path(args.out) if args.out else Path(args.run) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     conditional = cfg.guidance.mode != "none"
-    classes = args.classes if args.classes is not None else list(range(model.cfg.num_classes))
+    classes = args.classes if args.classes is not None else list(range(num_classes))
     labels = torch.tensor(classes).repeat_interleave(per_class) if conditional else None
     n = len(classes) * per_class
 

@@ -14,7 +14,20 @@ and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-wr
 ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target is compiled
 (``train.compile``); ``train.activation_checkpointing`` trades a forward for memory. The run directory holds
 ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/``; a run restarted with the same ``--out`` resumes
-exactly from its latest checkpoint. SIGTERM saves a checkpoint and ends the run.
+exactly from its latest checkpoint.
+
+What a run guarantees (tests/test_fs_train.py, tests/test_fs_reliability.py):
+* one writer per run folder: rank 0 holds ``{out}/.lock`` (``tvm_theory.io.RunLock``); a second trainer on the same
+  folder stops at once with the holder's pid, host and command;
+* resume continues bit for bit, and refuses a configuration that differs from the checkpoint's (listing every
+  difference) unless each differing key is named in ``allow_config_change`` and is one of :data:`SAFE_CHANGES`;
+  ``train.steps`` may always change. ``config.yaml`` is rewritten only with a configuration the run then follows,
+  and the change is logged;
+* a checkpoint is saved only while the run is healthy (its last step finite), so rotation never evicts the last
+  healthy checkpoint for a diverged one; on divergence (``train.nan_policy``) the error names the step and the last
+  healthy checkpoint;
+* SIGTERM saves a checkpoint and ends the run; the command line then exits with :data:`EXIT_PREEMPTED` (75), a
+  finished run with 0 and a diverged one with :data:`EXIT_DIVERGED` (3), so a scheduler can tell them apart.
 """
 from __future__ import annotations
 
@@ -37,6 +50,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from tvm_theory.ema import ema_update
+from tvm_theory.io import RunFolderBusy, RunLock, atomic_write_text
 from tvm_theory.loss import CFGConfig, StudentOutput, TVMBatch, prepare_batch, student_forward, tvm_loss
 from tvm_theory.time_samplers import TimeSample, make_time_sampler
 
@@ -49,6 +63,14 @@ from .metrics import MetricsLog
 from .model import DiT
 
 Phase = Callable[[str], ContextManager]  # names a part of the step: profiler annotations, operator counts
+EXIT_DIVERGED, EXIT_PREEMPTED = 3, 75  # command-line exit codes (75 = EX_TEMPFAIL: try again, i.e. resume)
+# Keys a resumed run may change when they are named in ``allow_config_change``: how the run is watched, saved, fed
+# and computed, never what it optimizes (train.steps may always change: extending a run is what resume is for).
+SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log.lipschitz_iters", "log.tensorboard",
+                "checkpoint.every", "checkpoint.keep", "checkpoint.final", "data.root", "data.num_workers",
+                "model.attention_backend", "train.compile", "train.activation_checkpointing", "train.ddp_split_graphs",
+                "train.nan_policy", "train.max_nan_skips", "sample.steps", "sample.weight", "sample.per_class",
+                "sample.seed", "eval.vae", "eval.batch_size")
 
 
 class StudentStep(nn.Module):
@@ -177,23 +199,65 @@ def save(run: Run) -> Path:
     """Checkpoint the run (collective: every rank calls it)."""
     return checkpoint.save(run.out, run.step, model=run.model, target_ema=run.target_ema, eval_ema=run.eval_ema,
                            optimizer=run.optimizer, rng=rng_state(run.gen, run.dist.device),
-                           meta={"epoch": run.epoch, "position": run.position,
+                           meta={"epoch": run.epoch, "position": run.position, "config": run.cfg.to_dict(),
                                  "model_config": run.model.cfg.to_dict()},
                            keep=run.cfg.checkpoint.keep, rank=run.dist.rank, world_size=run.dist.world_size,
                            barrier=run.dist.barrier)
 
 
-def resume(run: Run) -> Path | None:
-    """Restore the run's latest checkpoint, if any; returns its path."""
+def config_changes(saved: dict, cfg: Config) -> dict[str, tuple]:
+    """``{"section.key": (checkpoint's value, this run's value)}`` for every key that differs."""
+    now = cfg.to_dict()
+    return {f"{sec}.{key}": (saved.get(sec, {}).get(key), value) for sec in now for key, value in now[sec].items()
+            if saved.get(sec, {}).get(key) != value}
+
+
+def check_resume_config(saved: dict, cfg: Config, allowed: Sequence[str], path: Path) -> dict[str, tuple]:
+    """The changes of a resume, after refusing any not allowed (see the module docstring)."""
+    unsafe = sorted(set(allowed) - set(SAFE_CHANGES))
+    if unsafe:
+        raise ValueError(f"--allow-config-change: {', '.join(unsafe)} cannot change on resume; "
+                         f"the keys that can: {', '.join(SAFE_CHANGES)}")
+    changes = {k: v for k, v in config_changes(saved, cfg).items() if k != "train.steps"}
+    refused = {k: v for k, v in changes.items() if k not in allowed}
+    if refused:
+        lines = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in refused.items())
+        raise ValueError(f"{path}: the configuration differs from the checkpoint's ({lines}). Resume with the "
+                         "checkpoint's values, start a new --out, or name safe changes with --allow-config-change")
+    return changes
+
+
+def resume(run: Run, allow_config_change: Sequence[str] = ()) -> Path | None:
+    """Restore the run's latest checkpoint, if any, after checking the configuration; returns its path."""
     last = checkpoint.latest(run.out)
-    if last is not None:
-        meta, rng = checkpoint.load(last, model=run.model, target_ema=run.target_ema, eval_ema=run.eval_ema,
-                                    optimizer=run.optimizer, model_config=run.model.cfg.to_dict(),
-                                    rank=run.dist.rank, world_size=run.dist.world_size)
-        run.step, run.epoch, run.position = meta["step"], meta["epoch"], meta["position"]
-        set_rng_state(rng, run.gen, run.dist.device)
-        run.log.resume_at(run.step)
+    if last is None:
+        return None
+    try:
+        meta = checkpoint.read_meta(last)
+    except checkpoint.CheckpointError as err:
+        intact = next((p for p in reversed(checkpoint.list_checkpoints(run.out)[:-1]) if _verifies(p)), None)
+        hint = (f"; the older checkpoint {intact} is intact: move the damaged one aside (mv {last} {last}.damaged) "
+                "to resume from it") if intact else "; no older intact checkpoint exists"
+        raise checkpoint.CheckpointError(f"{err}{hint}") from None
+    changes = check_resume_config(meta["config"], run.cfg, allow_config_change, last)
+    meta, rng = checkpoint.load(last, model=run.model, target_ema=run.target_ema, eval_ema=run.eval_ema,
+                                optimizer=run.optimizer, model_config=run.model.cfg.to_dict(),
+                                rank=run.dist.rank, world_size=run.dist.world_size)
+    run.step, run.epoch, run.position = meta["step"], meta["epoch"], meta["position"]
+    set_rng_state(rng, run.gen, run.dist.device)
+    run.log.resume_at(run.step)
+    if changes:
+        run.log.log({"event": "config_change", "step": run.step,
+                     "changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in changes.items()}})
     return last
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        checkpoint.read_meta(path)
+        return True
+    except checkpoint.CheckpointError:
+        return False
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
@@ -269,8 +333,12 @@ def report_nonfinite(run: Run, step: StepSums, grad_norm: torch.Tensor, in_a_row
     run.log.log({"event": "nonfinite", "step": run.step, "policy": policy, "grad_norm": float(grad_norm),
                  "n_nonfinite_examples": int(bad.sum()), "t": culprits[0].tolist(), "s": culprits[1].tolist()})
     if policy == "stop" or in_a_row > run.cfg.train.max_nan_skips:
-        raise FloatingPointError(f"non-finite loss or gradient at step {run.step} (policy {policy}, {in_a_row} in a "
-                                 f"row); see {run.out / 'metrics.jsonl'}")
+        healthy = checkpoint.latest(run.out)
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {run.step} (policy {policy}, {in_a_row} in a row; see "
+            f"{run.out / 'metrics.jsonl'}); the last healthy checkpoint is "
+            + (f"{healthy}: a rerun resumes from it (lower train.lr, or add train.grad_clip)" if healthy else
+               "none: the run diverged before its first checkpoint"))
 
 
 class StopSignal:
@@ -289,87 +357,116 @@ class StopSignal:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def agree(run: Run, *flags: bool) -> list[bool]:
+def agree(d: Dist, *flags: bool) -> list[bool]:
     """Each flag OR-ed over all ranks (one all-reduce)."""
-    t = torch.tensor([float(f) for f in flags], device=run.dist.device)
-    if run.dist.distributed:
+    t = torch.tensor([float(f) for f in flags], device=d.device)
+    if d.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t]
 
 
+@contextlib.contextmanager
+def one_writer(out: Path, d: Dist):
+    """Hold the run folder's lock (rank 0) for the block; every rank raises :class:`RunFolderBusy` if it is taken."""
+    lock, busy = RunLock(out), None
+    if d.main:
+        try:
+            lock.acquire()
+        except RunFolderBusy as err:
+            busy = err
+    if agree(d, busy is not None)[0]:
+        raise busy or RunFolderBusy(f"{out}: rank 0 could not lock the run folder")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def save_if_healthy(run: Run, nan_run: int, last: Path | None) -> Path | None:
+    """Checkpoint unless the last ``nan_run`` steps were non-finite (then log why and keep the healthy one)."""
+    if nan_run == 0:
+        return save(run)
+    run.log.log({"event": "checkpoint_skipped", "step": run.step, "reason": f"{nan_run} non-finite steps in a row",
+                 "last_healthy": str(last or "")})
+    return last
+
+
 # ---- the run -------------------------------------------------------------------------------------------------------
 
-def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Callback] = ()) -> dict:
+def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Callback] = (),
+          allow_config_change: Sequence[str] = ()) -> dict:
     """Train (or resume) the run in ``out`` to ``cfg.train.steps`` steps; returns its summary.
 
     ``dataset``: the training set (default: ``cfg.data.kind`` from :data:`full_scale.data.DATASETS`).
     ``callbacks``: :class:`~full_scale.callbacks.Callback` hooks, after the built-in Lipschitz probe.
+    ``allow_config_change``: keys of :data:`SAFE_CHANGES` that may differ from the checkpoint's on resume.
     """
     out, d = Path(out), setup()
-    dataset = dataset if dataset is not None else build_dataset(cfg, d.rank, d.world_size)
-    run = build_run(cfg, out, d, dataset)
-    resumed_from = resume(run)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        run.log.log({"event": "start", "step": run.step, "world_size": d.world_size, "device": str(d.device),
-                     "micro_batch": run.micro, "accumulation": run.accum, "bf16": run.bf16, "jvp": cfg.train.jvp,
-                     "compile": use_compile(cfg, d.device), "activation_checkpointing": run.model.checkpoint_blocks,
-                     "parameters": sum(p.numel() for p in run.model.parameters()),
-                     "resumed_from": str(resumed_from or "")})
-    data = micro_batches(dataset, run.micro, run.epoch, run.position, cfg.data.num_workers)
-    callbacks = [LipschitzProbe(), *callbacks]
-    for cb in callbacks:
-        cb.on_start(run, dataset)
+    with one_writer(out, d):
+        dataset = dataset if dataset is not None else build_dataset(cfg, d.rank, d.world_size)
+        run = build_run(cfg, out, d, dataset)
+        resumed_from = resume(run, allow_config_change)
+        if d.main:
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            run.log.log({"event": "start", "step": run.step, "world_size": d.world_size, "device": str(d.device),
+                         "micro_batch": run.micro, "accumulation": run.accum, "bf16": run.bf16, "jvp": cfg.train.jvp,
+                         "compile": use_compile(cfg, d.device), "activation_checkpointing": run.model.checkpoint_blocks,
+                         "parameters": sum(p.numel() for p in run.model.parameters()),
+                         "resumed_from": str(resumed_from or "")})
+        data = micro_batches(dataset, run.micro, run.epoch, run.position, cfg.data.num_workers)
+        callbacks = [LipschitzProbe(), *callbacks]
+        for cb in callbacks:
+            cb.on_start(run, dataset)
 
-    total, stopped_by, last_saved, record = cfg.train.steps, "steps", resumed_from, None
-    bar = tqdm(total=total, initial=run.step, disable=not d.main, dynamic_ncols=True, file=sys.stderr)
-    sums = torch.zeros(5, dtype=torch.float64, device=d.device)  # loss, terminal, fm, dfds², count since the log
-    t_log, steps_since_log, nan_run = time.perf_counter(), 0, 0
-    with StopSignal() as stop:
-        while run.step < total:
-            run.optimizer.zero_grad(set_to_none=True)
-            step = accumulate_gradients(run, data)
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
-            nonfinite, stopping = agree(run, bool(step.bad.any()), stop.requested)  # gradients are averaged already
-            nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
-            run.step += 1
-            if nonfinite:
-                nan_run += 1
-                report_nonfinite(run, step, grad_norm, nan_run)
+        total, stopped_by, last_saved, record = cfg.train.steps, "steps", resumed_from, None
+        bar = tqdm(total=total, initial=run.step, disable=not d.main, dynamic_ncols=True, file=sys.stderr)
+        sums = torch.zeros(5, dtype=torch.float64, device=d.device)  # loss, terminal, fm, dfds², count since log
+        t_log, steps_since_log, nan_run = time.perf_counter(), 0, 0
+        with StopSignal() as stop:
+            while run.step < total:
                 run.optimizer.zero_grad(set_to_none=True)
-            else:
-                nan_run = 0
-                sums += step.sums
-                apply_update(run, grad_norm)
-            for cb in callbacks:
-                cb.on_step(run)
-            bar.update(1)
-            steps_since_log += 1
-            if run.step % cfg.log.every == 0 or run.step == total:
-                if d.distributed:
-                    dist.all_reduce(sums)
-                now = time.perf_counter()
-                if sums[4] > 0:
-                    record = log_record(run, sums, grad_norm, steps_since_log, now - t_log)
-                    for cb in callbacks:
-                        cb.on_log(run, record)
-                    run.log.log(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-                sums.zero_()
-                t_log, steps_since_log = now, 0
-            if stopping:
-                last_saved, stopped_by = save(run), "sigterm"
-                run.log.log({"event": "sigterm", "step": run.step, "checkpoint": str(last_saved)})
-                break
-            if run.step % cfg.checkpoint.every == 0 or (run.step == total and cfg.checkpoint.final):
-                last_saved = save(run)
-    bar.close()
-    summary = {"out": str(out), "step": run.step, "steps": total, "stopped_by": stopped_by,
-               "checkpoint": str(last_saved or ""), "last_record": record}
-    for cb in callbacks:
-        cb.on_end(run, summary)
-    run.log.close()
+                step = accumulate_gradients(run, data)
+                grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+                grad_norm = torch.nn.utils.get_total_norm(grads)
+                nonfinite, stopping = agree(d, bool(step.bad.any()), stop.requested)  # gradients are averaged
+                nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
+                run.step += 1
+                if nonfinite:
+                    nan_run += 1
+                    report_nonfinite(run, step, grad_norm, nan_run)
+                    run.optimizer.zero_grad(set_to_none=True)
+                else:
+                    nan_run = 0
+                    sums += step.sums
+                    apply_update(run, grad_norm)
+                for cb in callbacks:
+                    cb.on_step(run)
+                bar.update(1)
+                steps_since_log += 1
+                if run.step % cfg.log.every == 0 or run.step == total:
+                    if d.distributed:
+                        dist.all_reduce(sums)
+                    now = time.perf_counter()
+                    if sums[4] > 0:
+                        record = log_record(run, sums, grad_norm, steps_since_log, now - t_log)
+                        for cb in callbacks:
+                            cb.on_log(run, record)
+                        run.log.log(record)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                    sums.zero_()
+                    t_log, steps_since_log = now, 0
+                if stopping:
+                    last_saved, stopped_by = save_if_healthy(run, nan_run, last_saved), "sigterm"
+                    run.log.log({"event": "sigterm", "step": run.step, "checkpoint": str(last_saved or "")})
+                    break
+                if run.step % cfg.checkpoint.every == 0 or (run.step == total and cfg.checkpoint.final):
+                    last_saved = save_if_healthy(run, nan_run, last_saved)
+        bar.close()
+        summary = {"out": str(out), "step": run.step, "steps": total, "stopped_by": stopped_by,
+                   "checkpoint": str(last_saved or ""), "last_record": record}
+        for cb in callbacks:
+            cb.on_end(run, summary)
+        run.log.close()
     teardown(d)
     return summary
 
@@ -392,6 +489,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="run directory (resumed if it holds checkpoints)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides train.steps)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    p.add_argument("--allow-config-change", action="append", default=[], metavar="SECTION.KEY",
+                   help=f"on resume, let this key differ from the checkpoint's (one of: {', '.join(SAFE_CHANGES)})")
     return p.parse_args(argv)
 
 
@@ -402,8 +501,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    return train(config_from_args(args), args.out)
+    return train(config_from_args(args), args.out, allow_config_change=args.allow_config_change)
+
+
+def cli(argv=None) -> int:
+    """:func:`main` with the exit codes of the module docstring: 0 finished, 75 preempted (SIGTERM), 3 diverged."""
+    try:
+        summary = main(argv)
+    except FloatingPointError as err:
+        print(f"python -m full_scale.train: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return EXIT_PREEMPTED if summary["stopped_by"] == "sigterm" else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -8,6 +8,7 @@ from ._autograd import _Attention, _AttentionTangent
 from .reference import attention_reference, attention_reference_jvp
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_REFERENCE_DTYPES = _DTYPES + (torch.float64,)  # float64 for reference checks; never integer, bool or complex
 _BACKENDS = ("auto", "triton", "reference")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 
@@ -22,6 +23,9 @@ def _check(q, k, v, backend):
         raise ValueError(f"attention: backend must be one of {_BACKENDS}, got {backend!r}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in _REFERENCE_DTYPES:
+        raise TypeError(f"attention: q, k, v must be real floating point ({', '.join(map(str, _REFERENCE_DTYPES))}), "
+                        f"got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if k.shape != v.shape:

@@ -70,8 +70,15 @@ class TrainConfig:
             raise ValueError(f"model: expected one of {MODELS}, got {self.model!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {self.objective!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps: expected a positive int, got {self.steps!r}")
+        for name in ("steps", "batch", "hidden", "depth", "emb_dim", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup: expected a non-negative int, got {self.warmup!r}")
+        for name in ("grad_clip", "lipschitz_cap", "max_freq"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
         for name in ("ema", "eval_ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
@@ -233,6 +240,13 @@ def train(cfg: TrainConfig, out: str | Path, *, hook_steps=(), hook: Hook | None
             state.opt.zero_grad(set_to_none=True)
             out_loss.loss.backward()
             gnorm = float(nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip))
+            loss_value = float(out_loss.loss.detach())
+            if not (math.isfinite(loss_value) and math.isfinite(gnorm)):
+                healthy = latest_checkpoint(checkpoint_root(out))
+                raise FloatingPointError(
+                    f"non-finite loss or gradient at step {state.step + 1} (loss {loss_value}, gradient "
+                    f"norm {gnorm}); nothing was saved after it, the last healthy checkpoint is "
+                    f"{healthy or 'none (the run diverged before its first checkpoint)'}: lower lr and rerun")
             state.opt.step()
             ema_update(state.target, state.model, cfg.ema)
             n = state.step + 1

@@ -50,15 +50,21 @@ def _weights(name: str, w, n: int) -> np.ndarray:
 def w2(x, y, a=None, b=None, *, num_itermax: int = 10_000_000) -> float:
     """Exact W2 between two weighted point clouds: sqrt(min_γ Σ γ_ij ‖x_i − y_j‖²) over couplings of a and b.
 
-    Raises ``RuntimeError`` when POT's solver reports anything but an optimum (e.g. the iteration limit; docs/THEORY.md
-    §6.1: n = 5000 needs ``num_itermax`` ≥ 1e7).
+    Raises ``OverflowError`` when a squared distance overflows float64 (points of size ≳ 1e154: the cost matrix, not
+    the solver, is the problem), and ``RuntimeError`` when POT's solver reports anything but an optimum (e.g. the
+    iteration limit; docs/THEORY.md §6.1: n = 5000 needs ``num_itermax`` ≥ 1e7).
     """
     x, y = _points("x", x), _points("y", y)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y: expected the same dimension, got {x.shape[1]} and {y.shape[1]}")
     a, b = _weights("a", a, x.shape[0]), _weights("b", b, y.shape[0])
     xn, yn = x.cpu().numpy(), y.cpu().numpy()
-    cost = ot.dist(xn, yn, metric="sqeuclidean")
+    with np.errstate(over="ignore", invalid="ignore"):
+        cost = ot.dist(xn, yn, metric="sqeuclidean")
+    if not np.isfinite(cost).all():
+        biggest = max(float(np.abs(xn).max()), float(np.abs(yn).max()))
+        raise OverflowError(f"w2: squared distances overflow float64 (largest coordinate {biggest:.3g}); the points "
+                            "are not a distribution one can compare (a diverged model?)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the same condition is reported through the log below
         value, log = ot.emd2(a, b, cost, numItermax=int(num_itermax), log=True)
