@@ -67,6 +67,8 @@ def test_exact_calculator_matches_the_independent_mpmath_closed_forms(n, sig0):
     ref = float(fx.bound_a(m, grid)[0])
     assert abs(rep.bounds["bound_a"].value - ref) <= 2 * rep.bounds["bound_a"].quad + 1e-6 * ref
     assert abs(rep.bounds["bound_b"].value - float(fx.bound_b(m, grid))) <= 2 * rep.bounds["bound_b"].quad + 1e-5
+    ref_v = float(fx.bound_jump_lipschitz(m, grid)[0])
+    assert abs(rep.bounds["bound_v"].value - ref_v) <= 2 * rep.bounds["bound_v"].quad + 1e-6 * ref_v
 
 
 @settings(max_examples=25, deadline=None)
@@ -78,7 +80,7 @@ def test_exact_chain_holds_for_random_affine_models(seed, n, dim, std):
                              g.normal(scale=0.7, size=2), g.normal(scale=0.3, size=(2, dim)))
     rep = exact_affine_few_step(m, bed, n, points=129)
     assert rep.w2.value <= rep.D.value * (1 + 1e-12) + 1e-14
-    for claim in ("D_N<=(a)_N", "D_N^2<=(b)_N"):
+    for claim in ("D_N<=(a)_N", "D_N^2<=(b)_N", "D_N<=(v)_N"):
         assert rep.comparisons[claim].verdict != "violated", rep.comparisons[claim].to_dict()
     # the recursion's node bounds, and its unrolled value equals the direct integral
     for e, lb in zip(rep.E[1:], rep.log_E_bound[1:]):
@@ -123,14 +125,18 @@ def test_monte_carlo_report_agrees_with_the_exact_one():
                              [[0.1, 0.0], [0.0, 0.2]])
     x1 = torch.randn(1500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = exact_affine_few_step(m, bed, 2, points=257)
+    jl = lambda t, s: abs(float(m.jump_coefficients(torch.tensor([t]), torch.tensor([s]))[0]))  # noqa: E731
     mc = few_step_report(m, bed, 2, L=lambda s: m.lipschitz(s).numpy(), x1=x1, points=33, n_boot=50,
-                         generator=torch.Generator().manual_seed(1))
+                         generator=torch.Generator().manual_seed(1), jump_lipschitz=jl)
     paired = float((sample_few_step(m, x1, 2) - bed.flow(x1, 1.0, 0.0)).pow(2).sum(1).mean().sqrt())
     assert mc.D.value == pytest.approx(paired, rel=1e-12)  # the report's sampler is the project's sampler
     assert abs(mc.D.value - exact.D.value) <= 4 * mc.D.se
     b = mc.bounds["bound_a"]
     assert abs(b.value - exact.bounds["bound_a"].value) <= 4 * b.se + 2 * b.quad + exact.bounds["bound_a"].quad
     assert mc.comparisons["D_N<=(a)_N"].verdict == "holds"
+    v = mc.bounds["bound_v"]
+    assert abs(v.value - exact.bounds["bound_v"].value) <= 4 * v.se + 2 * v.quad + exact.bounds["bound_v"].quad
+    assert mc.comparisons["D_N<=(v)_N"].verdict == "holds"
     assert mc.w2.value <= mc.D.value * (1 + 1e-9)
 
 
@@ -167,10 +173,12 @@ def test_verify_entry_has_every_few_step_field_and_no_certified_violation():
                          local_L=(s, np.full(17, 2.0)), sens_ode_steps=8, sens_nodes=4)
     assert set(out) == {"1", "2"}
     for e in out.values():
-        for key in ("w2_emp", "paired_rmse", "log10_bound_a_certified", "log10_bound_b_certified", "bound_a_local",
+        for key in ("w2_emp", "paired_rmse", "log10_bound_a_certified", "log10_bound_b_certified",
+                    "log10_bound_v_certified", "bound_a_local",
                     "bound_sensitivity", "E_k", "log10_E_k_bound_certified", "verdicts"):
             assert key in e, key
         assert e["verdicts"]["D_N<=(a)_N_certified"] != "violated"
         assert e["verdicts"]["D_N^2<=(b)_N_certified"] != "violated"
+        assert e["verdicts"]["D_N<=(v)_N_certified"] != "violated"
         assert e["verdicts"]["D_N<=(a)_N_local"] != "violated"  # never called violated with a local L
         assert len(e["E_k"]) == e["n_steps"] + 1

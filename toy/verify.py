@@ -434,6 +434,8 @@ def few_step_guide(e: dict) -> list[str]:
     lines = []
     for n, f in sorted(e.get("few_step", {}).items(), key=lambda kv: int(kv[0])):
         cert = f"10^{f['log10_bound_a_certified']:.1f}"
+        if f.get("log10_bound_v_certified") is not None:
+            cert += f", (v)_N certified 10^{f['log10_bound_v_certified']:.1f}"
         loc = f", (a)_N local-L {f['bound_a_local']:.3g}" if f.get("bound_a_local") is not None else ""
         lines.append(f"  {n}-step: W2 = {f['w2_emp']:.4f} ± {f['w2_emp_err']:.4f}, D_N = {f['paired_rmse']:.4f}, "
                      f"sensitivity diagnostic {f['bound_sensitivity']:.4f} ({f['bound_sensitivity'] / f['w2_emp']:.1f}×)"

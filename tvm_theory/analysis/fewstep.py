@@ -117,13 +117,16 @@ def _log(x):
 
 
 def fewstep_log_bounds(pieces: list[np.ndarray], A: list[np.ndarray], B: list[np.ndarray],
-                       L: list[np.ndarray]) -> dict[str, np.ndarray]:
+                       L: list[np.ndarray], A_p: list[np.ndarray] | None = None,
+                       log_lip: list[float] | None = None) -> dict[str, np.ndarray]:
     """Natural logs of the few-step quantities; piece k is jump k (σ ascending from t_{k+1} to t_k).
 
     A[k], B[k] have shape (..., len(pieces[k])) (a leading axis of bootstrap replicates is allowed), L[k] shape
     (len(pieces[k]),). Returns core = Σ_k ∫(√A + √B), bound_a = ∫λ(√A + √B), Lambda = ∫λ, bound_b = 2Λ∫λ(A + B),
     amplification = bound_a − core, recursion_a = log E_N from the recursion E_{k+1} = Γ_k E_k + δ_k (equal to
     bound_a up to rounding, a consistency check), log_gamma (per jump) and log_delta (per jump, shape (..., N)).
+    With ``A_p`` (the residual under p_{t_k}, per jump) and ``log_lip`` (log of each jump map's Lipschitz
+    constant) also bound_v: variant (v), E_{k+1} ≤ Lip(Φ_k) E_k + δ_k^p, unrolled.
     """
     n = len(pieces)
     if not (len(A) == len(B) == len(L) == n):
@@ -154,6 +157,14 @@ def fewstep_log_bounds(pieces: list[np.ndarray], A: list[np.ndarray], B: list[np
     for k in range(n):  # E_{k+1} ≤ Γ_k E_k + δ_k, E_0 = 0
         log_e = np.logaddexp(log_gamma[k] + log_e, log_delta[..., k])
     out["recursion_a"] = log_e
+    if A_p is not None:
+        log_v = np.full(log_delta.shape[:-1], -np.inf)
+        for k in range(n):
+            w = _trap_w(pieces[k])
+            g = np.sqrt(np.maximum(A_p[k], 0.0)) + np.sqrt(np.maximum(B[k], 0.0))
+            d = _lse(log_lam[k] - log_lam[k][0] + _log(w * g))
+            log_v = np.logaddexp(log_lip[k] + log_v, d)
+        out["bound_v"] = log_v
     out["log_gamma"] = np.array(log_gamma)
     out["log_delta"] = log_delta
     return out
@@ -182,20 +193,22 @@ def _exp(x):
         return np.exp(x)
 
 
-def evaluate_few_step(pieces, A, B, L, A_reps=None, B_reps=None
+def evaluate_few_step(pieces, A, B, L, A_reps=None, B_reps=None, A_p=None, A_p_reps=None, log_lip=None
                       ) -> tuple[dict[str, Estimate], dict[str, Estimate], dict]:
     """The few-step bounds as (linear Estimates, log10 Estimates, raw logs on the full grid).
 
     quad = |value − value on every other point of each piece|; se = standard deviation over bootstrap replicates.
     """
-    fine = fewstep_log_bounds(pieces, A, B, L)
+    fine = fewstep_log_bounds(pieces, A, B, L, A_p, log_lip)
     coarse = fewstep_log_bounds([p[::2] for p in pieces], [a[..., ::2] for a in A], [b[..., ::2] for b in B],
-                                [np.asarray(l)[::2] for l in L])
+                                [np.asarray(l)[::2] for l in L], None if A_p is None else [a[..., ::2] for a in A_p],
+                                log_lip)
     reps = None
     if A_reps is not None or B_reps is not None:
-        reps = fewstep_log_bounds(pieces, A if A_reps is None else A_reps, B if B_reps is None else B_reps, L)
+        reps = fewstep_log_bounds(pieces, A if A_reps is None else A_reps, B if B_reps is None else B_reps, L,
+                                  A_p if A_p_reps is None else A_p_reps, log_lip)
     lin, log10 = {}, {}
-    for name in FEW_STEP_NAMES:
+    for name in FEW_STEP_NAMES + (("bound_v",) if A_p is not None else ()):
         f, c = float(fine[name]), float(coarse[name])
         if math.isnan(f):
             lin[name] = log10[name] = Estimate(math.nan)
@@ -256,6 +269,8 @@ class FewStepReport:
             c["W2<=D_N"] = compare("W2", self.w2, "D_N", d_here, k=k)
         c["D_N<=(a)_N"] = compare("D_N", D, "(a)_N", _or_inf(b["bound_a"], k), bl["bound_a"], k)
         c["D_N^2<=(b)_N"] = compare("D_N^2", D.square(), "(b)_N", _or_inf(b["bound_b"], k), bl["bound_b"], k)
+        if "bound_v" in b:
+            c["D_N<=(v)_N"] = compare("D_N", D, "(v)_N", _or_inf(b["bound_v"], k), bl["bound_v"], k)
         self.comparisons = c
 
 
@@ -297,7 +312,7 @@ def _reference_samples(reference, s_values: list[float], n_b: int, generator, b_
 def few_step_report(model, reference, n_steps: int | None = None, *, L, x1: Tensor, grid=None, z0: Tensor | None = None,
                     z0_err: float = 0.0, points: int = 33, n_b: int | None = None, b_from: str = "path",
                     generator: torch.Generator | None = None, n_boot: int = 200, seed: int = 0,
-                    compute_w2: bool = True, k: float = 3.0) -> FewStepReport:
+                    compute_w2: bool = True, jump_lipschitz=None, k: float = 3.0) -> FewStepReport:
     """The Monte Carlo few-step ladder (docs/THEORY.md §10) for a JumpModel against a reference flow.
 
     Args:
@@ -309,6 +324,9 @@ def few_step_report(model, reference, n_steps: int | None = None, *, L, x1: Tens
         z0: ψ(x1, 1, 0) with RMS ODE error ``z0_err`` (computed if None).
         points: odd number of σ-nodes per jump.
         n_b: samples of p_σ for B (default n); b_from: "path" or "flow" (see :func:`_reference_samples`).
+        jump_lipschitz: a Lipschitz constant of each jump map x ↦ x + f_θ(x, t_k, t_{k+1}), as a callable
+            (t_k, t_{k+1}) ↦ float; when given, also variant (v) (``bounds["bound_v"]``), with A under p_{t_k}
+            evaluated on the same p_σ samples as B at σ = t_k.
     """
     if grid is None:
         grid = uniform_grid(n_steps)
@@ -345,12 +363,28 @@ def few_step_report(model, reference, n_steps: int | None = None, *, L, x1: Tens
             cols.append(_sq(model.velocity(z, _full(sj, z)) - reference.velocity(z, _full(sj, z))))
         b_mats.append(np.stack(cols, 1))
     Ls = _split_L(L, pieces)
+    ap_mats = log_lip = None
+    if jump_lipschitz is not None:
+        ap_mats, log_lip = [], []
+        for kk, s in enumerate(pieces):
+            x, tk = z_s[float(grid[kk])], grid[kk]
+            cols = []
+            for sj in s:
+                f, dfds = model.displacement_and_ds(x, _full(tk, x), _full(sj, x))
+                cols.append(_sq(dfds - model.velocity(x + f, _full(sj, x))))
+            ap_mats.append(np.stack(cols, 1))
+            lip = float(jump_lipschitz(grid[kk], grid[kk + 1]))
+            if not (lip >= 0 and math.isfinite(lip)):
+                raise ValueError(f"jump_lipschitz: expected a finite constant ≥ 0, got {lip}")
+            log_lip.append(math.log(lip) if lip > 0 else -math.inf)
     rng = np.random.default_rng(seed)
     wa = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
     wb = rng.multinomial(n_b, np.full(n_b, 1.0 / n_b), size=n_boot) / n_b
     A, B = [m.mean(0) for m in a_mats], [m.mean(0) for m in b_mats]
     A_reps, B_reps = [wa @ m for m in a_mats], [wb @ m for m in b_mats]
-    lin, log10, fine = evaluate_few_step(pieces, A, B, Ls, A_reps, B_reps)
+    A_p = None if ap_mats is None else [m.mean(0) for m in ap_mats]
+    A_p_reps = None if ap_mats is None else [wb @ m for m in ap_mats]
+    lin, log10, fine = evaluate_few_step(pieces, A, B, Ls, A_reps, B_reps, A_p, A_p_reps, log_lip)
     D = Estimate(math.sqrt(d.mean()), float(np.sqrt(wa @ d).std(ddof=1)), 0.0, z0_err)
     log_e_bound = _recursion_logs(fine)
     rep = FewStepReport(grid=grid, pieces=pieces, A=A, B=B, L=Ls, D=D, bounds=lin, bounds_log10=log10, E=E,
@@ -402,7 +436,7 @@ def exact_affine_few_step(model, bed, n_steps: int | None = None, *, grid=None, 
     f64 = torch.float64
     mu, dim = bed.mean.to(f64), bed.dim
     alpha, c = torch.ones(1, dtype=f64), torch.zeros(1, dim, dtype=f64)
-    A, B, E = [], [], [0.0]
+    A, A_p, B, E, log_lip = [], [], [], [0.0], []
     for kk, s in enumerate(pieces):
         tk = grid[kk]
         st = torch.as_tensor(s, dtype=f64)
@@ -411,16 +445,20 @@ def exact_affine_few_step(model, bed, n_steps: int | None = None, *, grid=None, 
         m_k, v_k = alpha * 0 + c, alpha**2  # q_k = N(c_k, α_k² I) since X_0 ~ N(0, I)
         A.append(_affine_sq_mean(da - kv * a, db - kv[:, None] * b - mv, m_k.expand(len(s), dim),
                                  v_k.expand(len(s)), dim).numpy())
+        # the same residual under p_{t_k} = N((1 − t_k)μ, σ_{t_k}² I), for variant (v)
+        A_p.append(_affine_sq_mean(da - kv * a, db - kv[:, None] * b - mv, ((1 - tk) * mu).expand(len(s), dim),
+                                   torch.full((len(s),), bed.sigma(tk) ** 2, dtype=f64), dim).numpy())
         kap = bed.kappa(st)
         m_s = (1 - st)[:, None] * mu
         B.append(_affine_sq_mean(kv - kap, mv + mu + kap[:, None] * m_s, m_s, bed.sigma(st) ** 2, dim).numpy())
         a1, b1, _, _ = model.jump_coefficients(torch.tensor([tk], dtype=f64), torch.tensor([grid[kk + 1]], dtype=f64))
         alpha, c = a1 * alpha, a1[:, None] * c + b1
+        log_lip.append(math.log(abs(float(a1))) if float(a1) != 0 else -math.inf)  # Lip of x ↦ a x + b
         t_next = grid[kk + 1]
         e2 = ((c - (1 - t_next) * mu) ** 2).sum() + dim * (alpha - bed.sigma(t_next)) ** 2
         E.append(float(e2.sqrt()))
     Ls = [_profile(model.lipschitz(p) if L is None else L, p) for p in pieces]
-    lin, log10, fine = evaluate_few_step(pieces, A, B, Ls)
+    lin, log10, fine = evaluate_few_step(pieces, A, B, Ls, A_p=A_p, log_lip=log_lip)
     W2sq = ((c - mu) ** 2).sum() + dim * (alpha.abs() - bed.std) ** 2
     rep = FewStepReport(grid=grid, pieces=pieces, A=A, B=B, L=Ls, D=Estimate(E[-1]), bounds=lin, bounds_log10=log10,
                         E=E, log_E_bound=_recursion_logs(fine), w2=Estimate(math.sqrt(float(W2sq))), w2_kind="exact")
