@@ -269,9 +269,11 @@ def test_corrupted_content_is_caught_by_checksums(copy_of):
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF  # same size, one byte of the payload flipped
     path.write_bytes(bytes(data))
-    LatentDataset(copy_of)  # the cheap header check cannot see it …
+    LatentDataset(copy_of, verify_checksums=False)  # the header-only check cannot see it …
     with pytest.raises(ShardError, match="sha256"):
         LatentDataset(copy_of, verify_checksums=True)  # … the checksum can
+    with pytest.raises(ShardError, match="sha256"):
+        LatentDataset(copy_of)  # and training verifies it by default
 
 
 # ------------------------------------------------------------------------------------------------------ the VAE

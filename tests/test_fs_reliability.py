@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -178,3 +179,87 @@ def test_lock_is_released_after_a_failed_run(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError):
         run(tmp_path, 2, "--set", "train.nan_policy=stop")
     RunLock(tmp_path).acquire().release()  # not held any more
+
+
+# ---- data preparation ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from test_fs_data import tiny_vae_folder
+
+    return tiny_vae_folder(tmp_path_factory.mktemp("vae") / "vae")
+
+
+def prep(src, out, vae, **kw):
+    from full_scale.data.latents import prepare
+    from test_fs_data import RES
+
+    return prepare(src, out, resolution=RES, vae=str(vae), shard_size=4, batch_size=3, num_workers=0, **kw)
+
+
+def test_prepare_checks_the_vae_before_it_writes_a_plan(tmp_path, tiny_vae):
+    from test_fs_data import image_folder
+
+    src = image_folder(tmp_path / "src")
+    with pytest.raises(Exception, match="no_such_vae"):
+        prep(src, tmp_path / "out", tmp_path / "no_such_vae")
+    assert not (tmp_path / "out" / "plan.json").exists()
+    assert prep(src, tmp_path / "out", tiny_vae)["num_items"] == 9  # the corrected rerun is not blocked
+
+
+def test_unreadable_images_stop_with_their_name_or_are_skipped_and_listed(tmp_path, tiny_vae):
+    from full_scale.data.latents import LatentDataset, UnreadableImage
+    from test_fs_data import image_folder
+
+    src = image_folder(tmp_path / "src")
+    (src / "n01" / "9.png").write_bytes(b"")  # zero bytes
+    good = (src / "n02" / "1.png").read_bytes()
+    (src / "n02" / "8.png").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(UnreadableImage, match="n01/9.png.*--skip-bad-images"):
+        prep(src, tmp_path / "out", tiny_vae)
+    manifest = prep(src, tmp_path / "out", tiny_vae, skip_bad_images=True)  # same listing: the plan still holds
+    assert sorted(manifest["skipped"]) == ["n01/9.png", "n02/8.png"] and manifest["num_items"] == 9
+    assert manifest["used_fingerprint"] != manifest["source_fingerprint"]
+    assert len(LatentDataset(tmp_path / "out")) == 9
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from full_scale.data.latents import center_crop_arr, to_rgb8
+
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)  # 0 … 65280
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")  # a 16-bit grayscale PNG, as a scanner writes it
+    img = Image.open(tmp_path / "ramp.png")
+    assert img.mode.startswith("I")
+    out = np.asarray(to_rgb8(img))
+    assert out.shape == (16, 16, 3) and (out[..., 0] == np.round(ramp.astype(float) * 255 / 65535)).all()
+    assert 0 < center_crop_arr(img, 8).mean() < 255  # not all white
+    with pytest.raises(ValueError, match="mode F"):
+        to_rgb8(Image.fromarray(np.zeros((4, 4), np.float32)))
+
+
+def test_an_empty_class_folder_is_an_error_or_keeps_its_label(tmp_path):
+    from full_scale.data.latents import ImageSource
+    from test_fs_data import image_folder
+
+    src = image_folder(tmp_path / "src")
+    (src / "n015").mkdir()  # sorts between n01 and n02
+    with pytest.raises(ValueError, match="without images.*n015"):
+        ImageSource(src)
+    kept = ImageSource(src, allow_empty_classes=True)
+    assert kept.classes == ["n01", "n015", "n02", "n03"] and sorted(set(kept.labels)) == [0, 2, 3]
+
+
+def test_a_damaged_shard_header_is_a_shard_error(tmp_path, tiny_vae):
+    from full_scale.data.latents import ShardError, read_safetensors_header
+    from test_fs_data import image_folder
+
+    prep(image_folder(tmp_path / "src"), tmp_path / "out", tiny_vae)
+    path = tmp_path / "out" / "latents-00000.safetensors"
+    data = bytearray(path.read_bytes())
+    data[9] = 0xFF  # inside the JSON header: not UTF-8 any more
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="corrupt safetensors header"):
+        read_safetensors_header(path)

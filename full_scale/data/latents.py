@@ -45,12 +45,25 @@ class ShardError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------------------- images
 
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB image. 16-bit grayscale (modes ``I;16*`` and ``I``, as PIL opens 16-bit PNG and TIFF) is scaled
+    by 255/65535 instead of being clipped to white by ``convert``; float images (mode ``F``) have no defined
+    range and are refused; every other mode (palette, L, LA, RGBA, CMYK, …) goes through ``convert("RGB")``."""
+    if image.mode == "F":
+        raise ValueError(f"image: mode F (floating point) has no defined intensity range; convert it to 8 or 16 bits")
+    if image.mode.startswith("I"):
+        arr = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
-    """ADM's center crop: halve with BOX while the short side is ≥ 2·size, BICUBIC-resize the short side to
-    ``size``, then cut the central size × size window. Returns uint8 (size, size, 3)."""
+    """ADM's center crop of :func:`to_rgb8` of the image: halve with BOX while the short side is ≥ 2·size,
+    BICUBIC-resize the short side to ``size``, then cut the central size × size window. Returns uint8 (size, size, 3).
+    """
     if size < 1:
         raise ValueError(f"size: expected a positive int, got {size}")
-    image = image.convert("RGB")
+    image = to_rgb8(image)
     while min(image.size) >= 2 * size:
         image = image.resize(tuple(d // 2 for d in image.size), resample=Image.BOX)
     scale = size / min(image.size)
@@ -63,25 +76,35 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
 class ImageSource:
     """An ImageNet-style folder (one subfolder per class, searched recursively) or a zip whose images sit in
     per-class folders (the class is an image's parent folder). Classes are sorted names, labels their positions,
-    items sorted by (class, path) — the torchvision ``ImageFolder`` order."""
+    items sorted by (class, path) — the torchvision ``ImageFolder`` order.
 
-    def __init__(self, path: str | os.PathLike):
+    A class folder without images would silently shift every later label, so it is an error (as in torchvision)
+    unless ``allow_empty_classes``: then the class keeps its label and simply has no items."""
+
+    def __init__(self, path: str | os.PathLike, *, allow_empty_classes: bool = False):
         self.path = Path(path)
         self._zip: zipfile.ZipFile | None = None
         if self.path.is_dir():
+            folders = {p.name for p in self.path.iterdir() if p.is_dir()}
             pairs = [(p.parent.relative_to(self.path).parts[0], str(p.relative_to(self.path)))
                      for p in self.path.rglob("*")
                      if p.suffix.lower() in IMAGE_EXTENSIONS and p.parent != self.path and p.is_file()]
         elif zipfile.is_zipfile(self.path):
             with zipfile.ZipFile(self.path) as zf:
-                pairs = [(Path(n).parent.name, n) for n in zf.namelist()
-                         if Path(n).suffix.lower() in IMAGE_EXTENSIONS and Path(n).parent.name]
+                names = zf.namelist()
+            folders = {Path(n).parts[0] for n in names if len(Path(n).parts) > 1 or n.endswith("/")}
+            pairs = [(Path(n).parent.name, n) for n in names
+                     if Path(n).suffix.lower() in IMAGE_EXTENSIONS and Path(n).parent.name]
         else:
             raise FileNotFoundError(f"source: '{path}' is neither a folder nor a zip file")
         if not pairs:
             raise ValueError(f"source: no images with extensions {IMAGE_EXTENSIONS} in class folders of '{path}'")
         pairs.sort()
-        self.classes = sorted({c for c, _ in pairs})
+        empty = sorted(folders - {c for c, _ in pairs}) if self.path.is_dir() else []
+        if empty and not allow_empty_classes:
+            raise ValueError(f"source: class folders without images: {empty}; every later label would shift. "
+                             "Remove them, or keep them as empty classes with --allow-empty-classes")
+        self.classes = sorted({c for c, _ in pairs} | set(empty))
         index = {c: i for i, c in enumerate(self.classes)}
         self.entries = [e for _, e in pairs]
         self.labels = [index[c] for c, _ in pairs]
@@ -107,16 +130,41 @@ class ImageSource:
         return {**self.__dict__, "_zip": None}
 
 
+class UnreadableImage(ValueError):
+    """A source image that PIL cannot decode (empty, truncated, not an image)."""
+
+
 class _CroppedImages(torch.utils.data.Dataset):
-    def __init__(self, source: ImageSource, indices: range, size: int):
-        self.source, self.indices, self.size = source, indices, size
+    """Center crops of ``indices``; an unreadable image raises :class:`UnreadableImage`, or with ``skip_bad`` gives
+    ``None`` (left out by :func:`_collate_readable` and listed in the shard's sidecar)."""
+
+    def __init__(self, source: ImageSource, indices: range, size: int, skip_bad: bool = False):
+        self.source, self.indices, self.size, self.skip_bad = source, indices, size, skip_bad
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, k):
         i = self.indices[k]
-        return center_crop_arr(self.source.open(i), self.size), self.source.labels[i], i
+        try:
+            image = self.source.open(i)
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for undecodable files
+            if self.skip_bad:
+                return i
+            raise UnreadableImage(f"source: {self.source.entries[i]} cannot be read ({err}); rerun with "
+                                  "--skip-bad-images to leave such images out (they are listed in the manifest)") from None
+        return center_crop_arr(image, self.size), self.source.labels[i], i
+
+
+def _collate_readable(items):
+    """Batch the readable items; return (images, labels, indices, indices of the unreadable ones)."""
+    good = [it for it in items if isinstance(it, tuple)]
+    bad = [it for it in items if not isinstance(it, tuple)]
+    if not good:
+        return None, None, None, bad
+    images, labels, indices = torch.utils.data.default_collate(good)
+    return images, labels, indices, bad
 
 
 # ----------------------------------------------------------------------------------------------------------- shards
@@ -138,10 +186,10 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
             raise ShardError(f"{path}: truncated or not a safetensors file (size {size} bytes)")
         try:
             header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
-            raise ShardError(f"{path}: corrupt safetensors header ({e})") from e
-    header.pop("__metadata__", None)
-    end = max((t["data_offsets"][1] for t in header.values()), default=0)
+            header.pop("__metadata__", None)
+            end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+        except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError) as e:
+            raise ShardError(f"{path}: corrupt safetensors header ({type(e).__name__}: {e})") from None
     if size != 8 + n + end:
         raise ShardError(f"{path}: truncated: {size} bytes on disk, header describes {8 + n + end}")
     return header, 8 + n
@@ -206,12 +254,13 @@ class LatentDataset(torch.utils.data.IterableDataset):
     Epoch e draws one permutation π of all N items from ``numpy.random.default_rng([seed, e])``; rank r of R
     takes π[r], π[r + R], … over the first ⌊N/R⌋·R entries (every rank gets ⌊N/R⌋ items, the same on every run),
     and DataLoader worker w of W takes every W-th of those. Items are read from memory-mapped shards after the
-    manifest check (:func:`load_manifest`) and standardized with the manifest's constants:
-    yields (z̃ float32 (C, h, w), label int64 scalar tensor).
+    manifest check (:func:`load_manifest`; with ``verify_checksums``, the default, every shard's SHA-256 too, once
+    when the dataset is made: a flipped byte is caught before training reads it) and standardized with the
+    manifest's constants: yields (z̃ float32 (C, h, w), label int64 scalar tensor).
     """
 
     def __init__(self, root: str | os.PathLike, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 verify_checksums: bool = False):
+                 verify_checksums: bool = True):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
         self.root = Path(root)
@@ -291,11 +340,12 @@ def _shard_done(out: Path, k: int, want_images: bool) -> bool:
                for e in entries)
 
 
-def _write_shard(out: Path, k: int, latents, labels, indices, images) -> None:
+def _write_shard(out: Path, k: int, latents, labels, indices, images, skipped: list[str]) -> None:
     from safetensors.torch import save_file
 
     name = _shard_name(k)
-    info = {"file": f"{name}.safetensors", "count": int(labels.shape[0]), "start": int(indices[0])}
+    info = {"file": f"{name}.safetensors", "count": int(labels.shape[0]), "start": int(indices[0]),
+            "skipped": skipped}
     atomic_write(out / info["file"], lambda tmp: save_file(
         {"latents": latents.contiguous(), "labels": labels, "indices": indices}, str(tmp)))
     info.update(bytes=(out / info["file"]).stat().st_size, sha256=sha256_file(out / info["file"]))
@@ -308,11 +358,17 @@ def _write_shard(out: Path, k: int, latents, labels, indices, images) -> None:
 
 def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_size: int = 10_000,
             batch_size: int = 64, num_workers: int = 8, images: bool = False, posterior: str = "mean",
-            seed: int = 0, limit: int | None = None, latent_stats: str = "auto", dtype: str = "fp32") -> dict | None:
+            seed: int = 0, limit: int | None = None, latent_stats: str = "auto", dtype: str = "fp32",
+            skip_bad_images: bool = False, allow_empty_classes: bool = False) -> dict | None:
     """Encode ``source`` into shards under ``out`` (see the module docstring); returns the manifest on rank 0.
 
     Resumable: finished shards (sidecar present, size matching) are skipped; a ``plan.json`` left by another
     listing, resolution, shard size or VAE makes it stop instead of mixing data. Shard k goes to rank k mod R.
+    The source listing and the VAE are checked (the VAE loaded) before ``plan.json`` is written, so a mistyped
+    argument leaves nothing behind. An unreadable image stops the job with its name, or with ``skip_bad_images`` is
+    left out: its index is missing from its shard and listed under ``skipped`` in the manifest, beside a fingerprint
+    of the items actually encoded (``used_fingerprint``); the listing's fingerprint, and so the plan, is unchanged,
+    so a rerun with the flag reuses the finished shards.
     ``latent_stats``: "paper" (docs/ANCHORS.md constants, 256/512 only), "data" (recomputed), or "auto" (paper when
     available, else data).
     """
@@ -330,8 +386,10 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
     d = setup(backend="gloo", timeout=timedelta(hours=12))  # barriers only
     rank, world = d.rank, d.world_size
     out = Path(out)
-    src = ImageSource(source)
+    src = ImageSource(source, allow_empty_classes=allow_empty_classes)
     n = len(src) if limit is None else min(limit, len(src))
+    device = d.device
+    model = load_vae(vae, device=device, dtype=torch_dtype)  # before the plan: a bad --vae leaves nothing behind
     plan = {"format": FORMAT, "source_fingerprint": src.fingerprint(), "num_items": n, "resolution": resolution,
             "shard_size": shard_size, "vae": vae, "dtype": dtype, "posterior": posterior, "seed": seed,
             "images": images, "classes": src.classes}
@@ -344,30 +402,36 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / PLAN, json.dumps(plan, indent=1))
     d.barrier()
-    device = d.device
     num_shards = -(-n // shard_size)
     shard_items = [range(k * shard_size, min(n, (k + 1) * shard_size)) for k in range(num_shards)]
     mine = [k for k in range(rank, num_shards, world) if not _shard_done(out, k, images)]
     if mine:
-        model = load_vae(vae, device=device, dtype=torch_dtype)
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(shard_items[k]) for k in mine), desc=f"prepare (rank {rank}/{world})", unit="img",
                    disable=rank != 0)
         for k in mine:
-            ds = _CroppedImages(src, shard_items[k], resolution)
-            loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+            ds = _CroppedImages(src, shard_items[k], resolution, skip_bad=skip_bad_images)
+            loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
+                                                 collate_fn=_collate_readable)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
-            latents, labels, indices, crops = [], [], [], []
-            for img, lab, idx in loader:  # img: uint8 (b, H, W, 3)
+            latents, labels, indices, crops, skipped = [], [], [], [], []
+            for img, lab, idx, bad in loader:  # img: uint8 (b, H, W, 3)
+                skipped += bad
+                bar.update(len(bad))
+                if img is None:
+                    continue
                 latents.append(encode_images(model, img, posterior=posterior, generator=gen))
                 labels.append(lab.long())
                 indices.append(idx.long())
                 if images:
                     crops.append(img.numpy())
                 bar.update(len(lab))
+            if not latents:
+                raise UnreadableImage(f"source: no readable image in shard {k} (items {shard_items[k].start}–"
+                                      f"{shard_items[k].stop - 1}); nothing to encode")
             _write_shard(out, k, torch.cat(latents), torch.cat(labels), torch.cat(indices),
-                         np.concatenate(crops) if images else None)
+                         np.concatenate(crops) if images else None, [src.entries[i] for i in skipped])
         bar.close()
     d.barrier()
     if rank != 0:
@@ -380,7 +444,11 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
     else:
         stats, count = compute_latent_stats(out, [s["file"] for s in shards])
         stats_source = f"data ({count} values per channel)"
-    manifest = {**plan, "latent_shape": latent_shape, "num_classes": len(src.classes),
+    skipped = [e for s in shards for e in s.get("skipped", [])]
+    left_out = set(skipped)
+    used = [e for e in src.entries[:n] if e not in left_out]
+    manifest = {**plan, "latent_shape": latent_shape, "num_classes": len(src.classes), "num_items": len(used),
+                "skipped": skipped, "used_fingerprint": hashlib.sha256("\n".join(used).encode()).hexdigest(),
                 "latent_mean": list(stats.mean), "latent_std": list(stats.std), "stats_source": stats_source,
                 "shards": [{key: s[key] for key in ("file", "count", "start", "bytes", "sha256")} for s in shards],
                 "image_batches": [s["images"] for s in shards] if images else None}
@@ -407,6 +475,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of the sorted listing")
     p.add_argument("--latent-stats", choices=("auto", "paper", "data"), default="auto")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images that cannot be decoded (listed in the manifest) instead of stopping")
+    p.add_argument("--allow-empty-classes", action="store_true",
+                   help="keep class folders without images as empty classes (their labels stay reserved)")
     s = sub.add_parser("stats", help="recompute the per-channel latent mean/std from the shards")
     s.add_argument("--root", required=True)
     s.add_argument("--write", action="store_true", help="store them in manifest.json (the dataset then uses them)")
@@ -417,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "prepare":
         prepare(args.source, args.out, resolution=args.resolution, vae=args.vae, shard_size=args.shard_size,
                 batch_size=args.batch_size, num_workers=args.workers, images=args.images, posterior=args.posterior,
-                seed=args.seed, limit=args.limit, latent_stats=args.latent_stats, dtype=args.dtype)
+                seed=args.seed, limit=args.limit, latent_stats=args.latent_stats, dtype=args.dtype,
+                skip_bad_images=args.skip_bad_images, allow_empty_classes=args.allow_empty_classes)
     elif args.command == "stats":
         stats, count = compute_latent_stats(args.root)
         print(json.dumps({"latent_mean": stats.mean, "latent_std": stats.std, "values_per_channel": count}))
