@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _config
 from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
 from ._forward import LOG2E, _load_hi_lo, _load_rows, _store_rows, has_low_part, low_part_arg
 
@@ -42,12 +43,14 @@ def _rowdot_kernel(X, Y, Y_LO, OUT, n_rows, head_dim, HEAD_BLOCK: tl.constexpr, 
 
 @tuned(_KV_CONFIGS)
 @triton.jit
-def _kv_kernel(Q, K, V, GO, LSE, DELTA, DK, DV, qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+def _kv_kernel(Q, K, V, GO, LSE, DELTA, DK, DV, qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
                HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Key-side gradients through O for one key block (rows = keys, columns = queries): dK, dV."""
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_BLOCK)
@@ -112,7 +115,7 @@ def _kv_tangent_loop(Q, TQ, GO, LSE, MU, DELTA, R, k, v, tk, tv, q_base, row_bas
 @tuned(_KV_TANGENT_CONFIGS)
 @triton.jit
 def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
-                       qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+                       qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
                        HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                        UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Key-side gradients through Ȯ for one key block: dK, dK̇, dV, dV̇ (GO = G, DELTA = δ̇, R = r).
@@ -122,7 +125,9 @@ def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, 
     spills at D = 128. The autotuner chooses.
     """
     pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
+        return
     pid_n = pid // 2 if SPLIT else pid
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_BLOCK)
@@ -159,12 +164,14 @@ def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DK, DV, DTK, 
 @tuned(_Q_CONFIGS, extra_key=("TANGENT",))
 @triton.jit
 def _q_kernel(Q, K, V, TQ, TK, TV, GO, LSE, MU, DELTA, R, DQ, DTQ,
-              qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+              qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
               HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               TANGENT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Query-side gradients for one query block, recomputing P (and T) per key block. Writes dQ (and dQ̇)."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
+        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_BLOCK)
@@ -224,18 +231,19 @@ def _launch(q, k, v, tq, tk, tv, go, lse, mu, delta, r, scale, tangent):
     seq_k = k.shape[2]
     fp32 = q.dtype == torch.float32
     meta = dict(HEAD_BLOCK=head_block(head_dim), UPCAST=INTERPRET, PREC="ieee" if fp32 else "tf32")
-    args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, seq_bucket(max(seq_q, seq_k)))
+    args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, seq_bucket(max(seq_q, seq_k)), batch * heads)
+    bh_grid = _config.grid_bh(batch * heads)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if tangent:
         dtq, dtk, dtv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]) * (2 if m["SPLIT"] else 1), batch * heads)  # noqa: E731
+        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]) * (2 if m["SPLIT"] else 1), *bh_grid)  # noqa: E731
         _kv_tangent_kernel[kv_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dk, dv, dtk, dtv, *args, **meta,
                                     **launch_meta(_KV_TANGENT_CONFIGS, fp32))
     else:
         dtq = dq
-        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]), batch * heads)  # noqa: E731
+        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]), *bh_grid)  # noqa: E731
         _kv_kernel[kv_grid](q, k, v, go, lse, delta, dk, dv, *args, **meta, **launch_meta(_KV_CONFIGS, fp32))
-    q_grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), batch * heads)  # noqa: E731
+    q_grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), *bh_grid)  # noqa: E731
     _q_kernel[q_grid](q, k, v, tq, tk, tv, go, lse, mu, delta, r, dq, dtq, *args, **meta, TANGENT=tangent,
                       **launch_meta(_Q_CONFIGS, fp32))
     return (dq, dk, dv, dtq, dtk, dtv) if tangent else (dq, dk, dv)

@@ -20,6 +20,18 @@ AUTOTUNE = not INTERPRET and os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
 INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
+# CUDA's limit on a grid's y and z extents. The kernels put B·H on y and fold what exceeds it onto z (grid_bh), so
+# B·H up to 65535² launches; tests lower it to exercise the folding under the interpreter.
+MAX_GRID_Y = 65535
+
+
+def grid_bh(n_bh: int) -> tuple[int, int]:
+    """(y, z) grid extents for ``n_bh`` = B·H programs per row block: y ≤ MAX_GRID_Y and y·z ≥ n_bh. A program
+    finds its head as bh = z_i·y + y_i (``tl.num_programs(1)`` is y) and returns at once when bh ≥ n_bh."""
+    y = min(n_bh, MAX_GRID_Y)
+    return y, triton.cdiv(n_bh, y)
+
+
 def head_block(head_dim: int) -> int:
     """Padded head dimension: the next power of two, at least 16 (``tl.dot`` needs K ≥ 16)."""
     return max(16, triton.next_power_of_2(head_dim))

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _config
 from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
 
 LOG2E = 1.4426950408889634
@@ -62,12 +63,14 @@ def _load_hi_lo(base, base_lo, offs_s, offs_d, seq, head_dim, HEAD_BLOCK: tl.con
 
 @tuned(_FWD_CONFIGS)
 @triton.jit
-def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET,
+def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
                 HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """Online-softmax forward for one query block: O = softmax(αQKᵀ)V (and O_lo if LOW) and lse₂ per row."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
+        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_BLOCK)
@@ -98,7 +101,7 @@ def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUC
 @tuned(_JVP_CONFIGS)
 @triton.jit
 def _tangent_kernel(Q, K, V, O, O_LO, LSE, TQ, TK, TV, TO, TO_LO, MU, qk_scale, scale, seq_q, seq_k, head_dim,
-                    SEQ_BUCKET, HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    SEQ_BUCKET, n_bh, HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """Tangent of attention for one query block, given the saved lse: μ = Σ_j P T and Ȯ = Σ_j P(T V + V̇) − μ O
     (O = O_hi + O_lo if LOW; Ȯ's low part stored likewise).
@@ -106,7 +109,9 @@ def _tangent_kernel(Q, K, V, O, O_LO, LSE, TQ, TK, TV, TO, TO_LO, MU, qk_scale, 
     P = 2^{α log₂e S − lse₂} is exact (already normalized), so no rescaling is needed.
     """
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
+        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_BLOCK)
@@ -146,7 +151,7 @@ def _common(q, k, configs):
                 PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 **launch_meta(configs, q.dtype == torch.float32))
     bucket = seq_bucket(max(seq_q, seq_k))
-    grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), batch * heads)  # noqa: E731
+    grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), *_config.grid_bh(batch * heads))  # noqa: E731
     return batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid
 
 
@@ -174,8 +179,8 @@ def forward(q, k, v, scale):
     o = torch.empty_like(q)
     o_lo = _low_part(o)
     lse = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
-    _fwd_kernel[grid](q, k, v, o, low_part_arg(o, o_lo), lse, scale * LOG2E, seq_q, seq_k, head_dim, bucket, **meta,
-                      LOW=low)
+    _fwd_kernel[grid](q, k, v, o, low_part_arg(o, o_lo), lse, scale * LOG2E, seq_q, seq_k, head_dim, bucket,
+                      batch * heads, **meta, LOW=low)
     return o, o_lo, lse
 
 
@@ -188,5 +193,5 @@ def tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale):
     to_lo = _low_part(to)
     mu = torch.empty((batch * heads, seq_q), device=q.device, dtype=torch.float32)
     _tangent_kernel[grid](q, k, v, o, low_part_arg(o, o_lo), lse, tq, tk, tv, to, low_part_arg(to, to_lo), mu,
-                          scale * LOG2E, scale, seq_q, seq_k, head_dim, bucket, **meta, LOW=low)
+                          scale * LOG2E, scale, seq_q, seq_k, head_dim, bucket, batch * heads, **meta, LOW=low)
     return to, to_lo, mu

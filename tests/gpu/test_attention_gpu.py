@@ -56,6 +56,11 @@ def test_against_float64_at_real_sizes(dtype, d):
     _check(3, 1, 1100, 77, d, dtype, magnitude=2.0)
 
 
+def test_more_heads_than_the_grid_y_limit():
+    """B·H = 4097·16 = 65552 > 65535, CUDA's limit on a grid's y extent: the heads fold onto z (kernels._config)."""
+    _check(4097, 16, 16, 16, 16, torch.bfloat16)
+
+
 def test_large_batch_and_long_sequence_bf16():
     _check(16, 4, 256, 256, 64, torch.bfloat16)
     _check(1, 2, 4096, 4096, 128, torch.bfloat16)
