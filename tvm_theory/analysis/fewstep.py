@@ -17,6 +17,9 @@ Theorem (proved in proofs/README.md §9). With E_k = (E‖X_k − ψ(x1, 1, t_k)
     W2(q_N, p0) ≤ D_N := E_N ≤ ∫_0^1 λ(σ)[√A_N(σ) + √B(σ)] dσ                (few-step (a)),
     W2²(q_N, p0) ≤ 2 Λ_1 ∫_0^1 λ(σ)[A_N(σ) + B(σ)] dσ,  Λ_1 = ∫_0^1 λ            (few-step (b)).
 
+Variant (v): if each jump map Φ_k(x) = x + f_θ(x, t_k, t_{k+1}) is ℓ_k-Lipschitz, E_{k+1} ≤ ℓ_k E_k + δ_k^p, where
+δ_k^p is δ_k with A under p_{t_k} (the loss's own residual at (t, s) = (t_k, σ)) instead of q_k.
+
 For N = 1 these are the one-step bounds (a), (b) at t = 1. The sensitivity diagnostic replaces e^{∫L} by the true
 flow's Jacobian along the concatenated path (Alekseev–Gröbner): X_N − ψ(x1, 1, 0) = −∫_0^1 ∂_xψ(y(σ), σ, 0) ρ(σ) dσ
 with ρ = y′ − u(y, σ) — exact, but it needs u and ψ, so it decomposes a known error over time; it certifies nothing.
