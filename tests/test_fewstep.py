@@ -182,3 +182,24 @@ def test_verify_entry_has_every_few_step_field_and_no_certified_violation():
         assert e["verdicts"]["D_N<=(v)_N_certified"] != "violated"
         assert e["verdicts"]["D_N<=(a)_N_local"] != "violated"  # never called violated with a local L
         assert len(e["E_k"]) == e["n_steps"] + 1
+
+
+def test_guided_reference_field_and_flow():
+    """GuidedMixture: u^w = u + w(u_c − u), with u_c from the closed-form Gaussian bed (an independent code path);
+    at w = 1 its flow is the Gaussian flow map of class c."""
+    from tvm_theory.analysis.testbeds import ring
+    from tvm_theory.analysis.testbeds.guided import GuidedMixture
+
+    mix = ring()
+    cls_bed = Gaussian(mix.means[3].tolist(), 0.3)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
+    for t in (0.05, 0.4, 0.9):
+        tt = torch.full((16,), t, dtype=torch.float64)
+        u, uc = mix.velocity(x, tt), cls_bed.velocity(x, tt)
+        for w in (1.0, 2.0, 3.5):
+            torch.testing.assert_close(GuidedMixture(mix, 3, w).velocity(x, tt), u + w * (uc - u), rtol=1e-10,
+                                       atol=1e-10)
+    sol = GuidedMixture(mix, 3, 1.0).flow_with_error(x, 1.0, 0.0)
+    torch.testing.assert_close(sol.x, cls_bed.flow(x, 1.0, 0.0), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError):
+        GuidedMixture(mix, 3, 0.5)
