@@ -114,7 +114,7 @@ class LocalLipschitz:
 
 def _quantiles(v: Tensor) -> dict:
     v = v.detach().to(torch.float64)
-    q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+    q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64, device=v.device))
     return {"q50": float(q[0]), "q90": float(q[1]), "q99": float(q[2]), "max": float(v.max())}
 
 
