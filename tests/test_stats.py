@@ -136,3 +136,16 @@ def test_compare_prints_a_dash_for_a_missing_standard_error():
     assert compare._pm(one) == "0.500 ± —" and compare._pm(two) == "0.600 ± 0.100"
     verdict = compare.paired_verdict([0.5], [0.7])
     assert verdict["verdict"] == "tie" and verdict["half_width"] == math.inf and math.isnan(verdict["se"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50))
+def test_tail_quantiles_match_numpy(values):
+    import torch
+
+    from tvm_theory.analysis.stats import tail_quantiles
+
+    got = tail_quantiles(torch.tensor(values, dtype=torch.float32).reshape(-1, 1))
+    v = np.asarray(torch.tensor(values, dtype=torch.float32), dtype=np.float64)
+    want = dict(zip(("q50", "q90", "q99"), np.quantile(v, [0.5, 0.9, 0.99]))) | {"max": v.max()}
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-9)

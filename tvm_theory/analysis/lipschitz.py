@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_finite
+from .stats import tail_quantiles
 
 # Relative error allowance on a float64 spectral norm from an SVD (backward stable: |σ̂ − σ| ≲ c·n·ε·σ);
 # each factor of the certificate is inflated by (1 + _SVD_REL · n) so that the product stays an upper bound.
@@ -112,12 +113,6 @@ class LocalLipschitz:
     rel_change: float = 0.0
 
 
-def _quantiles(v: Tensor) -> dict:
-    v = v.detach().to(torch.float64)
-    q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64, device=v.device))
-    return {"q50": float(q[0]), "q90": float(q[1]), "q99": float(q[2]), "max": float(v.max())}
-
-
 def local_lipschitz(u: Callable[..., Tensor], x: Tensor, *, s: Tensor | None = None, n_iter: int = 100,
                     tol: float = 1e-7, generator: torch.Generator | None = None) -> LocalLipschitz:
     """Largest singular value of ∂_x u at each probe point by batched power iteration (docs/THEORY.md §6 "local L").
@@ -166,7 +161,7 @@ def local_lipschitz(u: Callable[..., Tensor], x: Tensor, *, s: Tensor | None = N
         _, jv = torch.func.jvp(fn(torch.arange(x.shape[0], device=x.device)), (x,), (v,))
     sigma = jv.norm(dim=1).detach()
     check_finite("local Lipschitz estimates", sigma)
-    return LocalLipschitz(per_point=sigma, max=float(sigma.max()), quantiles=_quantiles(sigma), iterations=it,
+    return LocalLipschitz(per_point=sigma, max=float(sigma.max()), quantiles=tail_quantiles(sigma), iterations=it,
                           rel_change=rel)
 
 
@@ -187,6 +182,6 @@ def model_local_lipschitz(velocity: Callable[[Tensor, Tensor], Tensor], probes: 
     res = local_lipschitz(velocity, x, s=s, **kwargs)
     out = []
     for part in torch.split(res.per_point, [p.shape[0] for p in probes]):
-        out.append(LocalLipschitz(per_point=part, max=float(part.max()), quantiles=_quantiles(part),
+        out.append(LocalLipschitz(per_point=part, max=float(part.max()), quantiles=tail_quantiles(part),
                                   iterations=res.iterations, rel_change=res.rel_change))
     return out

@@ -37,6 +37,7 @@ from torch import Tensor
 from ..checks import check_finite
 from ..param import JumpModel
 from .quadrature import adaptive_simpson
+from .stats import tail_quantiles
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
@@ -77,12 +78,6 @@ class SensitivityResult:
     sigma_nodes: Tensor
     jac_norm_quantiles: dict = field(default_factory=dict)
     residual_quantiles: dict = field(default_factory=dict)
-
-
-def _quantiles(v: Tensor) -> dict:
-    v = v.reshape(-1).to(torch.float64)
-    q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
-    return {"q50": float(q[0]), "q90": float(q[1]), "q99": float(q[2]), "max": float(v.max())}
 
 
 def _drift(u: Field, z: Tensor, jac: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,4 +197,4 @@ def sensitivity_bound(model: JumpModel, u: Field, x_t: Tensor, t: float, z0: Ten
         bound_se=bound_se, per_sample=per_sample, error_direct=err_direct, paired_rmse=rmse, identity_residual=resid,
         identity_rel=float(resid.pow(2).mean().sqrt()) / max(rmse, 1e-300), core=core_rms,
         amplification=bound / core_rms if core_rms > 0 else math.inf, quad_err=quad_err, ode_err=ode_err,
-        sigma_nodes=quad.points, jac_norm_quantiles=_quantiles(jn), residual_quantiles=_quantiles(rn))
+        sigma_nodes=quad.points, jac_norm_quantiles=tail_quantiles(jn), residual_quantiles=tail_quantiles(rn))

@@ -108,3 +108,13 @@ def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (m - i) * p))
         out[k] = running
     return out
+
+
+def tail_quantiles(v) -> dict[str, float]:
+    """{"q50", "q90", "q99", "max"} of the entries of a tensor (any shape, any device), in float64: the summary the
+    Lipschitz and sensitivity reports give of per-sample values."""
+    import torch
+
+    v = v.detach().reshape(-1).to(torch.float64)
+    q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64, device=v.device))
+    return {"q50": float(q[0]), "q90": float(q[1]), "q99": float(q[2]), "max": float(v.max())}
