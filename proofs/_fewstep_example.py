@@ -112,7 +112,7 @@ def quad(f, lo, hi, kinks=()):
     return mp.quad(f, [lo, *sorted(kinks), hi])
 
 
-def residual_zeros(model, t, lo, hi, n=64):
+def residual_zeros(model, t, lo, hi, n=16):
     """Zeros of σ ↦ P(σ) (the residual's slope for a jump from t) in (lo, hi): sign changes on n + 1 points, refined
     by the Illinois method. |P| — and √A where Q vanishes too — has a kink there, so quadrature splits at them."""
     f = lambda s: model.residual(t, s)[0]  # noqa: E731
