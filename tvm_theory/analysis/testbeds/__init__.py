@@ -9,6 +9,10 @@ API
 * Both are :class:`TestBed`: ``dim``, ``velocity(x, t)``, ``flow(x, t, s)``, ``flow_with_error(x, t, s) ->
   OdeSolution(x, err, err_max)``, ``sample(n, generator=)``, ``sample_path(n, t, generator=) -> PathSample``,
   ``cond_variance(t) -> Estimate``. x has shape (B, D); t, s are scalars in [0, 1] (``velocity`` also takes (B,)).
+* ``LowRankGaussianMixture(weights, means, factors, noise_std)`` — Σ_k π_k N(m_k, F_k F_kᵀ + τ² I) at latent scale
+  (D in the thousands): exact marginal, class and guided velocities by Woodbury (never a D × D matrix; GPU-capable),
+  ``labels=None, guidance=1.0`` on ``velocity``, ``flow``, ``flow_with_error`` and ``sample``; exact σ²(t | k);
+  ``ConditionedLowRank(bed, labels, guidance)`` fixes the labels and guidance as a plain (x, t) test bed.
 * 2-D shapes: ``ring(n_modes=8, radius=2, std=0.3)``, ``moons(...)``, ``checkerboard(...)``;
   ``make_testbed(name, **overrides)`` with names in ``TESTBEDS``: gaussian-1d, gaussian-2d, ring8, moons,
   checkerboard.
@@ -23,6 +27,7 @@ from typing import Callable
 from .base import TestBed
 from .gaussian import Gaussian
 from .jumps import AffineJump, BiasedFlowJump, PolynomialAffineJump
+from .lowrank import ConditionedLowRank, LowRankGaussianMixture
 from .mixture import GaussianMixture
 from .shapes import checkerboard, moons, ring
 
@@ -43,5 +48,6 @@ def make_testbed(name: str, **overrides) -> TestBed:
     return TESTBEDS[name](**overrides)
 
 
-__all__ = ["TestBed", "Gaussian", "GaussianMixture", "ring", "moons", "checkerboard", "TESTBEDS", "make_testbed",
+__all__ = ["TestBed", "Gaussian", "GaussianMixture", "LowRankGaussianMixture", "ConditionedLowRank",
+           "ring", "moons", "checkerboard", "TESTBEDS", "make_testbed",
            "AffineJump", "BiasedFlowJump", "PolynomialAffineJump"]
