@@ -419,10 +419,10 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
             cb.on_start(run, dataset)
 
         total, stopped_by, last_saved, record = cfg.train.steps, "steps", resumed_from, None
-        bar = tqdm(total=total, initial=run.step, disable=not d.main, dynamic_ncols=True, file=sys.stderr)
         sums = torch.zeros(5, dtype=torch.float64, device=d.device)  # loss, terminal, fm, dfds², count since log
         t_log, steps_since_log, nan_run = time.perf_counter(), 0, 0
-        with StopSignal() as stop:
+        with (StopSignal() as stop,
+              tqdm(total=total, initial=run.step, disable=not d.main, dynamic_ncols=True, file=sys.stderr) as bar):
             while run.step < total:
                 run.optimizer.zero_grad(set_to_none=True)
                 step = accumulate_gradients(run, data)
@@ -461,7 +461,6 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                     break
                 if run.step % cfg.checkpoint.every == 0 or (run.step == total and cfg.checkpoint.final):
                     last_saved = save_if_healthy(run, nan_run, last_saved)
-        bar.close()
         summary = {"out": str(out), "step": run.step, "steps": total, "stopped_by": stopped_by,
                    "checkpoint": str(last_saved or ""), "last_record": record}
         for cb in callbacks:
