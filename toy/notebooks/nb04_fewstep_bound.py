@@ -109,7 +109,7 @@ for ax, (name, fs) in zip(axes[2:], reports.items()):
         else:  # vacuous: off this scale, printed instead
             off.append(f"{label}: " + ", ".join(f"10^{v:.0f}" for v in vals))
     if off:
-        ax.text(0.02, 0.98, "off scale (N = " + ", ".join(map(str, ns)) + "):\n" + "\n".join(off),
+        ax.text(0.02, 0.8, "off scale (N = " + ", ".join(map(str, ns)) + "):\n" + "\n".join(off),
                 transform=ax.transAxes, va="top", fontsize=7)
     ax.set_title(name)
 for ax in axes:
