@@ -439,7 +439,8 @@ def few_step_guide(e: dict) -> list[str]:
         loc = f", (a)_N local-L {f['bound_a_local']:.3g}" if f.get("bound_a_local") is not None else ""
         lines.append(f"  {n}-step: W2 = {f['w2_emp']:.4f} ± {f['w2_emp_err']:.4f}, D_N = {f['paired_rmse']:.4f}, "
                      f"sensitivity diagnostic {f['bound_sensitivity']:.4f} ({f['bound_sensitivity'] / f['w2_emp']:.1f}×)"
-                     f"{loc}, (a)_N certified {cert} — {f['verdicts']['D_N<=(a)_N_certified']}.")
+                     f"{loc}, (a)_N certified {cert}; D_N ≤ (a)_N {f['verdicts']['D_N<=(a)_N_certified']}, D_N ≤ (v)_N "
+                     f"{f['verdicts'].get('D_N<=(v)_N_certified', '-')}.")
     return lines
 
 
