@@ -71,6 +71,7 @@ from full_scale.callbacks import Callback  # noqa: E402
 from full_scale.config import Config, load_config  # noqa: E402
 from full_scale.model import DiTConfig  # noqa: E402
 
+
 class Variant(NamedTuple):
     """The trainer settings of one variant (model.attention_backend, train.jvp, train.compile,
     train.activation_checkpointing, train.ddp_split_graphs) and extra environment of the trainer process."""

@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tvm_theory.io import (CheckpointError, PREFIX, latest_checkpoint, list_checkpoints as _list, publish_checkpoint,
-                           read_checkpoint_meta, start_checkpoint)
+from tvm_theory.io import (PREFIX, CheckpointError, latest_checkpoint, publish_checkpoint, read_checkpoint_meta,
+                           start_checkpoint)
+from tvm_theory.io import list_checkpoints as _list
 
 FORMAT = "tvm-checkpoint-v1"
 WEIGHTS = ("model", "target_ema", "eval_ema")

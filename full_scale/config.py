@@ -6,7 +6,7 @@ bf16, target EMA 0.99, evaluation EMA 0.9999, the gap* time sampler, label dropo
 A preset (``full_scale/configs/{name}.yaml``) states only what differs from these defaults; command-line overrides
 ``section.key=value`` (the value parsed as YAML) come last::
 
-    cfg = load_config("tiny-digits", ["train.lr=3e-4", "sample.steps=[1,8]"])
+    cfg = load_config("tiny-digits", ["train.lr=3e-4", "sample.nfe=[1,8]"])
     cfg = cfg.override({"train.steps": 10})          # typed values, e.g. from a study's code
     cfg.train.lr, cfg.model.dit()                    # attribute access; the DiT's architecture
 
@@ -75,14 +75,29 @@ class ModelConfig:
 class DataConfig:
     """Where training examples come from: a kind of :data:`full_scale.data.DATASETS`."""
 
-    kind: str = "latents"             # latents | digits | patches | synthetic
+    kind: str = "latents"             # latents | digits | patches | synthetic | analytic
     root: str | None = None           # latents: a folder made by `python -m full_scale.data prepare`
     num_workers: int = 4              # DataLoader worker processes per rank
+    # analytic kind (full_scale/data/analytic.py): K = model.num_classes classes, D = the model's input size
+    analytic_seed: int = 0            # seed of the mixture's parameters (means, frames); the truth is rebuilt from it
+    analytic_rank: int = 16           # r: rank of each class's factor F_k (D × r)
+    analytic_top_std: float = 2.0     # largest factor standard deviation s_1
+    analytic_min_std: float = 0.02    # smallest factor standard deviation s_r (geometric in between)
+    analytic_noise_std: float = 0.05  # τ > 0: Σ_k = F_k F_kᵀ + τ² I
+    analytic_mean_std: float = 0.5    # class means m_k ~ N(0, mean_std² I)
 
     def __post_init__(self):
         from .data import DATASETS
         _choice("data.kind", self.kind, tuple(DATASETS))
         _at_least("data.num_workers", self.num_workers, 0)
+        _at_least("data.analytic_seed", self.analytic_seed, 0)
+        _at_least("data.analytic_rank", self.analytic_rank, 1)
+        for key in ("analytic_top_std", "analytic_min_std", "analytic_noise_std"):
+            _positive(f"data.{key}", getattr(self, key))
+        if self.analytic_min_std > self.analytic_top_std:
+            raise ValueError(f"data.analytic_min_std: expected at most data.analytic_top_std = "
+                             f"{self.analytic_top_std}, got {self.analytic_min_std}")
+        _at_least("data.analytic_mean_std", self.analytic_mean_std, 0.0)
 
 
 @dataclass(frozen=True)
@@ -189,14 +204,14 @@ class CheckpointConfig:
 class SampleConfig:
     """Defaults of ``python -m full_scale.sample`` and of the digits pipeline."""
 
-    steps: tuple[int, ...] = (1, 2, 4)  # numbers of jumps N of the few-step sampler
+    nfe: tuple[int, ...] = (1, 2, 4)  # numbers of jumps N of the few-step sampler (network evaluations)
     weight: float = 2.0               # guidance weight w ≥ 1 of class-conditional samples
     per_class: int = 4                # samples per class
     seed: int = 1                     # the noise
 
     def __post_init__(self):
-        if not self.steps or min(self.steps) < 1:
-            raise ValueError(f"sample.steps: expected a non-empty list of jump counts ≥ 1, got {list(self.steps)}")
+        if not self.nfe or min(self.nfe) < 1:
+            raise ValueError(f"sample.nfe: expected a non-empty list of jump counts ≥ 1, got {list(self.nfe)}")
         if not self.weight >= 1.0:
             raise ValueError(f"sample.weight: expected a guidance weight ≥ 1, got {self.weight}")
         _at_least("sample.per_class", self.per_class, 1)

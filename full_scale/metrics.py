@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tvm_theory.io import atomic_write_text
 from tvm_theory.analysis.lipschitz import local_lipschitz
+from tvm_theory.io import atomic_write_text
 from tvm_theory.param import velocity
 
 

@@ -3,7 +3,7 @@
     python -m full_scale.pipeline --out runs/digits [--steps N] [--set section.key=value ...]
 
 Trains (or resumes) the ``tiny-digits`` preset, samples ``sample.per_class`` digits of every class from the
-evaluation EMA for each N in ``sample.steps``, scores them with the cached digits classifier (accuracy of the
+evaluation EMA for each N in ``sample.nfe``, scores them with the cached digits classifier (accuracy of the
 conditioned class, Fréchet distance in its feature space, pixel W2 to the held-out digits, each with its floor;
 ``full_scale.data.digits``) and writes ``eval.json`` beside the samples.
 """
@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tvm_theory.cli import DefaultsHelpFormatter
+
 from . import sample, train
 from .data import digits
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m full_scale.pipeline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m full_scale.pipeline", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny-digits")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=None, help="training steps (overrides train.steps)")

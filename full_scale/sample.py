@@ -1,6 +1,6 @@
 """Few-step class-conditional sampling from a trained run (docs/THEORY.md §3), from the evaluation EMA by default.
 
-    python -m full_scale.sample --run runs/digits [--steps 1 2 4] [--weight 1.5] [--per-class 10] [--out DIR]
+    python -m full_scale.sample --run runs/digits [--nfe 1 2 4] [--weight 1.5] [--per-class 10] [--out DIR]
 
 For each N in ``--steps``: x starts as N(0, I) noise (the same noise for every N), and N jumps on the grid
 linspace(1, 0, N + 1) with x ← x + (t_{k+1} − t_k) · w · F_θ(x, t_k, t_{k+1}, c, 1/w) give the samples. Writes
@@ -17,6 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
+from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
 
@@ -81,15 +82,17 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def main(argv=None) -> list[Path]:
-    p = argparse.ArgumentParser(prog="python -m full_scale.sample", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m full_scale.sample", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="a full_scale.train run directory")
     p.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the run's latest)")
     p.add_argument("--weights", default="eval_ema", choices=checkpoint.WEIGHTS)
-    p.add_argument("--steps", type=int, nargs="+", default=None, help="numbers of jumps N (default: sample.steps)")
+    p.add_argument("--nfe", type=int, nargs="+", default=None,
+                   help="numbers of jumps N, one network evaluation each (default: sample.nfe)")
     p.add_argument("--weight", type=float, default=None, help="guidance weight w ≥ 1 (default: sample.weight)")
     p.add_argument("--per-class", type=int, default=None, help="samples per class (default: sample.per_class)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="classes to sample (default: all)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: sample.seed)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per forward (default: eval.batch_size)")
     p.add_argument("--vae", default=None, help="latents only: VAE source to decode a PNG grid (full_scale.data.vae; "
                    "default: eval.vae)")
@@ -97,8 +100,11 @@ def main(argv=None) -> list[Path]:
     args = p.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, cfg, meta = load_run(args.run, args.weights, args.checkpoint, device)
-    given = {"sample.steps": args.steps, "sample.weight": args.weight, "sample.per_class": args.per_class,
+    try:
+        model, cfg, meta = load_run(args.run, args.weights, args.checkpoint, device)
+    except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as err:
+        p.error(str(err))
+    given = {"sample.nfe": args.nfe, "sample.weight": args.weight, "sample.per_class": args.per_class,
              "sample.seed": args.seed, "eval.batch_size": args.batch_size, "eval.vae": args.vae}
     try:  # the run's sample and eval sections with the flags given, validated like the config
         cfg = cfg.override({k: v for k, v in given.items() if v is not None})
@@ -108,7 +114,7 @@ def main(argv=None) -> list[Path]:
     if args.classes is not None and not all(0 <= c < num_classes for c in args.classes):
         p.error(f"--classes: expected classes in [0, {num_classes - 1}], got {args.classes}")
     sc = cfg.sample
-    steps, weight, per_class, seed = list(sc.steps), sc.weight, sc.per_class, sc.seed
+    steps, weight, per_class, seed = list(sc.nfe), sc.weight, sc.per_class, sc.seed
     batch_size, vae_source = cfg.eval.batch_size, cfg.eval.vae
     out = Path(args.out) if args.out else Path(args.run) / "samples"
     out.mkdir(parents=True, exist_ok=True)

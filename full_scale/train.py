@@ -27,7 +27,8 @@ What a run guarantees (tests/test_fs_train.py, tests/test_fs_reliability.py):
   healthy checkpoint for a diverged one; on divergence (``train.nan_policy``) the error names the step and the last
   healthy checkpoint;
 * SIGTERM saves a checkpoint and ends the run; the command line then exits with :data:`EXIT_PREEMPTED` (75), a
-  finished run with 0 and a diverged one with :data:`EXIT_DIVERGED` (3), so a scheduler can tell them apart.
+  finished run with 0 and a diverged one with :data:`EXIT_DIVERGED` (3), so a scheduler can tell them apart; a bad
+  setting or a busy or damaged run folder exits with 2 and one line.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 from tqdm import tqdm
 
+from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.ema import ema_update
 from tvm_theory.io import RunFolderBusy, RunLock, atomic_write_text
 from tvm_theory.loss import CFGConfig, StudentOutput, TVMBatch, prepare_batch, student_forward, tvm_loss
@@ -69,7 +71,7 @@ EXIT_DIVERGED, EXIT_PREEMPTED = 3, 75  # command-line exit codes (75 = EX_TEMPFA
 SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log.lipschitz_iters", "log.tensorboard",
                 "checkpoint.every", "checkpoint.keep", "checkpoint.final", "data.root", "data.num_workers",
                 "model.attention_backend", "train.compile", "train.activation_checkpointing", "train.ddp_split_graphs",
-                "train.nan_policy", "train.max_nan_skips", "sample.steps", "sample.weight", "sample.per_class",
+                "train.nan_policy", "train.max_nan_skips", "sample.nfe", "sample.weight", "sample.per_class",
                 "sample.seed", "eval.vae", "eval.batch_size")
 
 
@@ -483,7 +485,7 @@ def log_record(run: Run, sums: torch.Tensor, grad_norm: torch.Tensor, steps: int
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m full_scale.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny-digits", help="a preset name in full_scale/configs or a .yaml path")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds checkpoints)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides train.steps)")
@@ -504,12 +506,16 @@ def main(argv=None) -> dict:
 
 
 def cli(argv=None) -> int:
-    """:func:`main` with the exit codes of the module docstring: 0 finished, 75 preempted (SIGTERM), 3 diverged."""
+    """:func:`main` with the exit codes of the module docstring: 0 finished, 75 preempted (SIGTERM), 3 diverged, and
+    2 with one line for an error of the configuration or the run folder (argparse's convention)."""
     try:
         summary = main(argv)
     except FloatingPointError as err:
         print(f"python -m full_scale.train: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except (ValueError, FileNotFoundError, RunFolderBusy, checkpoint.CheckpointError) as err:
+        print(f"python -m full_scale.train: error: {err}", file=sys.stderr)
+        return 2
     return EXIT_PREEMPTED if summary["stopped_by"] == "sigterm" else 0
 
 

@@ -28,8 +28,8 @@ def test_defaults_are_the_paper_recipe_and_presets_state_only_differences():
 
 
 def test_overrides_parse_yaml_and_apply_in_order():
-    cfg = load_config("tiny-digits", ["train.lr=3e-4", "sample.steps=[1,8]", "model.name=DiT-S/2", "train.lr=5e-4"])
-    assert cfg.train.lr == 5e-4 and cfg.sample.steps == (1, 8) and cfg.model.dit().hidden_size == 64  # explicit wins
+    cfg = load_config("tiny-digits", ["train.lr=3e-4", "sample.nfe=[1,8]", "model.name=DiT-S/2", "train.lr=5e-4"])
+    assert cfg.train.lr == 5e-4 and cfg.sample.nfe == (1, 8) and cfg.model.dit().hidden_size == 64  # explicit wins
     again = cfg.override({"train.steps": 7, "guidance.mode": "none"})
     assert (again.train.steps, again.guidance.mode, again.train.lr) == (7, "none", 5e-4)
     assert cfg.train.steps == 1500  # frozen: the original is unchanged
@@ -54,8 +54,8 @@ def test_overrides_parse_yaml_and_apply_in_order():
     ("model.attention_backend=flash", "model.attention_backend: expected auto, triton or reference"),
     ("guidance.weight=0.5", "guidance.weight: expected a guidance weight ≥ 1"),
     ("guidance.label_dropout=2", "guidance.label_dropout"),
-    ("sample.steps=[]", "sample.steps"),
-    ("data.kind=imagenet", "data.kind: expected latents, digits, patches or synthetic"),
+    ("sample.nfe=[]", "sample.nfe"),
+    ("data.kind=imagenet", "data.kind: expected latents, digits, patches, synthetic"),
     ("train.learning_rate=1", "unknown key"),
     ("training.lr=1", "unknown key"),
     ("train.lr", "expected section.key=value"),

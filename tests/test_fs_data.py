@@ -19,10 +19,23 @@ from PIL import Image
 pytest.importorskip("diffusers", reason="full_scale data preparation needs the optional `diffusers` package")
 
 from full_scale.data.latents import (  # noqa: E402
-    ImageSource, LatentDataset, ShardError, center_crop_arr, compute_latent_stats, load_manifest, main, prepare,
+    ImageSource,
+    LatentDataset,
+    ShardError,
+    center_crop_arr,
+    compute_latent_stats,
+    load_manifest,
+    main,
+    prepare,
 )
 from full_scale.data.vae import (  # noqa: E402
-    PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, VAEWeightsError, decode_latents, encode_images, load_vae,
+    PAPER_LATENT_STATS,
+    SD_VAE_ID,
+    LatentStats,
+    VAEWeightsError,
+    decode_latents,
+    encode_images,
+    load_vae,
 )
 
 REPO = Path(__file__).resolve().parents[1]

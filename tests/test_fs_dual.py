@@ -5,17 +5,15 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as Fn
+from derivative_checks import FLOOR, derivatives, float64_truth, model_and_inputs, relative_errors, worse_than_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_fs_models import inputs, randomize_
 
 from full_scale.model import dual
 from full_scale.model.dit import RMS_EPS, DiT, dit_config, rms
 from tvm_theory.loss import CFGConfig, prepare_batch, student_forward
 from tvm_theory.time_samplers import TimeSample
-
-from derivative_checks import (FLOOR, derivatives, float64_truth, model_and_inputs, relative_errors,
-                               worse_than_reference)
-from test_fs_models import inputs, randomize_
 
 TANGENT_RULES = {
     "silu": (Fn.silu, dual.silu_tangent),

@@ -17,10 +17,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from full_scale.evaluation.fid import (
-    InceptionV3, InceptionWeightsError, frechet_distance, frechet_distance_to_samples, gaussian_stats,
-    inception_score, load_inception, resize_tf1, tf1_bilinear_matrix,
-)
+from full_scale.evaluation.fid import (InceptionV3, InceptionWeightsError, frechet_distance,
+                                       frechet_distance_to_samples, gaussian_stats, inception_score, load_inception,
+                                       resize_tf1, tf1_bilinear_matrix)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,7 +228,8 @@ def pipeline(tmp_path_factory, inception_file):
     pytest.importorskip("diffusers", reason="the VAE stages need the optional `diffusers` package")
     from test_fs_data import image_folder, tiny_vae_folder
 
-    from full_scale import sample as fs_sample, train as fs_train
+    from full_scale import sample as fs_sample
+    from full_scale import train as fs_train
     from full_scale.data.latents import prepare
     from full_scale.evaluation.scoring import main as evaluate_main
 
@@ -242,7 +242,7 @@ def pipeline(tmp_path_factory, inception_file):
             "data.num_workers=0", "train.global_batch=6", "train.micro_batch=6", "log.lipschitz_probes=4"]
     fs_train.main(["--preset", "imagenet-256", "--out", str(root / "run"), "--steps", "1"]
                   + [arg for item in tiny for arg in ("--set", item)])
-    fs_sample.main(["--run", str(root / "run"), "--steps", "1", "--classes", "0", "2", "--per-class", "2",
+    fs_sample.main(["--run", str(root / "run"), "--nfe", "1", "--classes", "0", "2", "--per-class", "2",
                     "--out", str(root / "samples")])
     latents = root / "samples" / "samples_1step.npz"
     evaluate_main(["decode", "--latents", str(latents), "--vae", str(vae), "--latent-stats", str(root / "data"),
@@ -251,8 +251,8 @@ def pipeline(tmp_path_factory, inception_file):
 
 
 def test_decode_writes_the_vae_images_of_the_latents(pipeline):
-    from full_scale.evaluation.scoring import resolve_latent_stats
     from full_scale.data.vae import decode_latents, load_vae
+    from full_scale.evaluation.scoring import resolve_latent_stats
 
     root, latents_file = pipeline
     logged = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -284,7 +284,8 @@ def expected_numbers(features) -> dict:
 
 
 def test_fid_command_end_to_end(pipeline, inception_file, features, capsys):
-    from full_scale.evaluation.scoring import main as evaluate_main, reference_stats
+    from full_scale.evaluation.scoring import main as evaluate_main
+    from full_scale.evaluation.scoring import reference_stats
 
     root = pipeline[0]
     fs, _, fr = features

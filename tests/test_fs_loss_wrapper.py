@@ -2,14 +2,13 @@
 differences, and the gradient through the tangent equals a finite difference in parameter space."""
 import pytest
 import torch
+from test_fs_models import randomize_
 
 from full_scale.model.dit import DiT, dit_config
 from full_scale.train import StudentStep
 from tvm_theory.loss import CFGConfig, prepare_batch
 from tvm_theory.param import displacement
 from tvm_theory.time_samplers import GapSampler
-
-from test_fs_models import randomize_
 
 
 def tiny_f64(**switches) -> DiT:

@@ -132,7 +132,8 @@ def test_every_byte_of_a_checkpoint_is_covered_and_the_error_points_to_an_older_
 def test_toy_checkpoints_are_hashed_and_the_toy_trainer_stops_on_divergence(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from toy.train import TrainConfig, checkpoint_root, load_checkpoint, train as toy_train
+    from toy.train import TrainConfig, checkpoint_root, load_checkpoint
+    from toy.train import train as toy_train
 
     cfg = TrainConfig(testbed="gaussian-2d", steps=3, batch=16, hidden=16, depth=2, warmup=1, log_every=1)
     toy_train(cfg, tmp_path / "ok", progress=False)
@@ -168,7 +169,7 @@ def test_sample_cli_refuses_bad_classes_and_counts(tmp_path, capsys):
     run(tmp_path, 1)
     for bad, message in ((["--classes", "42"], "--classes: expected classes in [0, 9]"),
                          (["--per-class", "0"], "sample.per_class: expected a value ≥ 1"),
-                         (["--steps", "0"], "sample.steps")):
+                         (["--nfe", "0"], "sample.nfe")):
         with pytest.raises(SystemExit) as err:
             sample.main(["--run", str(tmp_path), *bad])
         assert err.value.code == 2 and message in capsys.readouterr().err
@@ -192,8 +193,9 @@ def tiny_vae(tmp_path_factory):
 
 
 def prep(src, out, vae, **kw):
-    from full_scale.data.latents import prepare
     from test_fs_data import RES
+
+    from full_scale.data.latents import prepare
 
     return prepare(src, out, resolution=RES, vae=str(vae), shard_size=4, batch_size=3, num_workers=0, **kw)
 
@@ -209,8 +211,9 @@ def test_prepare_checks_the_vae_before_it_writes_a_plan(tmp_path, tiny_vae):
 
 
 def test_unreadable_images_stop_with_their_name_or_are_skipped_and_listed(tmp_path, tiny_vae):
-    from full_scale.data.latents import LatentDataset, UnreadableImage
     from test_fs_data import image_folder
+
+    from full_scale.data.latents import LatentDataset, UnreadableImage
 
     src = image_folder(tmp_path / "src")
     (src / "n01" / "9.png").write_bytes(b"")  # zero bytes
@@ -241,8 +244,9 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
 
 
 def test_an_empty_class_folder_is_an_error_or_keeps_its_label(tmp_path):
-    from full_scale.data.latents import ImageSource
     from test_fs_data import image_folder
+
+    from full_scale.data.latents import ImageSource
 
     src = image_folder(tmp_path / "src")
     (src / "n015").mkdir()  # sorts between n01 and n02
@@ -253,8 +257,9 @@ def test_an_empty_class_folder_is_an_error_or_keeps_its_label(tmp_path):
 
 
 def test_a_damaged_shard_header_is_a_shard_error(tmp_path, tiny_vae):
-    from full_scale.data.latents import ShardError, read_safetensors_header
     from test_fs_data import image_folder
+
+    from full_scale.data.latents import ShardError, read_safetensors_header
 
     prep(image_folder(tmp_path / "src"), tmp_path / "out", tiny_vae)
     path = tmp_path / "out" / "latents-00000.safetensors"

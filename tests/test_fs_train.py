@@ -171,7 +171,7 @@ def test_digits_pipeline_few_steps(tmp_path):
     out = tmp_path / "run"
     # The preset's model and batch for two steps; the Lipschitz probe is exercised in the resume test.
     results = pipeline.main(["--out", str(out), "--steps", "2", "--set", "sample.per_class=3",
-                             "--set", "sample.steps=[1,2]", "--set", "log.lipschitz_every=0",
+                             "--set", "sample.nfe=[1,2]", "--set", "log.lipschitz_every=0",
                              "--cache-dir", str(tmp_path / "cache")])
     assert set(results) == {"1-step", "2-step"}
     for r in results.values():
@@ -197,8 +197,9 @@ def test_imagenet_preset_starts_on_a_latent_dataset(tmp_path):
     # The imagenet-256 recipe (shrunk model) on a tiny prepared latent set: 9 images of 3 classes through a random
     # 2×-downsampling VAE → 4×8×8 latents; micro-batch 2 of a global batch 4 exercises gradient accumulation.
     pytest.importorskip("diffusers")
-    from full_scale.data.latents import prepare
     from test_fs_data import RES, image_folder, tiny_vae_folder
+
+    from full_scale.data.latents import prepare
 
     vae = tiny_vae_folder(tmp_path / "vae")
     prepare(image_folder(tmp_path / "src"), tmp_path / "latents", resolution=RES, vae=str(vae), shard_size=4,

@@ -26,11 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from tvm_theory.analysis.testbeds import make_testbed
 from tvm_theory.baselines import OBJECTIVES, make_objective
 from tvm_theory.ema import ema_update
-from tvm_theory.io import (CheckpointError, atomic_write_text, latest_checkpoint, read_checkpoint_meta,
-                           write_checkpoint)
-from tvm_theory.analysis.testbeds import make_testbed
+from tvm_theory.io import CheckpointError, atomic_write_text, latest_checkpoint, read_checkpoint_meta, write_checkpoint
 
 from .models import MLP, AffineModel
 

@@ -7,6 +7,8 @@ Every kind yields (x float32 (C, H, W), label int64 scalar) per rank, exposes ``
 * ``digits`` — scikit-learn's 8×8 digits in memory (:mod:`full_scale.data.digits`);
 * ``patches`` — 8×8 grey patches of scikit-learn's sample photographs (:mod:`full_scale.data.patches`);
 * ``synthetic`` — N(0, I) latents of the model's input shape, no disk (:mod:`full_scale.data.synthetic`).
+* ``analytic`` — draws of a low-rank Gaussian mixture whose flow is exact, no disk; its parameters come from
+  ``data.analytic_*`` and the seed in the config (:mod:`full_scale.data.analytic`, ``python -m full_scale.verify``).
 
 ``pixels`` says whether samples are images in [−1, 1] (written as PNG grids directly) or latents (decoded by a VAE);
 ``scoring`` names the module with a held-out split and ``evaluate`` for the in-memory image sets.
@@ -43,6 +45,11 @@ def _synthetic(cfg, rank: int, world_size: int):
                             world_size=world_size, seed=cfg.train.seed)
 
 
+def _analytic(cfg, rank: int, world_size: int):
+    from .analytic import AnalyticDataset
+    return AnalyticDataset(cfg, rank=rank, world_size=world_size)
+
+
 @dataclass(frozen=True)
 class DatasetKind:
     """How to build one kind of training data, and what its samples are."""
@@ -62,6 +69,7 @@ DATASETS: dict[str, DatasetKind] = {
     "digits": DatasetKind(_digits, pixels=True, scoring="full_scale.data.digits"),
     "patches": DatasetKind(_patches, pixels=True, scoring="full_scale.data.patches"),
     "synthetic": DatasetKind(_synthetic, pixels=False),
+    "analytic": DatasetKind(_analytic, pixels=False),
 }
 
 

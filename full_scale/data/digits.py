@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tvm_theory.io import atomic_write
 from tvm_theory.analysis.transport import w2, w2_gaussian
+from tvm_theory.io import atomic_write
 
 HELD_OUT_PER_CLASS = 30
 SPLIT_SEED = 0

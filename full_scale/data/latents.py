@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.io import atomic_savez, atomic_write, atomic_write_text, sha256_file
 
 from ..distributed import setup
@@ -459,9 +460,11 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
 # ------------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m full_scale.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m full_scale.data", description=__doc__.split("\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="center-crop, encode with the SD-VAE, write shards and the manifest")
+    p = sub.add_parser("prepare", help="center-crop, encode with the SD-VAE, write shards and the manifest",
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--source", required=True, help="ImageNet-style folder (class subfolders) or zip")
     p.add_argument("--out", required=True)
     p.add_argument("--resolution", type=int, default=256)
@@ -479,10 +482,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="leave out images that cannot be decoded (listed in the manifest) instead of stopping")
     p.add_argument("--allow-empty-classes", action="store_true",
                    help="keep class folders without images as empty classes (their labels stay reserved)")
-    s = sub.add_parser("stats", help="recompute the per-channel latent mean/std from the shards")
+    s = sub.add_parser("stats", help="recompute the per-channel latent mean/std from the shards",
+                       formatter_class=DefaultsHelpFormatter)
     s.add_argument("--root", required=True)
     s.add_argument("--write", action="store_true", help="store them in manifest.json (the dataset then uses them)")
-    v = sub.add_parser("verify", help="check every shard against the manifest")
+    v = sub.add_parser("verify", help="check every shard against the manifest",
+                       formatter_class=DefaultsHelpFormatter)
     v.add_argument("--root", required=True)
     v.add_argument("--full", action="store_true", help="also compare sha256 checksums (reads everything)")
     args = parser.parse_args(argv)

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.io import atomic_savez
 
 from ..data.vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, decode_latents, load_vae
 from ..distributed import chunk, gather_rows, setup
-from .fid import (
-    FEATURE_DIM, frechet_distance, frechet_distance_to_samples, gaussian_stats, inception_score, load_inception,
-)
+from .fid import (FEATURE_DIM, frechet_distance, frechet_distance_to_samples, gaussian_stats, inception_score,
+                  load_inception)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -224,20 +224,24 @@ def decode_to_npz(latents_path, out, *, vae: str = SD_VAE_ID, latent_stats: str 
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m full_scale.evaluation", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m full_scale.evaluation", description=__doc__.split("\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("decode", help="standardized latents → ADM .npz of uint8 images")
+    d = sub.add_parser("decode", help="standardized latents → ADM .npz of uint8 images",
+                       formatter_class=DefaultsHelpFormatter)
     d.add_argument("--latents", required=True)
     d.add_argument("--out", required=True)
     d.add_argument("--vae", default=SD_VAE_ID)
     d.add_argument("--latent-stats", default="paper256", help="paper256, paper512, or a prepared manifest.json")
     d.add_argument("--batch-size", type=int, default=32)
-    e = sub.add_parser("export", help="a folder of images (or .npz batches) → one ADM .npz")
+    e = sub.add_parser("export", help="a folder of images (or .npz batches) → one ADM .npz",
+                       formatter_class=DefaultsHelpFormatter)
     e.add_argument("--images", required=True)
     e.add_argument("--out", required=True)
     for name, helptext in (("stats", "Inception mean/covariance of images → .npz (mu, sigma)"),
                            ("fid", "FID and Inception Score of samples against a reference")):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext,
+                       formatter_class=DefaultsHelpFormatter)
         if name == "stats":
             p.add_argument("--images", required=True)
         else:

@@ -32,8 +32,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as Fn
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from kernels import attention, attention_jvp
