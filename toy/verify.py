@@ -419,8 +419,8 @@ def reading_guide(report: dict) -> str:
         f"{e['sensitivity']['identity_rel_residual']:.1e} (relative).",
         f"  (a) with the local L = {r('bound_a_local'):.3g}× W2: amplification exp(∫L) = 10^"
         f"{e['log10_amplification_local']:.1f} with ∫_0^1 L_local ≈ {loc:.1f}; the TRUE field has ∫_0^1 L ≈ "
-        f"{e['lipschitz']['local']['true_field_integral']:.1f} on the same probes (it splits mass between modes), so "
-        f"any accurate model is this steep.",
+        f"{e['lipschitz']['local']['true_field_integral']:.1f} on the same probes (it splits mass between modes); that "
+        f"an accurate model must be as steep is a heuristic, not a theorem (L² accuracy does not bound the gradient).",
         f"  (a), (b), (c) with the certified L (product of spectral norms, 10^{e['lipschitz']['log10_certified']:.1f})"
         f" are 10^{e['log10_bound_a_certified'] - math.log10(w):.0f}, 10^{e['log10_bound_b_certified'] - math.log10(w):.0f}"
         f" and 10^{e['log10_bound_c_certified'] - math.log10(w):.0f} times W2: valid but vacuous.",
