@@ -1,0 +1,164 @@
+"""The GPU study of issue 18: the real trainer against an exact answer in ImageNet-latent dimensions.
+
+    python -m full_scale.experiments.analytic_study --out DIR [--variants guided,unconditional] [--train-seconds 300]
+        [--checkpoints 4] [--preset analytic-256] [--samples 1024] [--nfe 1,2,4] [--set section.key=value ...]
+
+For each variant, :func:`full_scale.train.train` trains the preset (``analytic-256``: DiT-B/2 on the analytic mixture
+of D = 4096 with 100 classes; on CUDA the trainer's defaults — Triton attention kernel, compiled blocks, bf16 autocast)
+for a fixed wall-clock budget, measured from the end of the first optimizer step (so compilation is not counted),
+with checkpoints at ``--checkpoints`` geometrically spaced times (budget/2^(k−1), …, budget/2, budget); at the budget
+the run is stopped through the trainer's own SIGTERM path (it saves one more checkpoint). Then
+:func:`full_scale.verify.verify` checks every checkpoint at every N of ``--nfe`` on the same noise and labels.
+
+Variants: ``guided`` — class-conditional with constant guidance w = 2 (the paper's value; the exact target is the
+guided flow of w·u(x, t | k) − (w − 1)·u(x, t)); ``unconditional`` — ``guidance.mode: none`` (the exact target is the
+marginal flow of the 100-mode mixture).
+
+Writes DIR/{variant}/run (the training run: config.yaml, metrics.jsonl, checkpoints), DIR/{variant}/verify
+(verify.json and figures) and DIR/study.json (device, budget, throughput, and per checkpoint and N the sandwich:
+upper bound, POT and sliced W2, lower bounds, the references). One variant fits one ≤ 9-minute call on an H100 at the
+default budget; run the two variants in two calls with the same --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from tvm_theory.cli import DefaultsHelpFormatter
+from tvm_theory.io import atomic_write_text
+
+from ..callbacks import Callback
+from ..config import load_config
+from ..metrics import read_metrics
+from ..train import save, train
+from ..verify import to_json, verify
+
+VARIANTS = {
+    "guided": ["guidance.mode=constant", "guidance.weight=2.0"],
+    "unconditional": ["guidance.mode=none"],
+}
+
+
+class WallClock(Callback):
+    """Checkpoints at ``marks`` seconds after the first optimizer step, and a stop (SIGTERM to this process, which
+    :func:`full_scale.train.train` turns into a checkpoint and a clean end) at the last mark."""
+
+    def __init__(self, marks: list[float]):
+        if not marks or any(b <= a for a, b in zip(marks[:-1], marks[1:])) or marks[0] <= 0:
+            raise ValueError(f"marks: expected increasing positive times, got {marks}")
+        self.marks, self.start, self.saved = list(marks), None, []
+
+    def on_step(self, run) -> None:
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+            return
+        if not self.marks or now - self.start < self.marks[0]:
+            return
+        self.marks.pop(0)
+        if self.marks:
+            save(run)
+            self.saved.append(run.step)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def summarize(report: dict) -> list[dict]:
+    """One row per (checkpoint, N): the sandwich in plain numbers."""
+    rows = []
+    for c in report["checkpoints"]:
+        for n, e in c["nfe"].items():
+            s = e["sandwich"]
+            row = {"step": c["step"], "nfe": int(n), "upper": s["upper"]["value"], "upper_lo": s["upper"]["lo"],
+                   "upper_hi": s["upper"]["hi"], "pot": s["pot"], "sliced": s["sliced"]["value"],
+                   "gelbrich": s["lower_gelbrich"]["value"], "mean_gap": s["lower_mean"]["value"]}
+            if "theorem" in e:
+                th = e["theorem"]
+                row.update({"bound_a_local": th["bounds"]["bound_a"]["value"],
+                            "sensitivity_directional": th["sensitivity_directional"]["bound"]})
+            rows.append(row)
+    return rows
+
+
+def run_variant(name: str, out: Path, *, preset: str, overrides: list[str], train_seconds: float, checkpoints: int,
+                verify_kwargs: dict) -> dict:
+    # checkpoints only at the wall-clock marks (and the stop)
+    cfg = load_config(preset, VARIANTS[name] + ["checkpoint.every=1000000000"] + overrides)
+    marks = [train_seconds / 2 ** k for k in reversed(range(checkpoints))]
+    clock = WallClock(marks)
+    run_dir = out / name / "run"
+    started = time.perf_counter()
+    summary = train(cfg, run_dir, callbacks=[clock])
+    train_wall = time.perf_counter() - started
+    records = [r for r in read_metrics(run_dir) if "images_per_s" in r]
+    report = verify(run_dir, out / name / "verify", **verify_kwargs)
+    return {"variant": name, "overrides": VARIANTS[name] + overrides, "train_summary": summary,
+            "train_wall_s": train_wall, "budget_s": train_seconds, "checkpoint_marks_s": marks,
+            "images_per_s_last": records[-1]["images_per_s"] if records else None,
+            "verify_wall_s": report["wall_s"], "references": {k: v["upper"]["value"] for k, v in
+                                                              report["references"].items()},
+            "floors": {"pot": report["floors"]["pot_floor"], "sliced": report["floors"]["sliced_floor"]["value"],
+                       "gelbrich": report["floors"]["gelbrich_floor"]["value"]},
+            "rows": summarize(report), "figures": report.get("figures", [])}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m full_scale.experiments.analytic_study",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="output directory (the lead passes $OUT)")
+    p.add_argument("--variants", default="guided,unconditional", help=f"comma-separated, of {list(VARIANTS)}")
+    p.add_argument("--preset", default="analytic-256")
+    p.add_argument("--train-seconds", type=float, default=300.0, help="training budget per variant, after compile")
+    p.add_argument("--checkpoints", type=int, default=4, help="checkpoints at budget/2^(k-1), ..., budget")
+    p.add_argument("--samples", type=int, default=1024)
+    p.add_argument("--nfe", default="1,2,4")
+    p.add_argument("--theorem-samples", type=int, default=64)
+    p.add_argument("--sens-samples", type=int, default=8)
+    p.add_argument("--sens-nodes", type=int, default=4)
+    p.add_argument("--ode-steps", type=int, default=48)
+    p.add_argument("--lip-probes", type=int, default=8)
+    p.add_argument("--pot-samples", type=int, default=1000)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override for every variant")
+    a = p.parse_args(argv)
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise SystemExit(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    if a.checkpoints < 1 or not a.train_seconds > 0:
+        raise SystemExit("--checkpoints, --train-seconds: expected ≥ 1 and > 0")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    verify_kwargs = dict(samples=a.samples, nfe=[int(v) for v in a.nfe.split(",")], theorem_samples=a.theorem_samples,
+                         sens_samples=a.sens_samples, sens_nodes=a.sens_nodes, ode_steps=a.ode_steps,
+                         lip_probes=a.lip_probes, pot_samples=a.pot_samples)
+    study_path = out / "study.json"
+    study = json.loads(study_path.read_text()) if study_path.is_file() else {"variants": {}}
+    study.update({"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                  "commit": _commit(), "preset": a.preset, "torch": torch.__version__})
+    for name in variants:
+        study["variants"][name] = run_variant(name, out, preset=a.preset, overrides=a.set,
+                                              train_seconds=a.train_seconds, checkpoints=a.checkpoints,
+                                              verify_kwargs=verify_kwargs)
+        atomic_write_text(study_path, to_json(study))
+    return study
+
+
+if __name__ == "__main__":
+    main()
