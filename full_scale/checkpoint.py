@@ -50,9 +50,11 @@ def _state(module: nn.Module) -> dict:
 
 
 def save(run_dir: str | os.PathLike, step: int, *, model: nn.Module, target_ema: nn.Module, eval_ema: nn.Module,
-         optimizer: torch.optim.Optimizer, rng: dict, meta: dict, keep: int, rank: int = 0, world_size: int = 1,
+         optimizer: torch.optim.Optimizer, rng: dict, meta: dict, keep: int, snapshot_every: int = 0, rank: int = 0,
+         world_size: int = 1,
          barrier: Callable[[], None] = lambda: None) -> Path:
-    """Write the checkpoint of ``step`` atomically and keep the last ``keep`` checkpoints.
+    """Write the checkpoint of ``step`` atomically and keep the last ``keep`` checkpoints, and every snapshot (a step
+    that is a multiple of ``snapshot_every`` > 0).
 
     Every rank calls this (collectively): each writes its own ``rng`` state; rank 0 writes the rest, the meta data
     with hashes, and publishes the directory with ``os.replace``. ``meta`` is merged into meta.json.
@@ -70,7 +72,8 @@ def save(run_dir: str | os.PathLike, step: int, *, model: nn.Module, target_ema:
         for name, module in zip(WEIGHTS, (model, target_ema, eval_ema)):
             save_file(_state(module), str(tmp / f"{name}.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        publish_checkpoint(tmp, fmt=FORMAT, step=step, meta={**meta, "world_size": world_size}, keep=keep)
+        publish_checkpoint(tmp, fmt=FORMAT, step=step, meta={**meta, "world_size": world_size}, keep=keep,
+                           snapshot_every=snapshot_every)
     barrier()
     return final
 

@@ -122,6 +122,7 @@ class TrainConfig:
     nan_policy: str = "skip"          # a non-finite loss or gradient: skip the step | stop the run
     max_nan_skips: int = 20           # stop after this many skipped steps in a row
     seed: int = 0                     # weights, data order, noise and times
+    init_from: str | None = None      # a new run starts from these weights: a checkpoint folder or .safetensors file
 
     def __post_init__(self):
         _at_least("train.steps", self.steps, 0)
@@ -192,12 +193,17 @@ class CheckpointConfig:
     """Training checkpoints in ``{out}/checkpoints/`` (full_scale.checkpoint)."""
 
     every: int = 5000                 # steps between checkpoints
-    keep: int = 3                     # newest checkpoints kept
+    keep: int = 3                     # newest checkpoints kept (snapshots aside)
+    snapshot_every: int = 0           # checkpoints at multiples of this step are kept for good (FID vs step); 0: none
     final: bool = True                # also save when the run reaches train.steps
 
     def __post_init__(self):
         _at_least("checkpoint.every", self.every, 1)
         _at_least("checkpoint.keep", self.keep, 1)
+        _at_least("checkpoint.snapshot_every", self.snapshot_every, 0)
+        if self.snapshot_every and self.snapshot_every % self.every:
+            raise ValueError(f"checkpoint.snapshot_every: expected a multiple of checkpoint.every = {self.every} "
+                             f"(snapshots are checkpoints), got {self.snapshot_every}")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 import torch.distributed as dist
 import yaml
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
@@ -69,8 +70,8 @@ EXIT_DIVERGED, EXIT_PREEMPTED = 3, 75  # command-line exit codes (75 = EX_TEMPFA
 # Keys a resumed run may change when they are named in ``allow_config_change``: how the run is watched, saved, fed
 # and computed, never what it optimizes (train.steps may always change: extending a run is what resume is for).
 SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log.lipschitz_iters", "log.tensorboard",
-                "checkpoint.every", "checkpoint.keep", "checkpoint.final", "data.root", "data.num_workers",
-                "model.attention_backend", "train.compile", "train.activation_checkpointing", "train.ddp_split_graphs",
+                "checkpoint.every", "checkpoint.keep", "checkpoint.snapshot_every", "checkpoint.final", "data.root",
+                "data.num_workers", "model.attention_backend", "train.compile", "train.activation_checkpointing", "train.ddp_split_graphs",
                 "train.nan_policy", "train.max_nan_skips", "sample.nfe", "sample.weight", "sample.per_class",
                 "sample.seed", "eval.vae", "eval.batch_size")
 
@@ -203,7 +204,8 @@ def save(run: Run) -> Path:
                            optimizer=run.optimizer, rng=rng_state(run.gen, run.dist.device),
                            meta={"epoch": run.epoch, "position": run.position, "config": run.cfg.to_dict(),
                                  "model_config": run.model.cfg.to_dict()},
-                           keep=run.cfg.checkpoint.keep, rank=run.dist.rank, world_size=run.dist.world_size,
+                           keep=run.cfg.checkpoint.keep, snapshot_every=run.cfg.checkpoint.snapshot_every,
+                           rank=run.dist.rank, world_size=run.dist.world_size,
                            barrier=run.dist.barrier)
 
 
@@ -252,6 +254,28 @@ def resume(run: Run, allow_config_change: Sequence[str] = ()) -> Path | None:
         run.log.log({"event": "config_change", "step": run.step,
                      "changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in changes.items()}})
     return last
+
+
+def init_weights(run: Run, source: str) -> None:
+    """Start a new run from existing weights (``train.init_from``): a checkpoint folder gives the student and both
+    EMAs from their own files (hashes verified, architecture checked); a ``.safetensors`` file of a DiT's state dict
+    gives all three. The optimizer, the step and the data position start afresh."""
+    path = Path(source)
+    nets = (run.model, run.target_ema, run.eval_ema)
+    if path.is_dir():
+        for name, module in zip(checkpoint.WEIGHTS, nets):
+            meta = checkpoint.load_weights(path, module, name)
+        checkpoint.check_model_config(meta, run.model.cfg.to_dict(), path)
+    elif path.suffix == ".safetensors" and path.is_file():
+        state = load_file(str(path))
+        for module in nets:
+            try:
+                module.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise checkpoint.CheckpointError(f"{path}: cannot be loaded into this model ({err})") from None
+    else:
+        raise ValueError(f"train.init_from: expected a checkpoint folder or a .safetensors file, got {source!r}")
+    run.log.log({"event": "init_from", "step": run.step, "source": str(path)})
 
 
 def _verifies(path: Path) -> bool:
@@ -408,6 +432,8 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
         dataset = dataset if dataset is not None else build_dataset(cfg, d.rank, d.world_size)
         run = build_run(cfg, out, d, dataset)
         resumed_from = resume(run, allow_config_change)
+        if resumed_from is None and cfg.train.init_from:
+            init_weights(run, cfg.train.init_from)
         if d.main:
             atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             run.log.log({"event": "start", "step": run.step, "world_size": d.world_size, "device": str(d.device),
@@ -490,6 +516,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="run directory (resumed if it holds checkpoints)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides train.steps)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="start a new run from these weights: a checkpoint folder or a .safetensors file "
+                        "(train.init_from; default: random initialisation)")
     p.add_argument("--allow-config-change", action="append", default=[], metavar="SECTION.KEY",
                    help=f"on resume, let this key differ from the checkpoint's (one of: {', '.join(SAFE_CHANGES)})")
     return p.parse_args(argv)
@@ -497,7 +526,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The preset with ``--set`` overrides and ``--steps`` applied."""
-    return load_config(args.preset, args.set + ([] if args.steps is None else [f"train.steps={args.steps}"]))
+    extra = ([] if args.steps is None else [f"train.steps={args.steps}"]) + \
+        ([] if args.init_from is None else [f"train.init_from={args.init_from}"])
+    return load_config(args.preset, args.set + extra)
 
 
 def main(argv=None) -> dict:

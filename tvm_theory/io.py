@@ -158,9 +158,11 @@ def start_checkpoint(root: str | os.PathLike, step: int) -> Path:
     return tmp
 
 
-def publish_checkpoint(tmp: Path, *, fmt: str, step: int, meta: Mapping, keep: int | None) -> Path:
+def publish_checkpoint(tmp: Path, *, fmt: str, step: int, meta: Mapping, keep: int | None,
+                       snapshot_every: int = 0) -> Path:
     """Hash every file of the filled ``tmp`` directory, write ``meta.json`` (``meta`` + format, step, hashes),
-    rename it to ``step_N`` and delete all but the newest ``keep`` checkpoints (``None`` keeps all)."""
+    rename it to ``step_N`` and delete all but the newest ``keep`` checkpoints (``None`` keeps all); checkpoints at a
+    multiple of ``snapshot_every`` (> 0) are snapshots, never deleted and not counted in ``keep``."""
     if keep is not None and keep < 1:
         raise ValueError(f"keep: expected at least 1 checkpoint to keep, got {keep}")
     files = sorted(p.name for p in tmp.iterdir())
@@ -175,7 +177,9 @@ def publish_checkpoint(tmp: Path, *, fmt: str, step: int, meta: Mapping, keep: i
         shutil.rmtree(final)
     os.replace(tmp, final)
     if keep is not None:
-        for old in list_checkpoints(final.parent)[:-keep]:
+        rolling = [p for p in list_checkpoints(final.parent)
+                   if not (snapshot_every > 0 and int(p.name[len(PREFIX):]) % snapshot_every == 0)]
+        for old in rolling[:-keep]:
             shutil.rmtree(old)
     return final
 

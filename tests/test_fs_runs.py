@@ -1,0 +1,63 @@
+"""Runs you can watch and move (issue 20): snapshots kept beside the rolling checkpoints, and a new run started from
+existing weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from full_scale import checkpoint, train
+from full_scale.callbacks import Callback
+from full_scale.metrics import read_metrics
+
+TINY = ["--set", "model.depth=1", "--set", "model.hidden_size=32", "--set", "model.num_heads=2",
+        "--set", "train.global_batch=8", "--set", "log.every=1", "--set", "log.lipschitz_every=0"]
+
+
+def test_snapshots_survive_rotation(tmp_path):
+    train.main(["--out", str(tmp_path), "--steps", "6", *TINY, "--set", "checkpoint.every=1",
+                "--set", "checkpoint.keep=1", "--set", "checkpoint.snapshot_every=2"])
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "step_00000002", "step_00000004", "step_00000005", "step_00000006"]
+    with pytest.raises(ValueError, match="checkpoint.snapshot_every: expected a multiple of checkpoint.every"):
+        train.main(["--out", str(tmp_path / "x"), *TINY, "--set", "checkpoint.every=4",
+                    "--set", "checkpoint.snapshot_every=6"])
+
+
+class StartWeights(Callback):
+    def on_start(self, run, dataset):
+        self.nets = {name: {k: v.clone() for k, v in net.state_dict().items()}
+                     for name, net in (("model", run.model), ("target_ema", run.target_ema),
+                                       ("eval_ema", run.eval_ema))}
+
+
+def test_a_new_run_starts_from_a_checkpoint_or_a_safetensors_file(tmp_path):
+    train.main(["--out", str(tmp_path / "a"), "--steps", "2", *TINY])
+    source = checkpoint.latest(tmp_path / "a")
+    cfg = train.config_from_args(train.parse_args(["--out", "-", "--steps", "1", *TINY,
+                                                   "--init-from", str(source)]))
+    seen = StartWeights()
+    train.train(cfg, tmp_path / "b", callbacks=[seen])
+    from safetensors.torch import load_file
+
+    for name in checkpoint.WEIGHTS:  # each network from its own file
+        saved = load_file(str(source / f"{name}.safetensors"))
+        assert all(torch.equal(seen.nets[name][k], v) for k, v in saved.items())
+    events = [r for r in read_metrics(tmp_path / "b") if r.get("event") == "init_from"]
+    assert events == [{"event": "init_from", "step": 0, "source": str(source)}]
+    opt = torch.load(checkpoint.latest(tmp_path / "b") / "optimizer.pt", weights_only=True)
+    assert all(int(st["step"]) == 1 for st in opt["state"].values())  # a fresh optimizer
+
+    file = tmp_path / "weights.safetensors"
+    save_file(load_file(str(source / "eval_ema.safetensors")), str(file))
+    seen = StartWeights()
+    train.train(cfg.override({"train.init_from": str(file)}), tmp_path / "c", callbacks=[seen])
+    for name in checkpoint.WEIGHTS:  # all three from the one file
+        assert all(torch.equal(seen.nets[name][k], v) for k, v in load_file(str(file)).items())
+
+    with pytest.raises(ValueError, match="train.init_from: expected a checkpoint folder or a .safetensors file"):
+        train.train(cfg.override({"train.init_from": str(tmp_path / "missing.pt")}), tmp_path / "d")
+    wrong = train.config_from_args(train.parse_args(["--out", "-", "--steps", "1", *TINY, "--set",
+                                                     "model.hidden_size=64", "--init-from", str(source)]))
+    with pytest.raises(checkpoint.CheckpointError):
+        train.train(wrong, tmp_path / "e")
