@@ -109,19 +109,19 @@ def load_weights(path: str | os.PathLike, module: nn.Module, which: str = "eval_
 
 
 def load(path: str | os.PathLike, *, model: nn.Module, target_ema: nn.Module, eval_ema: nn.Module,
-         optimizer: torch.optim.Optimizer, model_config: dict, rank: int = 0, world_size: int = 1) -> tuple[dict, dict]:
-    """Restore a full training state; returns (meta, this rank's rng state dict)."""
+         optimizer: torch.optim.Optimizer, model_config: dict, rank: int = 0,
+         world_size: int = 1) -> tuple[dict, dict | None]:
+    """Restore a full training state; returns (meta, this rank's rng state dict, or None when the checkpoint was
+    written by a different number of ranks: the random streams cannot carry over, the caller seeds new ones)."""
     path = Path(path)
     meta = read_meta(path)
     check_model_config(meta, model_config, path)
-    if meta["world_size"] != world_size:
-        raise CheckpointError(f"{path}: written by {meta['world_size']} ranks, this run has {world_size}; exact "
-                              "resume needs the same world size")
     for name, module in zip(WEIGHTS, (model, target_ema, eval_ema)):
         load_weights(path, module, name, verify=False)
     try:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-        rng = torch.load(path / f"rng_rank{rank}.pt", weights_only=True, map_location="cpu")
+        rng = (torch.load(path / f"rng_rank{rank}.pt", weights_only=True, map_location="cpu")
+               if meta["world_size"] == world_size else None)
     except Exception as err:
         raise CheckpointError(f"{path}: optimizer or RNG state cannot be restored ({err})") from err
     return meta, rng

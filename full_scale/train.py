@@ -19,8 +19,10 @@ exactly from its latest checkpoint.
 What a run guarantees (tests/test_fs_train.py, tests/test_fs_reliability.py):
 * one writer per run folder: rank 0 holds ``{out}/.lock`` (``tvm_theory.io.RunLock``); a second trainer on the same
   folder stops at once with the holder's pid, host and command;
-* resume continues bit for bit, and refuses a configuration that differs from the checkpoint's (listing every
-  difference) unless each differing key is named in ``allow_config_change`` and is one of :data:`SAFE_CHANGES`;
+* resume continues bit for bit on the same number of ranks (on another, with the same global batch, exactly in
+  weights, optimizer and progress but not in data order or noise: :func:`change_world_size`), and refuses a
+  configuration that differs from the checkpoint's (listing every difference) unless each differing key is named
+  in ``allow_config_change`` and is one of :data:`SAFE_CHANGES`;
   ``train.steps`` may always change. ``config.yaml`` is rewritten only with a configuration the run then follows,
   and the change is logged;
 * a checkpoint is saved only while the run is healthy (its last step finite), so rotation never evicts the last
@@ -248,12 +250,30 @@ def resume(run: Run, allow_config_change: Sequence[str] = ()) -> Path | None:
                                 optimizer=run.optimizer, model_config=run.model.cfg.to_dict(),
                                 rank=run.dist.rank, world_size=run.dist.world_size)
     run.step, run.epoch, run.position = meta["step"], meta["epoch"], meta["position"]
-    set_rng_state(rng, run.gen, run.dist.device)
     run.log.resume_at(run.step)
+    if rng is not None:
+        set_rng_state(rng, run.gen, run.dist.device)
+    else:
+        change_world_size(run, meta)
     if changes:
         run.log.log({"event": "config_change", "step": run.step,
                      "changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in changes.items()}})
     return last
+
+
+def change_world_size(run: Run, meta: dict) -> None:
+    """Continue a checkpoint written by another number of ranks, with the same global batch (checked with the rest of
+    the configuration). Exact: weights, EMAs, optimizer, step, epoch and how many examples the epoch has consumed
+    (the position is converted from the old accumulation to the new). Not exact: which examples remain in the epoch
+    (each rank's share of the permutation changes with the rank count) and the noise and time draws (each rank's
+    generator is seeded anew from (train.seed, rank, step))."""
+    _, old_accum = batch_geometry(Config.from_dict(meta["config"]), meta["world_size"])
+    run.position = run.position // old_accum * run.accum
+    seed = (run.cfg.train.seed * 7919 + run.dist.rank) * 1_000_003 + run.step
+    run.gen.manual_seed(seed)
+    torch.manual_seed(seed)
+    run.log.log({"event": "world_size_change", "step": run.step, "from": meta["world_size"],
+                 "to": run.dist.world_size, "position": run.position})
 
 
 def init_weights(run: Run, source: str) -> None:

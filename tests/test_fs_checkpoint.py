@@ -104,6 +104,7 @@ def test_mismatched_model_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="cannot be loaded into this model"):
         checkpoint.load_weights(path, other, "model")
     model, target, ema, opt = state()
-    with pytest.raises(CheckpointError, match="written by 1 ranks, this run has 2"):
-        checkpoint.load(path, model=model, target_ema=target, eval_ema=ema, optimizer=opt,
-                        model_config=model.cfg.to_dict(), world_size=2)
+    # another rank count (issue 20): the state loads, the random streams do not carry over (train seeds new ones)
+    meta, rng = checkpoint.load(path, model=model, target_ema=target, eval_ema=ema, optimizer=opt,
+                                model_config=model.cfg.to_dict(), world_size=2)
+    assert meta["world_size"] == 1 and rng is None

@@ -61,3 +61,34 @@ def test_a_new_run_starts_from_a_checkpoint_or_a_safetensors_file(tmp_path):
                                                      "model.hidden_size=64", "--init-from", str(source)]))
     with pytest.raises(checkpoint.CheckpointError):
         train.train(wrong, tmp_path / "e")
+
+
+def as_if_written_by_two_ranks(ckpt):
+    """Re-publish a one-rank checkpoint as a two-rank run's (a second rng file, world_size 2), through the same writer
+    (so every hash is right)."""
+    import json
+    import shutil
+
+    from tvm_theory.io import publish_checkpoint
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.copytree(ckpt, tmp)
+    (tmp / "meta.json").unlink()
+    shutil.copy(tmp / "rng_rank0.pt", tmp / "rng_rank1.pt")
+    body = {k: v for k, v in meta.items() if k not in ("format", "step", "files", "meta_sha256")}
+    body["world_size"] = 2
+    body["config"]["train"]["micro_batch"] = None  # global 8 over 2 ranks: micro 4, no accumulation
+    publish_checkpoint(tmp, fmt=checkpoint.FORMAT, step=meta["step"], meta=body, keep=None)
+
+
+def test_resume_on_another_number_of_ranks_keeps_the_state_and_logs_the_change(tmp_path):
+    train.main(["--out", str(tmp_path), "--steps", "2", *TINY, "--set", "checkpoint.every=2"])
+    last = checkpoint.latest(tmp_path)
+    as_if_written_by_two_ranks(last)
+    train.main(["--out", str(tmp_path), "--steps", "4", *TINY, "--set", "checkpoint.every=2"])
+    change = [r for r in read_metrics(tmp_path) if r.get("event") == "world_size_change"]
+    assert change == [{"event": "world_size_change", "step": 2, "from": 2, "to": 1, "position": 2}]
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]
+    opt = torch.load(checkpoint.latest(tmp_path) / "optimizer.pt", weights_only=True)
+    assert all(int(st["step"]) == 4 for st in opt["state"].values())  # AdamW's state carried over
