@@ -1,8 +1,10 @@
 """Few-step class-conditional sampling from a trained run (docs/THEORY.md §3), from the evaluation EMA by default.
 
     python -m full_scale.sample --run runs/digits [--nfe 1 2 4] [--weight 1.5] [--per-class 10] [--out DIR]
+    torchrun --nproc_per_node 8 -m full_scale.sample --run runs/in256 --nfe 1 2 --per-class 50 --vae VAE \
+        --decode-dtype bf16          # each rank samples a share; rank 0 writes (the same numbers as one process)
 
-For each N in ``--steps``: x starts as N(0, I) noise (the same noise for every N), and N jumps on the grid
+For each N in ``--nfe``: x starts as N(0, I) noise (the same noise for every N), and N jumps on the grid
 linspace(1, 0, N + 1) with x ← x + (t_{k+1} − t_k) · w · F_θ(x, t_k, t_{k+1}, c, 1/w) give the samples. Writes
 ``samples_{N}step.npz`` (``samples`` float32 (n, C, H, W), ``labels``, ``n_steps``, ``weight``) and, for pixel data or
 with ``--vae`` for latents, a PNG grid ``samples_{N}step.png`` with one row per class.
@@ -10,12 +12,14 @@ with ``--vae`` for latents, a PNG grid ``samples_{N}step.png`` with one row per 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
+from tqdm import tqdm
 
 from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.param import NetworkJump
@@ -24,6 +28,7 @@ from tvm_theory.sampling import sample_few_step
 from . import checkpoint
 from .config import Config
 from .data import DATASETS
+from .distributed import Dist, chunk, gather_rows, setup, teardown
 from .model import DiT
 
 
@@ -48,20 +53,27 @@ def load_run(run: str | Path, which: str = "eval_ema", ckpt: str | Path | None =
 
 @torch.no_grad()
 def generate(model: DiT, labels: torch.Tensor | None, n_steps: int, weight: float | None, *, n: int | None = None,
-             seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+             seed: int = 0, batch_size: int = 256, d: Dist = Dist(), progress: bool = False) -> torch.Tensor:
     """Samples (n, C, H, W) on the CPU: class-conditional with guidance ``weight`` when ``labels`` (n,) are given,
-    unconditional (null class, plain parameterization) when ``labels`` is None."""
+    unconditional (null class, plain parameterization) when ``labels`` is None.
+
+    The noise of all n samples is drawn from ``seed`` first; with several processes (``d``) each generates its
+    contiguous share and every rank receives them all in order, so the result does not depend on the rank count."""
     cfg = model.cfg
     n = len(labels) if labels is not None else n
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     x1 = torch.randn((n, cfg.in_channels, cfg.input_size, cfg.input_size), generator=gen)
+    lo, hi = chunk(n, d.rank, d.world_size)
     out = []
-    for i in range(0, n, batch_size):
-        cond = {} if labels is None else {"y": labels[i:i + batch_size].to(device)}
+    for i in tqdm(range(lo, hi, batch_size), desc=f"{n_steps}-step samples", disable=not (progress and d.main),
+                  file=sys.stderr):
+        j = min(i + batch_size, hi)
+        cond = {} if labels is None else {"y": labels[i:j].to(device)}
         jump = NetworkJump(model, w=weight if labels is not None else None, **cond)
-        out.append(sample_few_step(jump, x1[i:i + batch_size].to(device), n_steps).float().cpu())
-    return torch.cat(out)
+        out.append(sample_few_step(jump, x1[i:j].to(device), n_steps).float())
+    mine = torch.cat(out) if out else x1.new_empty((0, *x1.shape[1:])).to(device)
+    return gather_rows(mine, n, d.world_size).cpu()
 
 
 def grid_png(path: Path, images: np.ndarray, rows: int, scale: int = 4, pad: int = 1) -> None:
@@ -96,10 +108,13 @@ def main(argv=None) -> list[Path]:
     p.add_argument("--batch-size", type=int, default=None, help="samples per forward (default: eval.batch_size)")
     p.add_argument("--vae", default=None, help="latents only: VAE source to decode a PNG grid (full_scale.data.vae; "
                    "default: eval.vae)")
+    p.add_argument("--decode-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of the VAE decoder (bf16/fp16 on GPUs: faster, ±1 grey level)")
     p.add_argument("--out", default=None, help="output directory (default: RUN/samples)")
     args = p.parse_args(argv)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    d = setup()
+    device = d.device
     try:
         model, cfg, meta = load_run(args.run, args.weights, args.checkpoint, device)
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as err:
@@ -129,12 +144,15 @@ def main(argv=None) -> list[Path]:
     elif vae_source:
         from .data.latents import LatentDataset
         from .data.vae import decode_latents, load_vae
-        vae, stats = load_vae(vae_source, device=device), LatentDataset(cfg.data.root).stats
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.decode_dtype]
+        vae, stats = load_vae(vae_source, device=device, dtype=dtype), LatentDataset(cfg.data.root).stats
         decode = lambda z: decode_latents(vae, z, stats)  # noqa: E731
 
     written = []
     for n_steps in steps:
-        x = generate(model, labels, n_steps, weight, n=n, seed=seed, batch_size=batch_size)
+        x = generate(model, labels, n_steps, weight, n=n, seed=seed, batch_size=batch_size, d=d, progress=True)
+        if not d.main:
+            continue
         stem = out / f"samples_{n_steps}step"
         np.savez(stem.with_suffix(".npz"), samples=x.numpy(), labels=(labels if labels is not None else
                  torch.full((n,), -1)).numpy(), n_steps=n_steps, weight=weight, step=meta["step"])
@@ -144,6 +162,7 @@ def main(argv=None) -> list[Path]:
             written.append(stem.with_suffix(".png"))
         print(f"{n_steps}-step samples: {stem}.npz" + (" and .png" if decode is not None else
                                                        " (pass --vae to decode latents to a PNG grid)"))
+    teardown(d)
     return written
 
 

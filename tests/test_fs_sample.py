@@ -28,3 +28,38 @@ def test_generate_uses_the_same_noise_for_every_n():
     assert torch.equal(one, four)
     assert torch.equal(one, torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(5)))
     assert to_uint8(torch.tensor([[[[-1.0, 0.0, 1.0, 2.0]]]]))[0, 0, :, 0].tolist() == [0, 128, 255, 255]
+
+
+def _nonzero_model():
+    torch.manual_seed(0)
+    model = DiT(dit_config(input_size=4, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                           num_classes=3, freq_dim=8, lipschitz=True)).eval()
+    with torch.no_grad():  # adaLN-Zero and output layers non-zero: F is not identically 0
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _sample_worker(rank, world, rdv, out):
+    import torch.distributed as dist
+
+    from full_scale.distributed import Dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    x = generate(_nonzero_model(), torch.tensor([0, 1, 2, 0, 1]), 2, 2.0, seed=3, batch_size=2,
+                 d=Dist(rank=rank, world_size=world))
+    torch.save(x, f"{out}/x{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_several_processes_give_the_single_process_samples(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_sample_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    one = generate(_nonzero_model(), torch.tensor([0, 1, 2, 0, 1]), 2, 2.0, seed=3, batch_size=2)
+    assert one.shape == (5, 1, 4, 4) and not torch.equal(one, torch.randn(5, 1, 4, 4))
+    for rank in range(2):  # 5 samples over 2 ranks: shares of 2 and 3, gathered in order on both
+        torch.testing.assert_close(torch.load(tmp_path / f"x{rank}.pt", weights_only=True), one, rtol=0, atol=1e-6)
