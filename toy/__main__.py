@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Callable, NamedTuple
 
+from tvm_theory.cli import DefaultsHelpFormatter
+
 from . import compare, theorem_check, verify
 
 
@@ -34,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cmd in COMMANDS.items():
-        cmd.add_arguments(sub.add_parser(name, help=cmd.help))
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help, formatter_class=DefaultsHelpFormatter))
     args = parser.parse_args(argv)
-    return COMMANDS[args.command].run(args)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line, argparse's exit code
+        print(f"python -m toy {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -220,13 +220,16 @@ def train(cfg: TrainConfig, out: str | Path, *, hook_steps=(), hook: Hook | None
         state = init_state(cfg, bed.dim)
         log_path.write_text("")
 
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc=f"train {cfg.testbed}")
+
     def run_hook():
         if hook is not None and state.step in hook_steps and all(e.get("step") != state.step for e in state.entries):
+            bar.set_description(f"hook at step {state.step} ({cfg.testbed})")  # the bar says what runs now
             state.entries.append({"step": state.step, **hook(state.step, state.eval_model, state.model)})
             save_checkpoint(state, out)
+            bar.set_description(f"train {cfg.testbed}")
 
     run_hook()
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc=f"train {cfg.testbed}")
     t0 = time.perf_counter()
     with log_path.open("a") as log:
         while state.step < cfg.steps and (stop_after is None or state.step < stop_after):
