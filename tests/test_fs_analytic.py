@@ -95,7 +95,7 @@ def test_analytic_tiny_trains_and_verifies_end_to_end(tmp_path):
     assert summary["step"] == 6
     report = verify(run, tmp_path / "verify", **VERIFY)
     on_disk = json.loads((tmp_path / "verify" / "verify.json").read_text())
-    assert on_disk["schema"] == "full_scale.verify/1" and [c["step"] for c in on_disk["checkpoints"]] == [3, 6]
+    assert on_disk["schema"] == "full_scale.verify/1" and on_disk["complete"] and [c["step"] for c in on_disk["checkpoints"]] == [3, 6]
     assert report["bed"]["guidance"] == 2.0 and report["bed"]["exact_flow_ode_err"]["max"] < 1e-6
     for c in report["checkpoints"]:
         for n in ("1", "2"):
@@ -108,7 +108,7 @@ def test_analytic_tiny_trains_and_verifies_end_to_end(tmp_path):
     for name in ("sandwich_vs_step.png", "sandwich_vs_nfe.png", "theorem_terms.png"):
         assert (tmp_path / "verify" / name).stat().st_size > 0
     # the model sampled by verify is the checkpoint's evaluation EMA on the recorded noise: a second run agrees
-    again = verify(run, tmp_path / "again", **{**VERIFY, "theorem": False, "figures": False}, steps_at=[6])
+    again = verify(run, tmp_path / "again", **{**VERIFY, "theorem": "none", "figures": False}, steps_at=[6])
     assert again["checkpoints"][0]["nfe"]["1"]["sandwich"]["upper"] == \
         report["checkpoints"][1]["nfe"]["1"]["sandwich"]["upper"]
     model, _, _ = load_run(run, "eval_ema", None, "cpu")
@@ -134,3 +134,14 @@ def test_the_gpu_study_runs_at_tiny_size(tmp_path):
     steps = sorted({r["step"] for r in v["rows"]})
     assert len(steps) == 2 and steps[0] < steps[1]
     assert json.loads((tmp_path / "study.json").read_text())["variants"]["guided"]["rows"] == v["rows"]
+
+
+def test_verification_noise_is_independent_of_the_mixture():
+    """The verifier's noise stream and the parameters' stream differ even when --seed equals data.analytic_seed (a
+    plain manual_seed for both made x1_i = 2 m_i)."""
+    from full_scale.verify import stream
+    cfg = load_config("analytic-256")
+    _, means, _, _ = analytic_parameters(cfg.data, (4, 32, 32), 100)
+    x1 = torch.randn(32, 4096, generator=stream(cfg.data.analytic_seed, "noise"), dtype=torch.float64)
+    cos = (x1 @ means.T) / (x1.norm(dim=1, keepdim=True) * means.norm(dim=1))
+    assert float(cos.abs().max()) < 0.1

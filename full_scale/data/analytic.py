@@ -10,8 +10,9 @@ The mixture is rebuilt from the run's ``config.yaml`` alone: :func:`analytic_bed
   deviations s_j geometric from ``analytic_top_std`` down to ``analytic_min_std`` (r = ``analytic_rank``);
 * noise τ = ``analytic_noise_std``: Σ_k = F_k F_kᵀ + τ² I.
 
-The parameters are drawn in float64 on the CPU from ``torch.Generator().manual_seed(analytic_seed)`` in that order
-(means, then frames), so every process and every machine builds the same law (to the rounding of its QR).
+The parameters are drawn in float64 on the CPU, in that order (means, then frames), from a torch generator seeded
+by numpy's SeedSequence of (``analytic_seed``, "analytic"), so every process and every machine builds the same law
+(to the rounding of its QR), and no other seed of the project (noise, data order) repeats its stream.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def analytic_parameters(data_cfg, shape: tuple[int, int, int], num_classes: int
     d, k, r = int(np.prod(shape)), int(num_classes), int(data_cfg.analytic_rank)
     if r > d:
         raise ValueError(f"data.analytic_rank: expected at most D = {d} (the model's input size), got {r}")
-    gen = torch.Generator().manual_seed(int(data_cfg.analytic_seed))
+    state = np.random.SeedSequence([int(data_cfg.analytic_seed), *b"analytic"]).generate_state(1, np.uint64)[0]
+    gen = torch.Generator().manual_seed(int(state))
     means = data_cfg.analytic_mean_std * torch.randn(k, d, generator=gen, dtype=torch.float64)
     frames, _ = torch.linalg.qr(torch.randn(k, d, r, generator=gen, dtype=torch.float64))
     lo, hi = math.log(data_cfg.analytic_min_std), math.log(data_cfg.analytic_top_std)

@@ -1,6 +1,6 @@
 """The GPU study of issue 18: the real trainer against an exact answer in ImageNet-latent dimensions.
 
-    python -m full_scale.experiments.analytic_study --out DIR [--variants guided,unconditional] [--train-seconds 300]
+    python -m full_scale.experiments.analytic_study --out DIR [--variants guided,unconditional] [--train-seconds 240]
         [--checkpoints 4] [--preset analytic-256] [--samples 1024] [--nfe 1,2,4] [--set section.key=value ...]
 
 For each variant, :func:`full_scale.train.train` trains the preset (``analytic-256``: DiT-B/2 on the analytic mixture
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="output directory (the lead passes $OUT)")
     p.add_argument("--variants", default="guided,unconditional", help=f"comma-separated, of {list(VARIANTS)}")
     p.add_argument("--preset", default="analytic-256")
-    p.add_argument("--train-seconds", type=float, default=300.0, help="training budget per variant, after compile")
+    p.add_argument("--train-seconds", type=float, default=240.0, help="training budget per variant, after compile")
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints at budget/2^(k-1), ..., budget")
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--nfe", default="1,2,4")
@@ -133,7 +133,10 @@ def main(argv=None) -> dict:
     p.add_argument("--sens-nodes", type=int, default=4)
     p.add_argument("--ode-steps", type=int, default=48)
     p.add_argument("--lip-probes", type=int, default=8)
-    p.add_argument("--pot-samples", type=int, default=1000)
+    p.add_argument("--pot-samples", type=int, default=500)
+    p.add_argument("--gelbrich-boot", type=int, default=10)
+    p.add_argument("--theorem", default="last", choices=("all", "last", "none"),
+                   help="checkpoints at which the theorem's terms are computed")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every variant")
     a = p.parse_args(argv)
@@ -147,7 +150,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     verify_kwargs = dict(samples=a.samples, nfe=[int(v) for v in a.nfe.split(",")], theorem_samples=a.theorem_samples,
                          sens_samples=a.sens_samples, sens_nodes=a.sens_nodes, ode_steps=a.ode_steps,
-                         lip_probes=a.lip_probes, pot_samples=a.pot_samples)
+                         lip_probes=a.lip_probes, pot_samples=a.pot_samples, gelbrich_boot=a.gelbrich_boot,
+                         theorem=a.theorem)
     study_path = out / "study.json"
     study = json.loads(study_path.read_text()) if study_path.is_file() else {"variants": {}}
     study.update({"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

@@ -6,7 +6,7 @@ theorem's terms along the path (docs/THEORY.md §5, §6, §10).
 The run's ``config.yaml`` rebuilds the exact law (:func:`full_scale.data.analytic.analytic_bed`, a
 :class:`~tvm_theory.analysis.testbeds.LowRankGaussianMixture` in float64). Then, once for the run:
 
-* N noise draws x1 ~ N(0, I) (``--seed``) with balanced labels k_i = i mod K (conditional runs; none for
+* N noise draws x1 ~ N(0, I) (``--seed``, through :func:`stream`) with balanced labels k_i = i mod K (conditional runs; none for
   ``guidance.mode: none``), and the exact (guided) flow z_i = ψ^w(x1_i, 1, 0) by the adaptive ODE with its per-sample
   error; an independent exact sample set of the same labels for the finite-sample floors;
 * the trivial references on the same noise: the exact flow of the single Gaussian with p0's mean and covariance
@@ -98,6 +98,14 @@ class FlatJump:
         return self._out(velocity(self.model, *self._in(x, s), self.weight, **self._cond(x.shape[0])), x)
 
 
+def stream(seed: int, purpose: str, device="cpu") -> torch.Generator:
+    """A generator for one purpose of a verification: seeded from (seed, purpose) through numpy's SeedSequence, so the
+    noise, the independent exact set and the probes are independent of each other and of the mixture's parameters
+    (which a plain manual_seed(seed) would repeat when seed equals data.analytic_seed)."""
+    state = np.random.SeedSequence([seed, *purpose.encode()]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device).manual_seed(int(state))
+
+
 def _rms(v: torch.Tensor) -> float:
     return float(v.pow(2).mean().sqrt())
 
@@ -117,11 +125,10 @@ class Target:
         self.guidance, self.n, self.seed = guidance, n, seed
         self.opts = dict(n_pot=n_pot, n_projections=n_projections, gelbrich_boot=gelbrich_boot)
         self.n_boot = n_boot
-        gen = torch.Generator().manual_seed(seed)
-        self.x1 = torch.randn(n, self.bed.dim, generator=gen, dtype=torch.float64).to(device)
+        self.x1 = torch.randn(n, self.bed.dim, generator=stream(seed, "noise"), dtype=torch.float64).to(device)
         sol = self.bed.flow_with_error(self.x1, 1.0, 0.0, self.labels, guidance)
         self.z0, self.z0_err = sol.x, sol.err
-        z_indep = self.bed.sample(n, torch.Generator().manual_seed(seed + 1), self.labels, guidance)
+        z_indep = self.bed.sample(n, stream(seed, "independent"), self.labels, guidance)
         self.floors = floors(self.z0, z_indep, seed=seed, **self.opts)
         self.references = {
             "gaussian_fit": self.compare(self.bed.gaussian_fit_flow(self.x1)),
@@ -162,8 +169,7 @@ def local_lipschitz_profile(jump: FlatJump, ref: ConditionedLowRank, x1: torch.T
     iteration runs every row for ``n_iter`` iterations (tol 0 keeps the rows aligned with their labels)."""
     n = x1.shape[0]
     xs = sampler_states(jump, x1, grid)
-    gen = torch.Generator().manual_seed(seed)
-    path = ref.sample_path(n, 0.0, gen)
+    path = ref.sample_path(n, 0.0, stream(seed, "lipschitz probes"))
     probes = []
     for s in s_values:
         k = next(i for i in range(len(grid) - 1) if grid[i + 1] <= s)  # jump k covers [t_{k+1}, t_k]
@@ -173,9 +179,9 @@ def local_lipschitz_profile(jump: FlatJump, ref: ConditionedLowRank, x1: torch.T
         probes.append(torch.cat([y, (1 - s) * path.x0 + s * path.x1]))
     s_t = torch.as_tensor(s_values, dtype=x1.dtype)
     res = model_local_lipschitz(jump.velocity, probes, s_t, n_iter=n_iter, tol=0.0,
-                                generator=torch.Generator(x1.device).manual_seed(seed))
+                                generator=stream(seed, "power iteration", x1.device))
     true = model_local_lipschitz(ref.velocity, probes, s_t, n_iter=n_iter, tol=0.0,
-                                 generator=torch.Generator(x1.device).manual_seed(seed))
+                                 generator=stream(seed, "power iteration", x1.device))
     return {"s": [float(v) for v in s_values], "L_model": [r.max for r in res], "L_true": [r.max for r in true],
             "L_model_q50": [r.quantiles["q50"] for r in res], "L_true_q50": [r.quantiles["q50"] for r in true],
             "n_probes_per_s": 2 * n, "power_iterations": n_iter}
@@ -198,7 +204,7 @@ def theorem_terms(model, target: Target, n_steps: int, weight: float | None, *, 
         rep = few_step_report(FlatJump(model, sub(n_th), weight), ConditionedLowRank(target.bed, sub(n_th), w),
                               n_steps, L=L, x1=x1[:n_th], z0=target.z0[:n_th], z0_err=_rms(target.z0_err[:n_th]),
                               points=points, b_from="path" if w == 1.0 else "flow",
-                              generator=torch.Generator().manual_seed(seed + 2), n_boot=100, seed=seed)
+                              generator=stream(seed, "B samples"), n_boot=100, seed=seed)
         ref_s = ConditionedLowRank(target.bed, sub(n_sens), w)
         sens = directional_sensitivity(FlatJump(model, sub(n_sens), weight), ref_s.velocity, x1[:n_sens], grid,
                                        target.z0[:n_sens], n_nodes=sens_nodes, ode_steps=ode_steps,
@@ -227,10 +233,14 @@ def checkpoints_at(run: Path, steps_at: list[int] | None) -> list[Path]:
 def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = None, samples: int = 1024,
            nfe=(1, 2, 4), guidance: float | None = None, seed: int = 0, device: str | None = None,
            batch_size: int = 256, pot_samples: int = 1000, n_projections: int = 256, gelbrich_boot: int = 20,
-           n_boot: int = 200, theorem: bool = True, theorem_samples: int = 32, points: int = 5, lip_probes: int = 8,
+           n_boot: int = 200, theorem: str = "all", theorem_samples: int = 32, points: int = 5, lip_probes: int = 8,
            lip_iters: int = 10, sens_samples: int = 8, sens_nodes: int = 2, ode_steps: int = 16,
            figures: bool = True) -> dict:
-    """Verify the checkpoints of an analytic run (module docstring); returns the report written to OUT/verify.json."""
+    """Verify the checkpoints of an analytic run (module docstring); returns the report written to OUT/verify.json.
+
+    ``theorem``: at which checkpoints the theorem's terms are computed — "all", "last" or "none". OUT/verify.json is
+    rewritten after every (checkpoint, N) with ``complete: false`` until the end, so an interrupted run keeps its
+    finished part."""
     run, out = Path(run), Path(out)
     started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -251,12 +261,26 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
         guidance = cfg.guidance.weight if cfg.guidance.mode == "constant" else 1.0
     if not guidance >= 1.0:
         raise ValueError(f"--guidance: expected w ≥ 1, got {guidance}")
+    if theorem not in ("all", "last", "none"):
+        raise ValueError(f"--theorem: expected all, last or none, got {theorem!r}")
     paths = checkpoints_at(run, steps_at)
     weight = guidance if cfg.guidance.mode != "none" else None
 
     target = Target(cfg, n=samples, guidance=guidance, seed=seed, device=device, n_pot=pot_samples,
                     n_projections=n_projections, gelbrich_boot=gelbrich_boot, n_boot=n_boot)
+    settings = {"pot_samples": target.floors["n_pot"], "n_projections": n_projections, "gelbrich_boot": gelbrich_boot,
+                "n_boot": n_boot, "theorem_at": theorem, "theorem_samples": theorem_samples,
+                "points_per_jump": points, "lip_probes": lip_probes, "lip_iters": lip_iters,
+                "sens_samples": sens_samples, "sens_nodes": sens_nodes, "ode_steps": ode_steps,
+                "sampler_precision": "fp32"}
     entries = []
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(complete: bool) -> dict:
+        report = _report(run, cfg, device, target, samples, seed, nfe, settings, entries, started, complete)
+        atomic_write_text(out / "verify.json", to_json(report))
+        return report
+
     work = tqdm([(p, n) for p in paths for n in nfe], desc="verify (checkpoint, NFE)", dynamic_ncols=True)
     model, current = None, None
     for path, n_steps in work:
@@ -267,29 +291,26 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
         work.set_postfix(step=entries[-1]["step"], nfe=n_steps)
         y = model_samples(model, target, n_steps, weight, batch_size)
         entry = {"sandwich": target.compare(y)}
-        if theorem:
+        if theorem == "all" or (theorem == "last" and path == paths[-1]):
             entry["theorem"] = theorem_terms(model, target, n_steps, weight, n_th=theorem_samples, points=points,
                                              n_lip=lip_probes, lip_iters=lip_iters, n_sens=sens_samples,
                                              sens_nodes=sens_nodes, ode_steps=ode_steps, seed=seed)
         entries[-1]["nfe"][str(n_steps)] = entry
-    report = {"schema": SCHEMA, "run": str(run), "device": str(device),
-              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "config": {"model": cfg.to_dict()["model"], "data": cfg.to_dict()["data"],
-                         "guidance": cfg.to_dict()["guidance"]},
-              "bed": target.describe(), "samples": samples, "seed": seed, "nfe": nfe,
-              "settings": {"pot_samples": target.floors["n_pot"], "n_projections": n_projections,
-                           "gelbrich_boot": gelbrich_boot, "n_boot": n_boot, "theorem_samples": theorem_samples,
-                           "points_per_jump": points, "lip_probes": lip_probes, "lip_iters": lip_iters,
-                           "sens_samples": sens_samples, "sens_nodes": sens_nodes, "ode_steps": ode_steps,
-                           "sampler_precision": "fp32"},
-              "floors": target.floors, "references": target.references, "checkpoints": entries,
-              "wall_s": time.perf_counter() - started}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "verify.json", to_json(report))
+        write(complete=False)
+    report = write(complete=True)
     if figures:
         from .plots import make_figures
         report["figures"] = [str(p) for p in make_figures(report, out)]
     return report
+
+
+def _report(run, cfg, device, target, samples, seed, nfe, settings, entries, started, complete) -> dict:
+    return {"schema": SCHEMA, "complete": complete, "run": str(run), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "config": {key: cfg.to_dict()[key] for key in ("model", "data", "guidance")},
+            "bed": target.describe(), "samples": samples, "seed": seed, "nfe": nfe,
+            "settings": settings, "floors": target.floors, "references": target.references,
+            "checkpoints": entries, "wall_s": time.perf_counter() - started}
 
 
 def to_json(obj) -> str:
@@ -328,7 +349,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward of the sampler")
     p.add_argument("--pot-samples", type=int, default=1000, help="subsample for the exact POT W2")
     p.add_argument("--gelbrich-boot", type=int, default=20, help="bootstrap replicates of Gelbrich's bound")
-    p.add_argument("--no-theorem", action="store_true", help="skip A, B, L and the sensitivity profile")
+    p.add_argument("--theorem", default="all", choices=("all", "last", "none"),
+                   help="checkpoints at which A, B, L and the sensitivity profile are computed")
     p.add_argument("--theorem-samples", type=int, default=32, help="draws for A_N, B, D_N and (a)_N")
     p.add_argument("--points", type=int, default=5, help="σ nodes per jump (odd ≥ 3)")
     p.add_argument("--lip-probes", type=int, default=8, help="draws whose path points probe the local L")
@@ -343,6 +365,6 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     return verify(a.run, a.out, steps_at=a.steps_at, samples=a.samples, nfe=a.nfe, guidance=a.guidance, seed=a.seed,
                   device=a.device, batch_size=a.batch_size, pot_samples=a.pot_samples, gelbrich_boot=a.gelbrich_boot,
-                  theorem=not a.no_theorem, theorem_samples=a.theorem_samples, points=a.points,
+                  theorem=a.theorem, theorem_samples=a.theorem_samples, points=a.points,
                   lip_probes=a.lip_probes, lip_iters=a.lip_iters, sens_samples=a.sens_samples,
                   sens_nodes=a.sens_nodes, ode_steps=a.ode_steps)
