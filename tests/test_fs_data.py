@@ -75,6 +75,14 @@ def prepared(tmp_path_factory):
     return root, manifest
 
 
+@pytest.fixture(scope="module")
+def prepared_mean(prepared):
+    """The same images prepared with ``--posterior mean`` (only the posterior's mean stored)."""
+    root, _ = prepared
+    return root / "out-mean", prepare(root / "src", root / "out-mean", resolution=RES, vae=str(root / "vae"),
+                                      shard_size=4, batch_size=3, num_workers=0, posterior="mean")
+
+
 # ------------------------------------------------------------------------------------------------- center crop
 
 @settings(max_examples=15, deadline=None)
@@ -123,21 +131,28 @@ def test_prepare_stores_the_vae_encoding_of_the_center_crops(prepared):
     out, src = root / "out", ImageSource(root / "src")
     assert manifest["num_items"] == 9 and manifest["num_classes"] == 3 and manifest["latent_shape"] == [4, 8, 8]
     assert [s["count"] for s in manifest["shards"]] == [4, 4, 1]
+    assert manifest["format"] == "tvm-latents-v2" and manifest["posterior"] == "mean-std"  # the default
     crops = np.stack([center_crop_arr(src.open(i), RES) for i in range(len(src))])
-    want = encode_images(load_vae(str(root / "vae")), crops)  # independent single-batch encoding
+    vae = load_vae(str(root / "vae"))
+    want, want_std = encode_images(vae, crops)  # independent single-batch encoding
+    dist = vae.encode(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
+    torch.testing.assert_close(want_std, torch.exp(0.5 * dist.logvar), atol=1e-6, rtol=1e-5)  # σ = exp(logvar / 2)
     from safetensors.torch import load_file
 
     shards = [load_file(out / s["file"]) for s in manifest["shards"]]
-    got = torch.cat([s["latents"] for s in shards])
+    got, got_std = torch.cat([s["latents"] for s in shards]), torch.cat([s["std"] for s in shards])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_std, want_std, atol=1e-5, rtol=1e-5)
     assert torch.cat([s["labels"] for s in shards]).tolist() == src.labels
     assert torch.cat([s["indices"] for s in shards]).tolist() == list(range(9))
     images = np.concatenate([np.load(out / b["file"])["arr_0"] for b in manifest["image_batches"]])
     assert np.array_equal(images, crops)
-    # resolution 16 has no paper constants: they are recomputed, and must equal numpy's over all values
-    z = got.double().numpy().transpose(1, 0, 2, 3).reshape(4, -1)
-    np.testing.assert_allclose(manifest["latent_mean"], z.mean(1), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(manifest["latent_std"], z.std(1), rtol=1e-10, atol=0)
+    # resolution 16 has no paper constants: they are recomputed as the moments of z = μ + σε over items, positions
+    # and ε: E z = E μ, Var z = Var μ + E σ² (numpy, float64)
+    mu = got.double().numpy().transpose(1, 0, 2, 3).reshape(4, -1)
+    sd = got_std.double().numpy().transpose(1, 0, 2, 3).reshape(4, -1)
+    np.testing.assert_allclose(manifest["latent_mean"], mu.mean(1), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(manifest["latent_std"], np.sqrt(mu.var(1) + (sd ** 2).mean(1)), rtol=1e-10, atol=0)
 
 
 def test_prepare_resumes_and_refuses_a_different_plan(prepared):
@@ -174,14 +189,15 @@ def test_stats_and_verify_commands(prepared, capsys, tmp_path):
 
 # -------------------------------------------------------------------------------------------------- the dataset
 
-def test_dataset_yields_standardized_latents_with_labels(prepared):
-    root, manifest = prepared
-    ds = LatentDataset(root / "out", seed=3)
+def test_dataset_yields_standardized_latents_with_labels(prepared_mean):
+    out, manifest = prepared_mean
+    ds = LatentDataset(out, seed=3)
     assert ds.num_classes == 3 and ds.latent_shape == (4, 8, 8) and len(ds) == 9
     from safetensors.torch import load_file
 
-    raw = torch.cat([load_file(root / "out" / s["file"])["latents"] for s in manifest["shards"]])
-    labels = ImageSource(root / "src").labels
+    raw = torch.cat([load_file(out / s["file"])["latents"] for s in manifest["shards"]])
+    assert "std" not in load_file(out / manifest["shards"][0]["file"])  # --posterior mean stores μ only
+    labels = ImageSource(out.parent / "src").labels
     mean = torch.tensor(manifest["latent_mean"]).view(4, 1, 1)
     std = torch.tensor(manifest["latent_std"]).view(4, 1, 1)
     items = list(ds)
@@ -215,6 +231,110 @@ def test_dataset_epochs_split_disjointly_and_evenly_across_ranks(prepared, world
         whole.set_epoch(e)
         orders.add(tuple(whole.rank_indices()))
     assert len(orders) > 1
+
+
+def _raw_draws(ds: LatentDataset, epoch: int) -> dict[int, torch.Tensor]:
+    """{item index: raw latent} of one epoch of ``ds`` (its standardization undone, float64)."""
+    ds.set_epoch(epoch)
+    return {g: ds.stats.unstandardize(z[None].double())[0] for g, (z, _) in zip(ds.rank_indices().tolist(), ds)}
+
+
+def _posterior(out: Path, manifest: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    shards = [load_file(out / s["file"]) for s in manifest["shards"]]
+    return (torch.cat([s["latents"] for s in shards]).double(), torch.cat([s["std"] for s in shards]).double())
+
+
+def test_posterior_draws_have_the_stored_mean_and_std(prepared):
+    """z = μ + σε at every use: over 300 epochs the residuals (z − μ)/σ are N(0, 1) (mean, variance, and a
+    4-sigma check per element), the same epoch gives the same draw and every epoch a new one."""
+    root, manifest = prepared
+    mu, sd = _posterior(root / "out", manifest)
+    ds = LatentDataset(root / "out", seed=7, verify_checksums=False)
+    epochs = [_raw_draws(ds, e) for e in range(300)]
+    r = torch.stack([torch.stack([(d[g] - mu[g]) / sd[g] for g in range(9)]) for d in epochs])  # (E, 9, C, h, w)
+    n = r.numel()
+    assert abs(float(r.mean())) < 5 / n ** 0.5 and abs(float(r.var()) - 1) < 5 * (2 / n) ** 0.5
+    per_element = r.mean(0) * len(epochs) ** 0.5  # ~ N(0, 1) per element
+    assert float(per_element.abs().max()) < 5.0
+    again = _raw_draws(ds, 3)
+    assert all(torch.equal(z, epochs[3][g]) for g, z in again.items())
+    assert not torch.equal(epochs[0][0], epochs[1][0])  # a fresh draw in every epoch
+
+
+def test_latent_stats_are_those_of_the_draws(prepared):
+    """compute_latent_stats on μ and σ against the empirical per-channel moments of 300 epochs of draws."""
+    root, _ = prepared
+    stats, count = compute_latent_stats(root / "out")
+    ds = LatentDataset(root / "out", seed=1, verify_checksums=False)
+    z = torch.stack([torch.stack(list(_raw_draws(ds, e).values())) for e in range(300)])  # (E, 9, C, h, w)
+    per_channel = z.transpose(0, 2).reshape(4, -1)
+    n = per_channel.shape[1]
+    m, s = torch.tensor(stats.mean, dtype=torch.float64), torch.tensor(stats.std, dtype=torch.float64)
+    # the 9 items' means are fixed, so only the draws vary: the sample moments are within a few σ/sqrt(n)
+    assert torch.all((per_channel.mean(1) - m).abs() < 5 * s / n ** 0.5)
+    assert torch.all((per_channel.std(1) / s - 1).abs() < 0.02)
+    assert count == 9 * 8 * 8
+
+
+@settings(max_examples=8, deadline=None)
+@given(world=st.integers(1, 3), seed=st.integers(0, 50), epoch=st.integers(0, 4))
+def test_posterior_draw_depends_on_seed_epoch_and_item_only(prepared, world, seed, epoch):
+    root, _ = prepared
+    whole = _raw_draws(LatentDataset(root / "out", seed=seed, verify_checksums=False), epoch)
+    for rank in range(world):
+        part = _raw_draws(LatentDataset(root / "out", rank=rank, world_size=world, seed=seed,
+                                        verify_checksums=False), epoch)
+        assert all(torch.equal(z, whole[g]) for g, z in part.items())
+
+
+def test_posterior_draw_is_the_same_with_dataloader_workers(prepared):
+    root, _ = prepared
+    ds = LatentDataset(root / "out", seed=4, verify_checksums=False)
+    ds.set_epoch(2)
+    alone = {int(g): z for g, (z, _) in zip(ds.rank_indices(), ds)}
+    workers = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    split = [z for z, _ in workers]  # worker w yields every 2nd index of the epoch's order, interleaved
+    order, got = ds.rank_indices(), {}
+    for k, z in enumerate(split):
+        w, j = k % 2, k // 2
+        got[int(order[w::2][j])] = z
+    assert got.keys() == alone.keys() and all(torch.equal(got[g], alone[g]) for g in alone)
+
+
+def test_format_v1_is_read_and_other_formats_are_refused(prepared_mean, prepared, tmp_path):
+    out, manifest = prepared_mean
+    for p in out.iterdir():
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    _edit_manifest(tmp_path, lambda m: m.update(format="tvm-latents-v1"))  # the previous format: μ only
+    old, new = list(LatentDataset(tmp_path, seed=2)), list(LatentDataset(out, seed=2))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(old, new))
+    _edit_manifest(tmp_path, lambda m: m.update(posterior="mean-std"))
+    with pytest.raises(ShardError, match="tvm-latents-v1' has no posterior 'mean-std'"):
+        LatentDataset(tmp_path)
+    _edit_manifest(tmp_path, lambda m: m.update(format="tvm-latents-v0", posterior="mean"))
+    with pytest.raises(ShardError, match="format 'tvm-latents-v0', expected one of.*prepare the folder again"):
+        LatentDataset(tmp_path)
+    root, _ = prepared
+    with pytest.raises(ValueError, match="posterior: expected one of mean-std, mean, sample"):
+        prepare(root / "src", tmp_path / "x", resolution=RES, vae=str(root / "vae"), posterior="median")
+    with pytest.raises(ValueError, match=r"different preparation \(differs in \['posterior'\]"):
+        prepare(root / "src", out, resolution=RES, vae=str(root / "vae"), shard_size=4, num_workers=0)
+
+
+def test_missing_or_misshapen_std_is_caught(prepared, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    root, _ = prepared
+    for p in (root / "out").iterdir():
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    path = tmp_path / "latents-00001.safetensors"
+    t = load_file(path)
+    save_file({**t, "std": t["std"][:, :2].contiguous()}, str(path))
+    _edit_manifest(tmp_path, lambda m: m["shards"][1].update(bytes=path.stat().st_size))
+    with pytest.raises(ShardError, match=r"latents-00001.*tensor 'std'.*\[4, 4, 8, 8\]"):
+        LatentDataset(tmp_path, verify_checksums=False)
 
 
 def test_dataset_rejects_bad_rank_arguments(prepared):

@@ -7,11 +7,14 @@ Commands::
     python -m full_scale.data stats --root /data/in256 [--write]      # recompute the per-channel constants
     python -m full_scale.data verify --root /data/in256 [--full]      # shapes, sizes, counts (+ sha256 with --full)
 
-Layout of ``--out``: ``plan.json`` (what is being built); ``latents-KKKKK.safetensors`` (``latents`` float32
-(n, C, h, w) raw, i.e. unstandardized, ``labels`` int64 (n,), ``indices`` int64 (n,) positions in the sorted
-listing); a sidecar ``latents-KKKKK.json`` per finished shard; optional ``images-KKKKK.npz`` (ADM batch: ``arr_0``
-uint8 (n, H, W, 3), ``arr_1`` labels); and ``manifest.json``, written last, which records the standardization
-constants (the paper's by resolution, docs/ANCHORS.md, or recomputed from the data) that :class:`LatentDataset` applies.
+Layout of ``--out`` (format ``tvm-latents-v2``): ``plan.json`` (what is being built); ``latents-KKKKK.safetensors``
+with ``latents`` float32 (n, C, h, w) raw, i.e. unstandardized (the VAE posterior's mean μ, or one draw with
+``--posterior sample``), ``std`` float32 (n, C, h, w) the posterior's σ (only with ``--posterior mean-std``, the
+default), ``labels`` int64 (n,) and ``indices`` int64 (n,) positions in the sorted listing; a sidecar
+``latents-KKKKK.json`` per finished shard; optional ``images-KKKKK.npz`` (ADM batch: ``arr_0`` uint8 (n, H, W, 3),
+``arr_1`` labels); and ``manifest.json``, written last, which records ``posterior`` and the standardization constants
+(the paper's by resolution, docs/ANCHORS.md, or recomputed from the data) that :class:`LatentDataset` applies.
+Folders of the previous format ``tvm-latents-v1`` (no ``std``; ``posterior`` mean or sample) are still read.
 """
 from __future__ import annotations
 
@@ -32,11 +35,13 @@ from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.io import atomic_savez, atomic_write, atomic_write_text, sha256_file
 
 from ..distributed import setup
-from .vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, encode_images, load_vae
+from .vae import PAPER_LATENT_STATS, POSTERIORS, SD_VAE_ID, LatentStats, encode_images, load_vae
 
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
-FORMAT = "tvm-latents-v1"
+FORMAT = "tvm-latents-v2"
+READABLE_FORMATS = (FORMAT, "tvm-latents-v1")  # v1: the same layout without ``std`` (posterior mean or sample)
+DRAW_STREAM = 0x5EED  # last word of the seed of an item's posterior draw, so it never equals the permutation's seed
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
@@ -205,9 +210,11 @@ def _memmap(path: Path, header: dict, start: int, name: str) -> np.ndarray:
                      offset=start + t["data_offsets"][0], shape=tuple(t["shape"]))
 
 
-def verify_shard(root: Path, entry: dict, latent_shape: tuple, num_classes: int, full: bool = False) -> dict:
-    """Check one shard against its manifest entry: size, dtypes, shapes (count, *latent_shape), label range,
-    and with ``full`` the sha256. Returns the parsed header for memory-mapping."""
+def verify_shard(root: Path, entry: dict, latent_shape: tuple, num_classes: int, full: bool = False,
+                 with_std: bool = False) -> dict:
+    """Check one shard against its manifest entry: size, dtypes, shapes (count, *latent_shape) of ``latents`` (and
+    of ``std`` when ``with_std``), label range, and with ``full`` the sha256. Returns the parsed header for
+    memory-mapping."""
     path = root / entry["file"]
     if not path.is_file():
         raise ShardError(f"{path}: missing (listed in {root / MANIFEST})")
@@ -217,6 +224,8 @@ def verify_shard(root: Path, entry: dict, latent_shape: tuple, num_classes: int,
     header, start = read_safetensors_header(path)
     want = {"latents": ("F32", [entry["count"], *latent_shape]), "labels": ("I64", [entry["count"]]),
             "indices": ("I64", [entry["count"]])}
+    if with_std:
+        want["std"] = ("F32", [entry["count"], *latent_shape])
     for name, (dtype, shape) in want.items():
         got = header.get(name)
         if got is None or got["dtype"] != dtype or got["shape"] != shape:
@@ -237,13 +246,19 @@ def load_manifest(root: str | os.PathLike, *, full: bool = False) -> tuple[dict,
     if not path.is_file():
         raise ShardError(f"{path}: missing; run `python -m full_scale.data prepare` (it writes the manifest last)")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ShardError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise ShardError(f"{path}: format {manifest.get('format')!r}, expected one of {READABLE_FORMATS}; prepare "
+                         "the folder again with this version (python -m full_scale.data prepare)")
+    if manifest.get("posterior") not in POSTERIORS:
+        raise ShardError(f"{path}: posterior {manifest.get('posterior')!r}, expected one of {POSTERIORS}")
+    if manifest["format"] != FORMAT and manifest["posterior"] == "mean-std":
+        raise ShardError(f"{path}: format {manifest['format']!r} has no posterior 'mean-std'")
     counts = [s["count"] for s in manifest["shards"]]
     if sum(counts) != manifest["num_items"]:
         raise ShardError(f"{path}: shard counts add to {sum(counts)}, manifest says num_items={manifest['num_items']}")
     shape = tuple(manifest["latent_shape"])
-    infos = [verify_shard(root, s, shape, manifest["num_classes"], full) for s in manifest["shards"]]
+    with_std = manifest["posterior"] == "mean-std"
+    infos = [verify_shard(root, s, shape, manifest["num_classes"], full, with_std) for s in manifest["shards"]]
     return manifest, infos
 
 
@@ -258,6 +273,11 @@ class LatentDataset(torch.utils.data.IterableDataset):
     manifest check (:func:`load_manifest`; with ``verify_checksums``, the default, every shard's SHA-256 too, once
     when the dataset is made: a flipped byte is caught before training reads it) and standardized with the
     manifest's constants: yields (z̃ float32 (C, h, w), label int64 scalar tensor).
+
+    Posterior draw (``posterior: mean-std``, the default of ``prepare``, as the official code): item i used in epoch
+    e is z = μ_i + σ_i ⊙ ε with ε ~ N(0, I) float32 from ``numpy.random.default_rng([seed, e, i, DRAW_STREAM])``,
+    so the draw is a function of (seed, epoch, item index) only: the same on any number of ranks or DataLoader
+    workers, fresh in every epoch. With ``posterior`` mean or sample the stored latent is used as it is.
     """
 
     def __init__(self, root: str | os.PathLike, *, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -269,6 +289,7 @@ class LatentDataset(torch.utils.data.IterableDataset):
         self.num_classes = int(manifest["num_classes"])
         self.latent_shape = tuple(manifest["latent_shape"])
         self.stats = LatentStats(tuple(manifest["latent_mean"]), tuple(manifest["latent_std"]))
+        self.posterior = manifest["posterior"]
         self.num_items = int(manifest["num_items"])
         if self.num_items < world_size:
             raise ValueError(f"world_size: {world_size} ranks but only {self.num_items} items in {self.root}")
@@ -290,27 +311,43 @@ class LatentDataset(torch.utils.data.IterableDataset):
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
         return perm[: len(self) * self.world_size][self.rank:: self.world_size]
 
+    def draw(self, g: int, latent: np.ndarray, std: np.ndarray | None) -> np.ndarray:
+        """The raw latent of item ``g`` in the current epoch: μ + σ ⊙ ε (see the class docstring), or ``latent``
+        itself when the folder stores no σ."""
+        if std is None:
+            return np.array(latent, dtype=np.float32)
+        eps = np.random.default_rng([self.seed, self.epoch, g, DRAW_STREAM]).standard_normal(std.shape, np.float32)
+        return latent + std * eps
+
     def __iter__(self):
         if self._maps is None:
-            self._maps = [(_memmap(i["path"], i["header"], i["start"], "latents"),
-                           _memmap(i["path"], i["header"], i["start"], "labels")) for i in self._infos]
+            names = ("latents", "labels") + (("std",) if self.posterior == "mean-std" else ())
+            self._maps = [tuple(_memmap(i["path"], i["header"], i["start"], n) for n in names) for i in self._infos]
         indices = self.rank_indices()
         worker = torch.utils.data.get_worker_info()
         if worker is not None:
             indices = indices[worker.id:: worker.num_workers]
         for g in indices.tolist():
             k = bisect_right(self._starts, g) - 1
-            latents, labels = self._maps[k]
-            z = torch.from_numpy(np.array(latents[g - self._starts[k]], dtype=np.float32))
-            yield self.stats.standardize(z[None])[0], torch.tensor(int(labels[g - self._starts[k]]))
+            j = g - self._starts[k]
+            latents, labels, *std = self._maps[k]
+            z = torch.from_numpy(self.draw(g, latents[j], std[0][j] if std else None))
+            yield self.stats.standardize(z[None])[0], torch.tensor(int(labels[j]))
 
 
 # ------------------------------------------------------------------------------------------------- channel statistics
 
 def compute_latent_stats(root: str | os.PathLike, files: list[str] | None = None) -> tuple[LatentStats, int]:
-    """Per-channel mean and (population) standard deviation of the raw latents over all items and positions,
-    accumulated in float64: m_c = Σz/n, s_c = sqrt(Σz²/n − m_c²). Reads the manifest's shards, or ``files``
-    (shard file names under ``root``) while the manifest is still being written. Returns (stats, n per channel).
+    """Per-channel mean and (population) standard deviation of the raw latents the network is trained on, over all
+    items and positions, accumulated in float64. Reads the manifest's shards, or ``files`` (shard file names under
+    ``root``) while the manifest is still being written. Returns (stats, n values per channel).
+
+    Of what: of the latent z that :class:`LatentDataset` standardizes, because standardization is meant to give the
+    network inputs of zero mean and unit variance per channel. Stored latents (posterior mean or sample):
+    m_c = Σz/n, s_c = sqrt(Σz²/n − m_c²). Stored posteriors (``mean-std``): z = μ + σ ⊙ ε is drawn afresh at every
+    use, so the statistics are those of that mixture, exactly in ε (no draw): E z = E μ and E z² = E μ² + E σ²,
+    m_c = Σμ/n, s_c = sqrt(Σ(μ² + σ²)/n − m_c²); s_c exceeds the spread of the means alone by the posterior noise.
+    (The official ``dataset_tool.py getstats`` estimates the same std from one draw per item.)
     """
     root = Path(root)
     if files is None:
@@ -319,9 +356,14 @@ def compute_latent_stats(root: str | os.PathLike, files: list[str] | None = None
     n = 0
     for name in files:
         header, start = read_safetensors_header(root / name)
-        z = torch.from_numpy(np.array(_memmap(root / name, header, start, "latents"), dtype=np.float64))
-        z = z.transpose(0, 1).reshape(z.shape[1], -1)  # (C, count·h·w)
-        s1, s2, n = s1 + z.sum(1), s2 + (z * z).sum(1), n + z.shape[1]
+
+        def channels(key):  # (C, count·h·w) float64
+            z = torch.from_numpy(np.array(_memmap(root / name, header, start, key), dtype=np.float64))
+            return z.transpose(0, 1).reshape(z.shape[1], -1)
+
+        z = channels("latents")
+        second = z * z + (channels("std") ** 2 if "std" in header else 0.0)
+        s1, s2, n = s1 + z.sum(1), s2 + second.sum(1), n + z.shape[1]
     if not n:
         raise ValueError(f"root: no latents to compute statistics from in {root}")
     mean = s1 / n
@@ -341,14 +383,16 @@ def _shard_done(out: Path, k: int, want_images: bool) -> bool:
                for e in entries)
 
 
-def _write_shard(out: Path, k: int, latents, labels, indices, images, skipped: list[str]) -> None:
+def _write_shard(out: Path, k: int, latents, std, labels, indices, images, skipped: list[str]) -> None:
     from safetensors.torch import save_file
 
     name = _shard_name(k)
     info = {"file": f"{name}.safetensors", "count": int(labels.shape[0]), "start": int(indices[0]),
             "skipped": skipped}
-    atomic_write(out / info["file"], lambda tmp: save_file(
-        {"latents": latents.contiguous(), "labels": labels, "indices": indices}, str(tmp)))
+    tensors = {"latents": latents.contiguous(), "labels": labels, "indices": indices}
+    if std is not None:
+        tensors["std"] = std.contiguous()
+    atomic_write(out / info["file"], lambda tmp: save_file(tensors, str(tmp)))
     info.update(bytes=(out / info["file"]).stat().st_size, sha256=sha256_file(out / info["file"]))
     if images is not None:
         img_file = out / f"images-{k:05d}.npz"
@@ -358,7 +402,7 @@ def _write_shard(out: Path, k: int, latents, labels, indices, images, skipped: l
 
 
 def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_size: int = 10_000,
-            batch_size: int = 64, num_workers: int = 8, images: bool = False, posterior: str = "mean",
+            batch_size: int = 64, num_workers: int = 8, images: bool = False, posterior: str = "mean-std",
             seed: int = 0, limit: int | None = None, latent_stats: str = "auto", dtype: str = "fp32",
             skip_bad_images: bool = False, allow_empty_classes: bool = False) -> dict | None:
     """Encode ``source`` into shards under ``out`` (see the module docstring); returns the manifest on rank 0.
@@ -370,9 +414,13 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
     left out: its index is missing from its shard and listed under ``skipped`` in the manifest, beside a fingerprint
     of the items actually encoded (``used_fingerprint``); the listing's fingerprint, and so the plan, is unchanged,
     so a rerun with the flag reuses the finished shards.
-    ``latent_stats``: "paper" (docs/ANCHORS.md constants, 256/512 only), "data" (recomputed), or "auto" (paper when
-    available, else data).
+    ``latent_stats``: "paper" (docs/ANCHORS.md constants, 256/512 only), "data" (recomputed,
+    :func:`compute_latent_stats`), or "auto" (paper when available, else data).
+    ``posterior``: "mean-std" (store μ and σ; a fresh draw at every use, the official recipe), "mean" (store μ) or
+    "sample" (store one draw μ + σ ⊙ ε, ε from ``seed`` and the shard index) — :func:`full_scale.data.vae.encode_images`.
     """
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior: expected one of {', '.join(POSTERIORS)}, got {posterior!r}")
     if latent_stats not in ("auto", "paper", "data"):
         raise ValueError(f"latent_stats: expected 'auto', 'paper' or 'data', got {latent_stats!r}")
     if latent_stats == "paper" and resolution not in PAPER_LATENT_STATS:
@@ -398,7 +446,8 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
         old = json.loads((out / PLAN).read_text())
         diff = sorted(key for key in plan if old.get(key) != plan[key])
         if diff:
-            raise ValueError(f"out: {out} holds a different preparation (differs in {diff}); use a new folder")
+            raise ValueError(f"out: {out} holds a different preparation (differs in {diff}; plan format "
+                             f"{old.get('format')!r}, this version writes {FORMAT!r}); use a new folder")
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / PLAN, json.dumps(plan, indent=1))
@@ -416,13 +465,15 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
             loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                                                  collate_fn=_collate_readable)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
-            latents, labels, indices, crops, skipped = [], [], [], [], []
+            latents, stds, labels, indices, crops, skipped = [], [], [], [], [], []
             for img, lab, idx, bad in loader:  # img: uint8 (b, H, W, 3)
                 skipped += bad
                 bar.update(len(bad))
                 if img is None:
                     continue
-                latents.append(encode_images(model, img, posterior=posterior, generator=gen))
+                z, std = encode_images(model, img, posterior=posterior, generator=gen)
+                latents.append(z)
+                stds.append(std)
                 labels.append(lab.long())
                 indices.append(idx.long())
                 if images:
@@ -431,8 +482,9 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
             if not latents:
                 raise UnreadableImage(f"source: no readable image in shard {k} (items {shard_items[k].start}–"
                                       f"{shard_items[k].stop - 1}); nothing to encode")
-            _write_shard(out, k, torch.cat(latents), torch.cat(labels), torch.cat(indices),
-                         np.concatenate(crops) if images else None, [src.entries[i] for i in skipped])
+            _write_shard(out, k, torch.cat(latents), torch.cat(stds) if posterior == "mean-std" else None,
+                         torch.cat(labels), torch.cat(indices), np.concatenate(crops) if images else None,
+                         [src.entries[i] for i in skipped])
         bar.close()
     d.barrier()
     if rank != 0:
@@ -473,7 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--images", action="store_true", help="also write the center crops as ADM-style npz batches")
-    p.add_argument("--posterior", choices=("mean", "sample"), default="mean")
+    p.add_argument("--posterior", choices=POSTERIORS, default="mean-std",
+                   help="mean-std: store the VAE posterior's mean and std, draw z = mean + std·eps at every use "
+                        "(the official recipe); mean: store the mean; sample: store one draw (seeded per shard)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of the sorted listing")
     p.add_argument("--latent-stats", choices=("auto", "paper", "data"), default="auto")

@@ -49,9 +49,11 @@ class LatentStats:
         return z_std * s + m
 
 
-# docs/ANCHORS.md: SD-VAE (ft-EMA) raw latent statistics the paper standardizes with, by image resolution.
+# docs/ANCHORS.md: SD-VAE (ft-EMA) raw latent statistics the paper standardizes with, by image resolution, to the
+# digits of the official configs (encoder.raw_mean / raw_std of configs/im256_*.yaml and im512_*.yaml).
 PAPER_LATENT_STATS = {
-    256: LatentStats(mean=(0.865, -0.278, 0.216, 0.374), std=(4.855, 5.319, 3.937, 3.987)),
+    256: LatentStats(mean=(0.86488, -0.27787343, 0.21616915, 0.3738409),
+                     std=(4.85503674, 5.31922414, 3.93725398, 3.9870003)),
     512: LatentStats(mean=(1.56, -0.695, 0.483, 0.729), std=(5.27, 5.91, 4.21, 4.31)),
 }
 
@@ -105,24 +107,34 @@ def images_to_vae_input(images: Tensor | np.ndarray, device, dtype) -> Tensor:
     return images.to(device).permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0
 
 
-@torch.no_grad()
-def encode_images(vae, images: Tensor | np.ndarray, *, posterior: str = "mean",
-                  generator: torch.Generator | None = None) -> Tensor:
-    """Raw (unstandardized) latents of uint8 images (B, H, W, 3) as float32 (B, C, H/f, W/f) on the CPU.
+POSTERIORS = ("mean-std", "mean", "sample")
 
-    ``posterior="mean"`` stores the Gaussian posterior's mean (deterministic); ``"sample"`` draws z = μ + σ ε with
-    ``generator`` (the DiT / fast-DiT convention).
+
+@torch.no_grad()
+def encode_images(vae, images: Tensor | np.ndarray, *, posterior: str = "mean-std",
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    """Raw (unstandardized) latents of uint8 images (B, H, W, 3): (z, σ), float32 (B, C, H/f, W/f) on the CPU.
+
+    The encoder gives a diagonal Gaussian posterior N(μ(x), diag σ(x)²) per image. ``posterior`` says what is kept:
+
+    * ``"mean-std"`` (default, the official code's ``StabilityVAEEncoder``): (μ, σ); the training set draws a fresh
+      z = μ + σ ⊙ ε, ε ~ N(0, I), each time it uses the item (:class:`full_scale.data.latents.LatentDataset`);
+    * ``"mean"``: (μ, None), every use sees the same z = μ;
+    * ``"sample"``: (μ + σ ⊙ ε, None) with ε drawn once from ``generator`` (the DiT / fast-DiT convention).
+
+    σ is diffusers' ``exp(logvar / 2)`` with logvar clamped to [−30, 20].
     """
-    if posterior not in ("mean", "sample"):
-        raise ValueError(f"posterior: expected 'mean' or 'sample', got {posterior!r}")
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior: expected one of {', '.join(POSTERIORS)}, got {posterior!r}")
     param = next(vae.parameters())
     dist = vae.encode(images_to_vae_input(images, param.device, param.dtype)).latent_dist
+    mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
+    if posterior == "mean-std":
+        return mean, std
     if posterior == "mean":
-        z = dist.mean
-    else:
-        eps = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean.device)
-        z = dist.mean + dist.std * eps.to(dist.mean.dtype)
-    return z.float().cpu()
+        return mean, None
+    eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+    return mean + std * eps, None
 
 
 @torch.no_grad()
