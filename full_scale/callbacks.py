@@ -64,5 +64,6 @@ class LipschitzProbe(Callback):
         run.model.eval()
         with run.model.attention_backend("reference"):
             record.update(lipschitz_probe(run.model, x, s, w=w, y=y, n_iter=run.cfg.log.lipschitz_iters,
+                                          scaled=run.cfg.guidance.scaled,
                                           generator=torch.Generator(run.dist.device).manual_seed(0)))
         run.model.train()

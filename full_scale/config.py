@@ -154,9 +154,11 @@ class GuidanceConfig:
     weight: float = 2.0               # w of mode constant, ≥ 1
     weight_range: tuple[float, float] = (1.0, 4.0)  # (w_min, w_max) of mode random
     label_dropout: float = 0.1        # probability that a label becomes the null class
+    scaled: bool = True               # u_θ = w·F_θ(·, β = 1/w) (official do_scale_param: true); false: u_θ = F_θ(·, β)
 
     def __post_init__(self):
         _choice("guidance.mode", self.mode, ("none", "constant", "random"))
+        _choice("guidance.scaled", self.scaled, (True, False))
         try:
             CFGConfig(null_class=0, weight=self.weight, weight_range=self.weight_range,
                       label_dropout=self.label_dropout)
@@ -168,7 +170,7 @@ class GuidanceConfig:
         if self.mode == "none":
             return None
         return CFGConfig(null_class=null_class, weight=self.weight, label_dropout=self.label_dropout,
-                         weight_range=self.weight_range if self.mode == "random" else None)
+                         weight_range=self.weight_range if self.mode == "random" else None, scaled=self.scaled)
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,9 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def lipschitz_probe(F, x: Tensor, s: Tensor, *, w=None, y: Tensor | None = None, n_iter: int = 20,
-                    generator: torch.Generator | None = None) -> dict:
-    """Local Lipschitz estimate of x ↦ u_θ(x, s) = [w ·] F_θ(x, s, s, y, 1/w) at each probe x_i (power iteration,
+                    generator: torch.Generator | None = None, scaled: bool = True) -> dict:
+    """Local Lipschitz estimate of x ↦ u_θ(x, s) = [w ·] F_θ(x, s, s, y, 1/w) (the factor w when ``scaled``,
+    docs/THEORY.md §2) at each probe x_i (power iteration,
     ``tvm_theory.analysis.lipschitz.local_lipschitz``): a LOWER estimate of the true constant at these points.
 
     x: (B, C, H, W) probe points, s: (B,). Returns {"lip_max", "lip_q50", "lip_q90"} over the probes.
@@ -73,7 +74,7 @@ def lipschitz_probe(F, x: Tensor, s: Tensor, *, w=None, y: Tensor | None = None,
     cond = {} if y is None else {"y": y}
 
     def u(flat: Tensor, s_: Tensor) -> Tensor:
-        return velocity(F, flat.view(-1, *shape), s_, w, **cond).flatten(1)
+        return velocity(F, flat.view(-1, *shape), s_, w, scaled=scaled, **cond).flatten(1)
 
     # tol=0 keeps every probe row in each iteration (a fixed n_iter), so the labels y stay aligned with the rows.
     est = local_lipschitz(u, x.flatten(1), s=s, n_iter=n_iter, tol=0.0, generator=generator)

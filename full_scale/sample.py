@@ -53,9 +53,11 @@ def load_run(run: str | Path, which: str = "eval_ema", ckpt: str | Path | None =
 
 @torch.no_grad()
 def generate(model: DiT, labels: torch.Tensor | None, n_steps: int, weight: float | None, *, n: int | None = None,
-             seed: int = 0, batch_size: int = 256, d: Dist = Dist(), progress: bool = False) -> torch.Tensor:
+             seed: int = 0, batch_size: int = 256, d: Dist = Dist(), progress: bool = False,
+             scaled: bool = True) -> torch.Tensor:
     """Samples (n, C, H, W) on the CPU: class-conditional with guidance ``weight`` when ``labels`` (n,) are given,
-    unconditional (null class, plain parameterization) when ``labels`` is None.
+    in the scaled or unscaled parameterization as the model was trained (``scaled``, the run's ``guidance.scaled``;
+    docs/THEORY.md §2), unconditional (null class, plain parameterization) when ``labels`` is None.
 
     The noise of all n samples is drawn from ``seed`` first; with several processes (``d``) each generates its
     contiguous share and every rank receives them all in order, so the result does not depend on the rank count."""
@@ -70,7 +72,7 @@ def generate(model: DiT, labels: torch.Tensor | None, n_steps: int, weight: floa
                   file=sys.stderr):
         j = min(i + batch_size, hi)
         cond = {} if labels is None else {"y": labels[i:j].to(device)}
-        jump = NetworkJump(model, w=weight if labels is not None else None, **cond)
+        jump = NetworkJump(model, w=weight if labels is not None else None, scaled=scaled, **cond)
         out.append(sample_few_step(jump, x1[i:j].to(device), n_steps).float())
     mine = torch.cat(out) if out else x1.new_empty((0, *x1.shape[1:])).to(device)
     return gather_rows(mine, n, d.world_size).cpu()
@@ -150,7 +152,8 @@ def main(argv=None) -> list[Path]:
 
     written = []
     for n_steps in steps:
-        x = generate(model, labels, n_steps, weight, n=n, seed=seed, batch_size=batch_size, d=d, progress=True)
+        x = generate(model, labels, n_steps, weight, n=n, seed=seed, batch_size=batch_size, d=d, progress=True,
+                     scaled=cfg.guidance.scaled)
         if not d.main:
             continue
         stem = out / f"samples_{n_steps}step"

@@ -212,10 +212,17 @@ def save(run: Run) -> Path:
 
 
 def config_changes(saved: dict, cfg: Config) -> dict[str, tuple]:
-    """``{"section.key": (checkpoint's value, this run's value)}`` for every key that differs."""
-    now = cfg.to_dict()
-    return {f"{sec}.{key}": (saved.get(sec, {}).get(key), value) for sec in now for key, value in now[sec].items()
-            if saved.get(sec, {}).get(key) != value}
+    """``{"section.key": (checkpoint's value, this run's value)}`` for every key that differs. A key the checkpoint
+    does not record (a field added later, e.g. ``guidance.scaled``) counts as its default, which keeps the behaviour
+    of before the field existed."""
+    now, default = cfg.to_dict(), Config().to_dict()
+    changes = {}
+    for sec in now:
+        for key, value in now[sec].items():
+            old = saved.get(sec, {}).get(key, default[sec][key])
+            if old != value:
+                changes[f"{sec}.{key}"] = (old, value)
+    return changes
 
 
 def check_resume_config(saved: dict, cfg: Config, allowed: Sequence[str], path: Path) -> dict[str, tuple]:

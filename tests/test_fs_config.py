@@ -54,6 +54,7 @@ def test_overrides_parse_yaml_and_apply_in_order():
     ("model.attention_backend=flash", "model.attention_backend: expected auto, triton or reference"),
     ("guidance.weight=0.5", "guidance.weight: expected a guidance weight ≥ 1"),
     ("guidance.label_dropout=2", "guidance.label_dropout"),
+    ("guidance.scaled=maybe", "guidance.scaled: expected true or false"),
     ("sample.nfe=[]", "sample.nfe"),
     ("data.kind=imagenet", "data.kind: expected latents, digits, patches, synthetic"),
     ("train.learning_rate=1", "unknown key"),

@@ -268,3 +268,15 @@ def test_a_damaged_shard_header_is_a_shard_error(tmp_path, tiny_vae):
     path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match="corrupt safetensors header"):
         read_safetensors_header(path)
+
+
+def test_a_key_the_checkpoint_lacks_counts_as_its_default():
+    """A checkpoint written before guidance.scaled existed resumes (the default keeps its behaviour); a run that sets
+    the new key to another value is a change."""
+    from full_scale.config import Config
+
+    saved = Config().to_dict()
+    del saved["guidance"]["scaled"]
+    assert train.config_changes(saved, Config()) == {}
+    assert train.config_changes(saved, Config().override({"guidance.scaled": False})) == {
+        "guidance.scaled": (True, False)}

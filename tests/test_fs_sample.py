@@ -63,3 +63,15 @@ def test_several_processes_give_the_single_process_samples(tmp_path):
     assert one.shape == (5, 1, 4, 4) and not torch.equal(one, torch.randn(5, 1, 4, 4))
     for rank in range(2):  # 5 samples over 2 ranks: shares of 2 and 3, gathered in order on both
         torch.testing.assert_close(torch.load(tmp_path / f"x{rank}.pt", weights_only=True), one, rtol=0, atol=1e-6)
+
+
+def test_generate_follows_the_runs_parameterization():
+    """scaled=False (guidance.scaled: false) takes one jump x1 + (0 − 1)·F(x1, 1, 0, c, 1/w); scaled multiplies F by w."""
+    model, labels = _nonzero_model(), torch.tensor([0, 1, 2, 0, 1])
+    x1 = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    beta = torch.full((5,), 1 / 2.5)
+    with torch.no_grad():
+        F = model(x1, torch.ones(5), torch.zeros(5), y=labels, beta=beta)
+    for scaled, factor in ((False, 1.0), (True, 2.5)):
+        x = generate(model, labels, 1, 2.5, seed=3, batch_size=2, scaled=scaled)
+        torch.testing.assert_close(x, x1 - factor * F, rtol=1e-5, atol=1e-5)

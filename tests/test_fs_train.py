@@ -50,7 +50,8 @@ def full_batch():
 
 def shard(batch, rank, world):
     return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).chunk(world)[rank]
-                                         for f in dataclasses.fields(batch)})
+                                         for f in dataclasses.fields(batch)
+                                         if isinstance(getattr(batch, f.name), torch.Tensor)})
 
 
 def grads_of(step_module, model, target, batch):

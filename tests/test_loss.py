@@ -95,6 +95,58 @@ def test_cfg_loss_matches_independent_computation(seed, w, p_drop):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def _official_wrapper_loss(F, T, x0, x1, t, s, s_prime, y, beta, null, do_scale_param):
+    """The official TVMWrapper.forward (lumalabs/tvm training/wrapper.py), restated in float64 with ∂_s F by central
+    differences: out = 1/β if do_scale_param else 1; f = x_t + (s − t)·F·out, df/ds = out·(F + (s − t)·∂_s F);
+    teacher velocities T(f, s, s, c, β) and T(x_{s′}, s′, s′, ∅, 1), the student's F(x_{s′}, s′, s′, c, β), both
+    conditional ones times 1/β when do_scale_param; terminal = mean(((df/ds − T_c)·β)²) (0 where s = t),
+    v_target = v/β + (1 − 1/β)·T_∅, fm = mean(((F_{s′} − v_target)·β)²); the loss is their batch mean."""
+    w = 1 / beta
+    out = w[:, None] if do_scale_param else 1.0
+    x_t = (1 - t)[:, None] * x0 + t[:, None] * x1
+    x_sp = (1 - s_prime)[:, None] * x0 + s_prime[:, None] * x1
+    h = 1e-6
+    F_ts = F(x_t, t, s, y, beta)
+    dF_ds = (F(x_t, t, s + h, y, beta) - F(x_t, t, s - h, y, beta)) / (2 * h)
+    f_ts = x_t + (s - t)[:, None] * F_ts * out
+    df_ds = out * (F_ts + (s - t)[:, None] * dF_ds)
+    with torch.no_grad():
+        T_cond = T(f_ts, s, s, y, beta)
+        T_uncond = T(x_sp, s_prime, s_prime, torch.full_like(y, null), torch.ones_like(beta))
+    F_ss = F(x_sp, s_prime, s_prime, y, beta)
+    if do_scale_param:
+        T_cond, F_ss = w[:, None] * T_cond, w[:, None] * F_ss
+    terminal = ((df_ds - T_cond) * beta[:, None]).pow(2).mean(1)
+    terminal = torch.where(torch.isclose(s, t), 0 * terminal, terminal)
+    v_target = w[:, None] * (x1 - x0) + (1 - w[:, None]) * T_uncond
+    fm = ((F_ss - v_target) * beta[:, None]).pow(2).mean(1)
+    return (terminal + fm).mean(), terminal, fm
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), w=st.floats(1.0, 3.0), p_drop=st.sampled_from([0.0, 0.3]),
+       do_scale_param=st.booleans())
+def test_loss_matches_the_official_wrapper_with_and_without_do_scale_param(seed, w, p_drop, do_scale_param):
+    """CFGConfig(scaled=do_scale_param) gives the official code's loss and gradients, recomputed by hand."""
+    torch.manual_seed(seed)
+    n, dim, null = 8, 2, 3
+    F, T = Conditional(dim), Conditional(dim)
+    x0, x1, y = torch.randn(n, dim), torch.randn(n, dim), torch.randint(0, 3, (n,))
+    ts = GapSampler()(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    cfg = CFGConfig(null_class=null, weight=w, label_dropout=p_drop, scaled=do_scale_param)
+    batch = prepare_batch(x0, ts, x1=x1, y=y, cfg=cfg, generator=torch.Generator().manual_seed(seed + 1))
+    assert batch.scaled == do_scale_param
+    ours = tvm_loss(batch, student_forward(F, batch), T, null_class=null)
+    ref, terminal, fm = _official_wrapper_loss(F, T, x0, x1, ts.t, ts.s, ts.s_fm, batch.y, 1 / batch.w, null,
+                                               do_scale_param)
+    torch.testing.assert_close(ours.terminal_per_example, terminal.detach(), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(ours.fm_per_example, fm.detach(), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(ours.loss, ref, rtol=1e-6, atol=1e-9)
+    for a, b in zip(torch.autograd.grad(ours.loss, list(F.parameters())),
+                    torch.autograd.grad(ref, list(F.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_label_dropout_rate_and_random_guidance_range():
     n = 20_000
     x0, y = torch.zeros(n, 1), torch.zeros(n, dtype=torch.long)

@@ -53,6 +53,55 @@ def test_cfg_scaled_parameterization(w, seed):
     torch.testing.assert_close(jump.displacement(x, t, s), f)
 
 
+class _OwnTangent(Conditional):
+    """The same network with its own ``forward_and_ds`` (as the DiT has), computed here by ``torch.func.jvp``."""
+
+    def forward_and_ds(self, x, t, s, y, beta):
+        return torch.func.jvp(lambda s_: self(x, t, s_, y, beta), (s,), (torch.ones_like(s),))
+
+
+@settings(max_examples=10, deadline=None)
+@given(w=st.floats(1.0, 4.0), seed=st.integers(0, 2**16), own=st.booleans())
+def test_cfg_unscaled_parameterization(w, seed, own):
+    """scaled=False: f = (s − t) F(x, t, s, c, 1/w), ∂_s f by central differences, u = F(x, s, s, c, 1/w) — the
+    network is told β = 1/w but its output is not multiplied by w (official ``do_scale_param: false``)."""
+    torch.manual_seed(seed)
+    F = _OwnTangent(3) if own else Conditional(3)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    t, s = torch.rand(4) * 0.5 + 0.5, torch.rand(4) * 0.5
+    beta = torch.full((4,), 1 / w)
+    f, dfds = displacement_and_ds(F, x, t, s, w, scaled=False, y=y)
+    torch.testing.assert_close(f, (s - t)[:, None] * F(x, t, s, y, beta))
+    h = 1e-6
+    fd = ((s + h - t)[:, None] * F(x, t, s + h, y, beta) - (s - h - t)[:, None] * F(x, t, s - h, y, beta)) / (2 * h)
+    torch.testing.assert_close(dfds, fd, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(velocity(F, x, s, w, scaled=False, y=y), F(x, s, s, y, beta))
+    jump = NetworkJump(F, w, scaled=False, y=y)
+    torch.testing.assert_close(jump.displacement(x, t, s), f)
+    torch.testing.assert_close(jump.displacement_and_ds(x, t, s)[1], dfds)
+    if w > 1.01:  # the switch changes the output by the factor w
+        scaled = displacement(F, x, t, s, w, y=y)
+        torch.testing.assert_close(scaled, w * f)
+
+
+@settings(max_examples=6, deadline=None)
+@given(w=st.floats(1.0, 3.0), n_steps=st.integers(1, 4), scaled=st.booleans(), seed=st.integers(0, 2**16))
+def test_few_step_sampler_follows_the_official_generator(w, n_steps, scaled, seed):
+    """The official generate_images.generator_fn: x ← x + (t_{k+1} − t_k)·F(x, t_k, t_{k+1}, c, 1/w)·out with
+    out = w if do_scale_param else 1, on t = linspace(1, 0, N + 1) (float64)."""
+    from tvm_theory.sampling import sample_few_step
+
+    torch.manual_seed(seed)
+    F = Conditional(3)
+    x1, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0])
+    ours = sample_few_step(NetworkJump(F, w, scaled=scaled, y=y), x1, n_steps)
+    grid, x, beta = torch.linspace(1, 0, n_steps + 1, dtype=torch.float64), x1.clone(), torch.full((5,), 1 / w)
+    with torch.no_grad():
+        for t_cur, t_next in zip(grid[:-1], grid[1:]):
+            x = x + (t_next - t_cur) * F(x, t_cur.expand(5), t_next.expand(5), y, beta) * (w if scaled else 1.0)
+    torch.testing.assert_close(ours, x)
+
+
 def test_gradient_reaches_parameters_through_the_tangent():
     torch.manual_seed(0)
     F = MLP(2, 8, 1, 4)

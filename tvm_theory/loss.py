@@ -16,6 +16,9 @@ Practical loss, in three steps so that the student's part can run inside a DDP-w
     fm_i       = (1/w_i²) · mean_dims ‖u_θ(x_{s′}, s′, c, w) − [w v + (1 − w) u_tgt(x_{s′}, s′, ∅, 1)]‖²;
     loss       = mean_i (terminal_i + fm_i).
 
+Here f_θ, ∂_s f_θ and u_θ are read from the network in the scaled parameterization (u_θ = w·F_θ, the default) or,
+with ``CFGConfig(scaled=False)``, the unscaled one (u_θ = F_θ; docs/THEORY.md §2); the targets and the weights 1/w²
+are the same in both, as in the official code with and without ``do_scale_param``.
 Without guidance (``cfg=None``) w ≡ 1, no β or label is passed and the flow-matching target is v.
 """
 from __future__ import annotations
@@ -39,12 +42,14 @@ class CFGConfig:
     weight_range: (w_min, w_max) for random guidance, β = 1/w ~ U(1/w_max, 1/w_min).
     label_dropout: probability that a label is replaced by ``null_class`` (and its w set to 1).
     null_class: the label index of the unconditional ("null") class.
+    scaled: the scaled parameterization u_θ = w·F_θ(·, β = 1/w) (True) or the unscaled u_θ = F_θ(·, β = 1/w).
     """
 
     null_class: int
     weight: float = 1.0
     weight_range: tuple[float, float] | None = None
     label_dropout: float = 0.1
+    scaled: bool = True
 
     def __post_init__(self):
         if not self.weight >= 1.0:
@@ -70,6 +75,7 @@ class TVMBatch:
     v: Tensor
     w: Tensor | None = None  # None: plain parameterization
     y: Tensor | None = None  # labels after dropout
+    scaled: bool = True  # with w: u_θ = w·F_θ (scaled) or F_θ (unscaled), docs/THEORY.md §2
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,8 @@ def prepare_batch(x0: Tensor, times: TimeSample, *, x1: Tensor | None = None, y:
         w = torch.where(drop, torch.ones_like(w), w)
     elif y is not None:
         raise ValueError("y: labels were given but cfg is None; pass a CFGConfig for class conditioning")
-    return TVMBatch(x_t=x_t, t=times.t, s=times.s, x_fm=x_fm, s_fm=times.s_fm, v=x1 - x0, w=w, y=y)
+    return TVMBatch(x_t=x_t, t=times.t, s=times.s, x_fm=x_fm, s_fm=times.s_fm, v=x1 - x0, w=w, y=y,
+                    scaled=cfg is None or cfg.scaled)
 
 
 def _check_batch(x0: Tensor, x1: Tensor, times: TimeSample) -> None:
@@ -154,8 +161,8 @@ def student_forward(F: Network, batch: TVMBatch) -> StudentOutput:
     This is the function a distributed trainer calls inside its DDP-wrapped module's forward.
     """
     cond = _cond(batch.y)
-    f, dfds = displacement_and_ds_of(F, batch.x_t, batch.t, batch.s, batch.w, cond)
-    u_fm = guided_call(F, batch.x_fm, batch.s_fm, batch.s_fm, batch.w, cond)  # u_θ(x_{s′}, s′)
+    f, dfds = displacement_and_ds_of(F, batch.x_t, batch.t, batch.s, batch.w, cond, batch.scaled)
+    u_fm = guided_call(F, batch.x_fm, batch.s_fm, batch.s_fm, batch.w, cond, batch.scaled)  # u_θ(x_{s′}, s′)
     return StudentOutput(f=f, dfds=dfds, u_fm=u_fm)
 
 
@@ -168,11 +175,12 @@ def tvm_loss(batch: TVMBatch, student: StudentOutput, F_target: Network, *, null
         else:
             if null_class is None:
                 raise ValueError("null_class: required for the guided flow-matching target (cfg is set)")
-            # One call of the target on both inputs: (x̂_s, s, c, w) and (x_{s′}, s′, ∅, w = 1).
+            # One call of the target on both inputs: (x̂_s, s, c, w) and (x_{s′}, s′, ∅, w = 1) (at w = 1 the
+            # scaled and unscaled velocities agree).
             n, s_both = x_hat.shape[0], torch.cat([batch.s, batch.s_fm])
             u = guided_call(F_target, torch.cat([x_hat, batch.x_fm]), s_both, s_both,
                             torch.cat([batch.w, torch.ones_like(batch.w)]),
-                            {"y": torch.cat([batch.y, torch.full_like(batch.y, null_class)])})
+                            {"y": torch.cat([batch.y, torch.full_like(batch.y, null_class)])}, batch.scaled)
             u_terminal, u_uncond = u[:n], u[n:]
             we = expand_like(batch.w, batch.v)
             fm_target = we * batch.v + (1 - we) * u_uncond

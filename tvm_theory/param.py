@@ -6,9 +6,12 @@ A network ``F(x, t, s, **cond)`` takes a batch x of shape (B, ...) and times t, 
 * velocity       u_θ(x, s)    = F_θ(x, s, s);
 * ∂_s f_θ        = F_θ + (s − t) ∂_s F_θ, one forward-mode JVP with tangent 1 on s and 0 on x and t.
 
-Scaled (CFG) parameterization, with guidance weight w ≥ 1 (a float or a (B,) tensor): the network also receives
-β = 1/w as the keyword ``beta`` and f_θ = (s − t) · w · F_θ(x, t, s, c, β), u_θ = w · F_θ(x, s, s, c, β).
-``w=None`` means the plain parameterization (no ``beta`` keyword is passed).
+Guidance, with weight w ≥ 1 (a float or a (B,) tensor): the network also receives β = 1/w as the keyword ``beta``.
+In the scaled (CFG) parameterization (``scaled=True``, the default; the official configs' ``do_scale_param: true``)
+f_θ = (s − t) · w · F_θ(x, t, s, c, β) and u_θ = w · F_θ(x, s, s, c, β); unscaled (``scaled=False``, the official
+code with ``do_scale_param: false``) f_θ = (s − t) · F_θ(x, t, s, c, β) and u_θ = F_θ(x, s, s, c, β), so the network
+itself outputs the guided velocity, of size ~w (docs/THEORY.md §2). ``w=None`` means the plain parameterization (no
+``beta`` keyword is passed; ``scaled`` has no effect).
 
 ∂_s F comes from ``torch.func.jvp``, unless the network has a method ``forward_and_ds(x, t, s, **cond)`` returning
 (F, ∂_s F) computed another way (the DiT carries its tangent by hand, ``full_scale.model.dit``); its tests check it
@@ -40,56 +43,64 @@ def guidance_weights(w: float | Tensor | None, x: Tensor) -> Tensor | None:
     return w
 
 
-def guided_call(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict) -> Tensor:
-    """w · F(x, t, s, c, β = 1/w), or F(x, t, s, c) in the plain parameterization."""
+def guided_call(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict,
+                scaled: bool = True) -> Tensor:
+    """G = w · F(x, t, s, c, β = 1/w) (scaled), F(x, t, s, c, β = 1/w) (unscaled), or F(x, t, s, c) when w is None:
+    the velocity the parameterization reads from the network (docs/THEORY.md §2)."""
     if w is None:
         return F(x, t, s, **cond)
-    return expand_like(w, x) * F(x, t, s, beta=1.0 / w, **cond)
+    out = F(x, t, s, beta=1.0 / w, **cond)
+    return expand_like(w, x) * out if scaled else out
 
 
-def displacement(F: Network, x: Tensor, t, s, w=None, **cond) -> Tensor:
-    """f_θ(x, t, s) = (s − t) · [w ·] F_θ(x, t, s, [c, 1/w]) (docs/THEORY.md §2). Satisfies f_θ(x, t, t) = 0."""
+def displacement(F: Network, x: Tensor, t, s, w=None, *, scaled: bool = True, **cond) -> Tensor:
+    """f_θ(x, t, s) = (s − t) · G, G = [w ·] F_θ(x, t, s, [c, 1/w]) (w only when ``scaled``; docs/THEORY.md §2).
+    Satisfies f_θ(x, t, t) = 0."""
     t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
-    return expand_like(s - t, x) * guided_call(F, x, t, s, w, cond)
+    return expand_like(s - t, x) * guided_call(F, x, t, s, w, cond, scaled)
 
 
-def guided_call_and_ds(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict
-                       ) -> tuple[Tensor, Tensor]:
-    """(G, ∂_s G) for G(s) = [w ·] F(x, t, s, [c, 1/w]): one forward-mode JVP in s (tangent 1 on s, 0 on x and t),
-    or the network's own ``forward_and_ds``. t, s, w already validated (B,) tensors."""
+def guided_call_and_ds(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict,
+                       scaled: bool = True) -> tuple[Tensor, Tensor]:
+    """(G, ∂_s G) for G(s) = [w ·] F(x, t, s, [c, 1/w]) (w only when ``scaled``): one forward-mode JVP in s
+    (tangent 1 on s, 0 on x and t), or the network's own ``forward_and_ds``. t, s, w already validated (B,) tensors."""
     own = getattr(F, "forward_and_ds", None)
     if own is None:
-        return torch.func.jvp(lambda s_: guided_call(F, x, t, s_, w, cond), (s,), (torch.ones_like(s),))
+        return torch.func.jvp(lambda s_: guided_call(F, x, t, s_, w, cond, scaled), (s,), (torch.ones_like(s),))
     if w is None:
         return own(x, t, s, **cond)
     value, ds = own(x, t, s, beta=1.0 / w, **cond)
+    if not scaled:
+        return value, ds
     we = expand_like(w, x)
     return we * value, we * ds
 
 
-def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, **cond) -> tuple[Tensor, Tensor]:
+def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, *, scaled: bool = True, **cond
+                        ) -> tuple[Tensor, Tensor]:
     """(f_θ(x, t, s), ∂_s f_θ(x, t, s)) from one JVP of the network in s (docs/THEORY.md §2):
 
-    f_θ = (s − t) G, ∂_s f_θ = G + (s − t) ∂_s G, G = [w ·] F_θ(x, t, s, [c, 1/w]).
+    f_θ = (s − t) G, ∂_s f_θ = G + (s − t) ∂_s G, G = [w ·] F_θ(x, t, s, [c, 1/w]) (w only when ``scaled``).
     Gradients flow through both outputs, the tangent included (§3, item 2).
     """
     t, s, w = as_batch_time("t", t, x), as_batch_time("s", s, x), guidance_weights(w, x)
-    return displacement_and_ds_of(F, x, t, s, w, cond)
+    return displacement_and_ds_of(F, x, t, s, w, cond, scaled)
 
 
-def displacement_and_ds_of(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict
-                           ) -> tuple[Tensor, Tensor]:
+def displacement_and_ds_of(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict,
+                           scaled: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`displacement_and_ds` for (B,) tensors t, s, w that the caller has validated: no checks, so no host
     synchronisation (the training loss validates its batch once, in ``tvm_theory.loss.prepare_batch``)."""
-    value, ds = guided_call_and_ds(F, x, t, s, w, cond)
+    value, ds = guided_call_and_ds(F, x, t, s, w, cond, scaled)
     gap = expand_like(s - t, x)
     return gap * value, value + gap * ds
 
 
-def velocity(F: Network, x: Tensor, s, w=None, **cond) -> Tensor:
-    """u_θ(x, s) = [w ·] F_θ(x, s, s, [c, 1/w]) — the model's instantaneous velocity (docs/THEORY.md §2)."""
+def velocity(F: Network, x: Tensor, s, w=None, *, scaled: bool = True, **cond) -> Tensor:
+    """u_θ(x, s) = [w ·] F_θ(x, s, s, [c, 1/w]) (w only when ``scaled``) — the model's instantaneous velocity
+    (docs/THEORY.md §2)."""
     s, w = as_batch_time("s", s, x), guidance_weights(w, x)
-    return guided_call(F, x, s, s, w, cond)
+    return guided_call(F, x, s, s, w, cond, scaled)
 
 
 class JumpModel(Protocol):
@@ -106,16 +117,17 @@ class JumpModel(Protocol):
 
 
 class NetworkJump:
-    """A network F bound to a guidance weight and conditioning, seen as a :class:`JumpModel`."""
+    """A network F bound to a guidance weight, its parameterization (``scaled``) and conditioning, seen as a
+    :class:`JumpModel`."""
 
-    def __init__(self, F: Network, w: float | Tensor | None = None, **cond):
-        self.F, self.w, self.cond = F, w, cond
+    def __init__(self, F: Network, w: float | Tensor | None = None, *, scaled: bool = True, **cond):
+        self.F, self.w, self.scaled, self.cond = F, w, scaled, cond
 
     def displacement(self, x, t, s):
-        return displacement(self.F, x, t, s, self.w, **self.cond)
+        return displacement(self.F, x, t, s, self.w, scaled=self.scaled, **self.cond)
 
     def displacement_and_ds(self, x, t, s):
-        return displacement_and_ds(self.F, x, t, s, self.w, **self.cond)
+        return displacement_and_ds(self.F, x, t, s, self.w, scaled=self.scaled, **self.cond)
 
     def velocity(self, x, s):
-        return velocity(self.F, x, s, self.w, **self.cond)
+        return velocity(self.F, x, s, self.w, scaled=self.scaled, **self.cond)
