@@ -19,7 +19,7 @@ from tvm_theory.param import NetworkJump
 
 FAST = ["train.steps=6", "checkpoint.every=3", "log.every=3"]
 VERIFY = dict(samples=32, nfe=[1, 2], pot_samples=32, n_projections=32, gelbrich_boot=3, n_boot=20,
-              theorem_samples=4, points=3, lip_probes=2, lip_iters=3, sens_samples=2, sens_nodes=1, ode_steps=4,
+              theorem_samples=4, points=3, lip_probes=2, lip_iters=3, sens_samples=2, sens_nodes=1, sens_rtol=1e-2,
               device="cpu")
 
 
@@ -127,7 +127,7 @@ def test_the_gpu_study_runs_at_tiny_size(tmp_path):
     study = analytic_study.main([
         "--out", str(tmp_path), "--preset", "analytic-tiny", "--variants", "guided", "--train-seconds", "1.5",
         "--checkpoints", "2", "--samples", "16", "--nfe", "1", "--theorem-samples", "2", "--sens-samples", "2",
-        "--sens-nodes", "1", "--ode-steps", "2", "--lip-probes", "2", "--pot-samples", "16",
+        "--sens-nodes", "1", "--sens-rtol", "1e-2", "--lip-probes", "2", "--pot-samples", "16",
         "--set", "train.steps=100000"])
     v = study["variants"]["guided"]
     assert v["train_summary"]["stopped_by"] == "sigterm"  # stopped by the wall clock, not by train.steps

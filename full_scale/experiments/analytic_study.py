@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
     p.add_argument("--theorem-samples", type=int, default=64)
     p.add_argument("--sens-samples", type=int, default=8)
     p.add_argument("--sens-nodes", type=int, default=4)
-    p.add_argument("--ode-steps", type=int, default=48)
+    p.add_argument("--sens-rtol", type=float, default=1e-3)
     p.add_argument("--lip-probes", type=int, default=8)
     p.add_argument("--pot-samples", type=int, default=500)
     p.add_argument("--gelbrich-boot", type=int, default=10)
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     verify_kwargs = dict(samples=a.samples, nfe=[int(v) for v in a.nfe.split(",")], theorem_samples=a.theorem_samples,
-                         sens_samples=a.sens_samples, sens_nodes=a.sens_nodes, ode_steps=a.ode_steps,
+                         sens_samples=a.sens_samples, sens_nodes=a.sens_nodes, sens_rtol=a.sens_rtol,
                          lip_probes=a.lip_probes, pot_samples=a.pot_samples, gelbrich_boot=a.gelbrich_boot,
                          theorem=a.theorem)
     study_path = out / "study.json"

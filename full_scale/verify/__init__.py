@@ -188,7 +188,7 @@ def local_lipschitz_profile(jump: FlatJump, ref: ConditionedLowRank, x1: torch.T
 
 
 def theorem_terms(model, target: Target, n_steps: int, weight: float | None, *, n_th: int, points: int,
-                  n_lip: int, lip_iters: int, n_sens: int, sens_nodes: int, ode_steps: int, seed: int) -> dict:
+                  n_lip: int, lip_iters: int, n_sens: int, sens_nodes: int, sens_rtol: float, seed: int) -> dict:
     """docs/THEORY.md §10 on the first ``n_th`` draws: the few-step report with the local L, the true field's L, and
     the directional sensitivity profile on the first ``n_sens`` (module docstring)."""
     lab = target.labels
@@ -207,7 +207,7 @@ def theorem_terms(model, target: Target, n_steps: int, weight: float | None, *, 
                               generator=stream(seed, "B samples"), n_boot=100, seed=seed)
         ref_s = ConditionedLowRank(target.bed, sub(n_sens), w)
         sens = directional_sensitivity(FlatJump(model, sub(n_sens), weight), ref_s.velocity, x1[:n_sens], grid,
-                                       target.z0[:n_sens], n_nodes=sens_nodes, ode_steps=ode_steps,
+                                       target.z0[:n_sens], n_nodes=sens_nodes, rtol=sens_rtol,
                                        u_jvp=ref_s.velocity_jvp)
     out = rep.to_dict()
     out["profiles"] = {"s": [[float(v) for v in p] for p in rep.pieces], "A": [[float(v) for v in a] for a in rep.A],
@@ -234,7 +234,7 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
            nfe=(1, 2, 4), guidance: float | None = None, seed: int = 0, device: str | None = None,
            batch_size: int = 256, pot_samples: int = 1000, n_projections: int = 256, gelbrich_boot: int = 20,
            n_boot: int = 200, theorem: str = "all", theorem_samples: int = 32, points: int = 5, lip_probes: int = 8,
-           lip_iters: int = 10, sens_samples: int = 8, sens_nodes: int = 2, ode_steps: int = 16,
+           lip_iters: int = 10, sens_samples: int = 8, sens_nodes: int = 2, sens_rtol: float = 1e-3,
            figures: bool = True) -> dict:
     """Verify the checkpoints of an analytic run (module docstring); returns the report written to OUT/verify.json.
 
@@ -271,7 +271,7 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
     settings = {"pot_samples": target.floors["n_pot"], "n_projections": n_projections, "gelbrich_boot": gelbrich_boot,
                 "n_boot": n_boot, "theorem_at": theorem, "theorem_samples": theorem_samples,
                 "points_per_jump": points, "lip_probes": lip_probes, "lip_iters": lip_iters,
-                "sens_samples": sens_samples, "sens_nodes": sens_nodes, "ode_steps": ode_steps,
+                "sens_samples": sens_samples, "sens_nodes": sens_nodes, "sens_rtol": sens_rtol,
                 "sampler_precision": "fp32"}
     entries = []
     out.mkdir(parents=True, exist_ok=True)
@@ -294,7 +294,7 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
         if theorem == "all" or (theorem == "last" and path == paths[-1]):
             entry["theorem"] = theorem_terms(model, target, n_steps, weight, n_th=theorem_samples, points=points,
                                              n_lip=lip_probes, lip_iters=lip_iters, n_sens=sens_samples,
-                                             sens_nodes=sens_nodes, ode_steps=ode_steps, seed=seed)
+                                             sens_nodes=sens_nodes, sens_rtol=sens_rtol, seed=seed)
         entries[-1]["nfe"][str(n_steps)] = entry
         write(complete=False)
     report = write(complete=True)
@@ -357,7 +357,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lip-iters", type=int, default=10, help="power iterations of the local L")
     p.add_argument("--sens-samples", type=int, default=8, help="draws for the directional sensitivity profile")
     p.add_argument("--sens-nodes", type=int, default=2, help="Gauss–Legendre nodes per jump (and twice as many)")
-    p.add_argument("--ode-steps", type=int, default=16, help="RK4 steps of each tangent solve")
+    p.add_argument("--sens-rtol", type=float, default=1e-3, help="tolerance of each adaptive tangent solve")
     return p.parse_args(argv)
 
 
@@ -367,4 +367,4 @@ def main(argv=None) -> dict:
                   device=a.device, batch_size=a.batch_size, pot_samples=a.pot_samples, gelbrich_boot=a.gelbrich_boot,
                   theorem=a.theorem, theorem_samples=a.theorem_samples, points=a.points,
                   lip_probes=a.lip_probes, lip_iters=a.lip_iters, sens_samples=a.sens_samples,
-                  sens_nodes=a.sens_nodes, ode_steps=a.ode_steps)
+                  sens_nodes=a.sens_nodes, sens_rtol=a.sens_rtol)

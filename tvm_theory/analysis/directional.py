@@ -8,15 +8,16 @@ the TRUE field ρ(σ) = ∂_s f_θ(X_k, t_k, σ) − u(y(σ), σ), the Alekseev�
 :mod:`tvm_theory.analysis.sensitivity` and ``fewstep.few_step_sensitivity`` form the whole Jacobian ∂_xψ (D forward
 tangents per sample), which is out of reach at D = 4096. Only the product ∂_xψ ρ enters the directional form, and it
 is one forward tangent: the solution at r = 0 of dz/dr = u(z, r), dv/dr = ∂_x u(z, r) v from (y(σ), ρ(σ)) at r = σ
-(RK4 with ``ode_steps`` steps, ∂_x u v by ``torch.func.jvp``; error by Richardson against half the steps). The
+(adaptive Dormand–Prince on the pair, ∂_x u v in closed form or by ``torch.func.jvp``; error = distance to a 10×
+tighter solve). The
 σ-integral is Gauss–Legendre on each jump with m and 2m nodes (error = their difference).
 
 What it is: a diagnostic, not a certificate (docs/THEORY.md §6.1): it needs the true u and ψ, with which the error
 itself is known; it shows *when* along the path the error is made (‖ρ(σ)‖) and how much the true flow amplifies it
 on the way to σ = 0 (‖∂_xψ ρ‖ / ‖ρ‖). The identity residual checks the numerics.
 
-API: ``flow_jvp(u, y, sigma, v, n_steps, u_jvp=None) -> (ψ(y, σ, 0), ∂_xψ(y, σ, 0) v)``;
-``directional_sensitivity(model, u, x1, grid, z0, *, n_nodes=4, ode_steps=32, u_jvp=None) -> DirectionalSensitivity``.
+API: ``flow_jvp(u, y, sigma, v, *, rtol, atol, u_jvp=None) -> (ψ(y, σ, 0), ∂_xψ(y, σ, 0) v, its error per row)``;
+``directional_sensitivity(model, u, x1, grid, z0, *, n_nodes=4, rtol=1e-4, u_jvp=None) -> DirectionalSensitivity``.
 ``u(x, s)`` and the model are always called on the n rows of x1 (s of shape (n,)), so per-row conditioning stays
 aligned.
 """
@@ -33,6 +34,7 @@ from torch import Tensor
 from ..checks import check_finite
 from ..param import JumpModel
 from .fewstep import check_time_grid, sampler_states
+from .ode import odeint_with_error
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,29 +42,25 @@ Field = Callable[[Tensor, Tensor], Tensor]
 TangentField = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def flow_jvp(u: Field, y: Tensor, sigma: float, v: Tensor, n_steps: int, u_jvp: TangentField | None = None
-             ) -> tuple[Tensor, Tensor]:
-    """(ψ(y, σ, 0), ∂_xψ(y, σ, 0) v) by RK4 on the flow and its tangent from r = σ down to 0 in ``n_steps`` steps.
+def flow_jvp(u: Field, y: Tensor, sigma: float, v: Tensor, *, rtol: float = 1e-4, atol: float = 1e-4,
+             u_jvp: TangentField | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(ψ(y, σ, 0), ∂_xψ(y, σ, 0) v, per-sample error of the latter) from the augmented ODE
+    d(z, v)/dr = (u(z, r), ∂_x u(z, r) v), solved from r = σ down to 0 by the adaptive Dormand–Prince of
+    :mod:`tvm_theory.analysis.ode` (error control on every coordinate of z and v, so a steep field takes small steps
+    instead of going unstable); the error is the distance of the pair (z, v) to a 10× tighter solve.
 
     ``u_jvp(x, s, v) -> (u(x, s), ∂_x u(x, s) v)`` if the field has one in closed form (faster than autodiff);
     otherwise ``torch.func.jvp`` of ``u``."""
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps: expected a positive int, got {n_steps!r}")
+    d = y.shape[1]
 
-    def _drift(z, tan, r):
-        return u_jvp(z, r, tan) if u_jvp is not None else torch.func.jvp(lambda zz: u(zz, r), (z,), (tan,))
-    h = -float(sigma) / n_steps
-    z, tan = y, v
-    full = lambda r: torch.full((y.shape[0],), max(r, 0.0), dtype=y.dtype, device=y.device)  # noqa: E731
-    for k in range(n_steps):
-        r = float(sigma) * (1 - k / n_steps)
-        k1 = _drift(z, tan, full(r))
-        k2 = _drift(z + 0.5 * h * k1[0], tan + 0.5 * h * k1[1], full(r + 0.5 * h))
-        k3 = _drift(z + 0.5 * h * k2[0], tan + 0.5 * h * k2[1], full(r + 0.5 * h))
-        k4 = _drift(z + h * k3[0], tan + h * k3[1], full(r + h))
-        z = z + h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
-        tan = tan + h / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
-    return z, tan
+    def field(state: Tensor, r: float) -> Tensor:
+        z, tan = state[:, :d], state[:, d:]
+        rr = torch.full((z.shape[0],), min(max(r, 0.0), 1.0), dtype=z.dtype, device=z.device)
+        out = u_jvp(z, rr, tan) if u_jvp is not None else torch.func.jvp(lambda zz: u(zz, rr), (z,), (tan,))
+        return torch.cat(out, dim=1)
+
+    sol = odeint_with_error(field, torch.cat([y, v], dim=1), float(sigma), 0.0, rtol=rtol, atol=atol)
+    return sol.x[:, :d], sol.x[:, d:], sol.err  # the error of the pair bounds that of the tangent
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ class DirectionalSensitivity:
     paired_rmse: RMS of ‖X_N − z0‖; identity_rel: ‖X_N − z0 + ∫∂_xψ ρ‖_rms / paired_rmse;
     core: RMS of ∫‖ρ‖ dσ (no amplification); per_jump: RMS of each jump's share of ``bound``;
     sigma, profile_jrho, profile_rho: the 2m-node σ's and the RMS of ‖∂_xψ ρ‖ and ‖ρ‖ there (the profile);
-    quad_err: |2m-node − m-node| of ``bound``; ode_err: Richardson estimate of the RK4 error of ``bound``.
+    quad_err: |2m-node − m-node| of ``bound``; ode_err: Σ_nodes weight × the largest tangent-solve error there.
     """
 
     bound: float
@@ -91,9 +89,10 @@ class DirectionalSensitivity:
         return dict(self.__dict__)
 
 
-def _jump_nodes(model: JumpModel, u: Field, x: Tensor, tk: float, lo: float, hi: float, m: int, ode_steps: int,
+def _jump_nodes(model: JumpModel, u: Field, x: Tensor, tk: float, lo: float, hi: float, m: int, rtol: float,
                 u_jvp: TangentField | None):
-    """Per node σ_j of m-point Gauss–Legendre on [lo, hi]: weights, ∂_xψ ρ (n, D), ‖ρ‖ (n,), RK4 error of ‖∂_xψ ρ‖."""
+    """Per node σ_j of m-point Gauss–Legendre on [lo, hi]: weights, ∂_xψ ρ (n, D), ‖ρ‖ (n,), the largest ODE error
+    of ∂_xψ ρ over the samples."""
     nodes, weights = leggauss(m)
     sig = 0.5 * (hi - lo) * nodes + 0.5 * (hi + lo)
     wts = 0.5 * (hi - lo) * weights
@@ -104,22 +103,21 @@ def _jump_nodes(model: JumpModel, u: Field, x: Tensor, tk: float, lo: float, hi:
         f, dfds = model.displacement_and_ds(x, torch.full_like(ss, tk), ss)
         y = (x + f).detach()
         rho = (dfds - u(y, ss)).detach()
-        _, jr = flow_jvp(u, y, sj, rho, ode_steps, u_jvp)
-        _, jr_half = flow_jvp(u, y, sj, rho, max(1, ode_steps // 2), u_jvp)
-        err = float(((jr.norm(dim=1) - jr_half.norm(dim=1)).abs() / 15).max())
-        out.append((sj, wj, jr.detach(), rho.norm(dim=1), err))
+        _, jr, err = flow_jvp(u, y, sj, rho, rtol=rtol, atol=rtol, u_jvp=u_jvp)
+        out.append((sj, wj, jr.detach(), rho.norm(dim=1), float(err.max())))
     return out
 
 
 def directional_sensitivity(model: JumpModel, u: Field, x1: Tensor, grid, z0: Tensor, *, n_nodes: int = 4,
-                            ode_steps: int = 32, u_jvp: TangentField | None = None) -> DirectionalSensitivity:
+                            rtol: float = 1e-4, u_jvp: TangentField | None = None) -> DirectionalSensitivity:
     """The directional Alekseev–Gröbner diagnostic for the sampler on ``grid`` (module docstring).
 
     Args:
         model: a :class:`~tvm_theory.param.JumpModel` on (n, D) tensors.
         u: the TRUE field u(x, s) (s of shape (n,)), differentiable by ``torch.func.jvp`` in x.
         x1: (n, D) noise; z0: (n, D) reference ψ(x1, 1, 0) from an independent tight solve.
-        n_nodes: m, Gauss–Legendre nodes per jump (2m are used, m for the error); ode_steps: RK4 steps per solve.
+        n_nodes: m, Gauss–Legendre nodes per jump (2m are used, m for the error).
+        rtol: tolerance (relative and absolute) of each tangent solve (:func:`flow_jvp`).
         u_jvp: (u, ∂_x u v) of the true field in closed form, if it has one (see :func:`flow_jvp`).
     """
     check_finite("x1", x1)
@@ -139,7 +137,7 @@ def directional_sensitivity(model: JumpModel, u: Field, x1: Tensor, grid, z0: Te
         total = torch.zeros_like(core)
         for k in range(len(grid) - 1):
             share = torch.zeros_like(core)
-            for sj, wj, jr, rn, err in _jump_nodes(model, u, xs[k], grid[k], grid[k + 1], grid[k], m, ode_steps,
+            for sj, wj, jr, rn, err in _jump_nodes(model, u, xs[k], grid[k], grid[k + 1], grid[k], m, rtol,
                                                           u_jvp):
                 share += wj * jr.norm(dim=1)
                 if m == 2 * n_nodes:
