@@ -219,3 +219,12 @@ def test_call_errors_name_the_argument():
         bed.velocity(torch.zeros(2, 4, dtype=F64), 0.5)
     with pytest.raises(ValueError, match="t: expected"):
         bed.flow(x, 1.5, 0.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 10_000), tau=st.floats(0.05, 1.0), t=st.floats(0.0, 1.0))
+def test_class_variance_matches_dense(shape, seed, tau, t):
+    k, d, r = shape
+    p = params(seed, k, d, r, tau)
+    got, want = LowRankGaussianMixture(*p).class_cond_variance(t), Dense(*p).cond_variance_class(t)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-9)
