@@ -2,8 +2,9 @@
 
 The defaults are the paper's ImageNet 256×256 recipe (docs/ANCHORS.md): TVM-XL/2 with 18 heads of 64 and every
 docs/THEORY.md §8 change, SD-VAE latents 4×32×32, batch 2048, 300K iterations, AdamW lr 1e-4 with β = (0.9, 0.95),
-bf16, target EMA 0.99, evaluation EMA 0.9999, the gap* time sampler, label dropout 0.1, constant guidance w = 2.
-A preset (``full_scale/configs/{name}.yaml``) states only what differs from these defaults; command-line overrides
+bf16, target EMA 0.99, evaluation EMA 0.9999, the gap* time sampler, label dropout 0.1, constant guidance w = 2 in
+the scaled parameterization (the official configs/im256_w2.yaml; docs/IMAGENET.md compares every setting). A preset
+(``full_scale/configs/{name}.yaml``) states only what differs from these defaults; command-line overrides
 ``section.key=value`` (the value parsed as YAML) come last::
 
     cfg = load_config("tiny-digits", ["train.lr=3e-4", "sample.nfe=[1,8]"])
@@ -52,7 +53,7 @@ class ModelConfig:
     rms_norm: bool = True             # §8.2 parameter-free RMSNorm instead of LayerNorm
     mod_norm: bool = True             # §8.3 RMS-normalized adaLN modulation
     spectral_init: bool = True        # §8.4 attention/MLP/patch linears start at Xavier / σ_max
-    spectral_init_time: bool = True   # the same for the t, gap and β embedding MLPs
+    spectral_init_time: bool = True   # the same for the t, gap and β embedding MLPs (official time_specinit)
     spectral_norm: bool = False       # true spectral normalization during training (ablation only)
     attention_backend: str = "auto"   # kernels.attention: auto (Triton on CUDA) | triton | reference
 

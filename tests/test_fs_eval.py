@@ -345,3 +345,47 @@ def test_torchrun_two_ranks_give_the_single_process_numbers(pipeline, inception_
     got, want = json.loads((tmp_path / "fid.json").read_text()), expected_numbers(features)
     for key in ("fid", "inception_score"):
         assert got[key] == pytest.approx(want[key], rel=1e-5)
+
+
+def test_reference_statistics_in_both_forms(pipeline, inception_file, features, tmp_path, capsys):
+    """stats on the prepared training crops (dataset statistics) written as edm2's .pkl and as an .npz; fid reads
+    both to the same number, says which form it used, and a .pkl that is not plain arrays is refused."""
+    import pickle
+
+    from full_scale.evaluation.scoring import load_reference_stats
+    from full_scale.evaluation.scoring import main as evaluate_main
+
+    root = pipeline[0]
+    fr = features[2]  # the features of the prepared crops (root / "data"), computed independently
+    for suffix in (".pkl", ".npz"):
+        out = tmp_path / f"ref{suffix}"
+        evaluate_main(["stats", "--images", str(root / "data"), "--inception", str(inception_file), "--out", str(out)])
+        mu, sigma, form = load_reference_stats(out)
+        np.testing.assert_allclose(mu, fr.mean(0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(sigma, np.cov(fr, rowvar=False), rtol=1e-6, atol=1e-9)
+        assert form == {".pkl": "dataset statistics (edm2 .pkl)", ".npz": "mu/sigma .npz"}[suffix]
+    with open(tmp_path / "ref.pkl", "rb") as f:  # edm2's layout, readable by edm2's own load_stats (pickle)
+        stored = pickle.load(f)
+    assert set(stored) == {"fid", "num_images"} and stored["num_images"] == len(fr)
+    results = []
+    for ref in ("ref.pkl", "ref.npz"):
+        evaluate_main(["fid", "--samples", str(root / "samples.npz"), "--ref", str(tmp_path / ref), "--inception",
+                       str(inception_file), "--splits", "2"])
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["fid"] == pytest.approx(results[1]["fid"], rel=1e-9)
+    assert results[0]["fid"] == pytest.approx(expected_numbers(features)["fid"], rel=1e-6)
+    assert [r["ref_form"] for r in results] == ["dataset statistics (edm2 .pkl)", "mu/sigma .npz"]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"fid": {"mu": Evil()}}))
+    with pytest.raises(ValueError, match="evil.pkl is not edm2-style.*system is not a numpy array part"):
+        load_reference_stats(tmp_path / "evil.pkl")
+    (tmp_path / "nofid.pkl").write_bytes(pickle.dumps({"mu": np.zeros(2)}))
+    with pytest.raises(ValueError, match="nofid.pkl is not edm2-style.*KeyError"):
+        load_reference_stats(tmp_path / "nofid.pkl")
+    with pytest.raises(ValueError, match="out: expected a .pkl"):
+        evaluate_main(["stats", "--images", str(root / "data"), "--inception", str(inception_file), "--out",
+                       str(tmp_path / "ref.json")])

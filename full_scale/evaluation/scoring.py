@@ -5,20 +5,33 @@ Commands (each runs on one process or under ``torchrun``, the images split into 
     python -m full_scale.evaluation decode --latents samples.safetensors --vae stabilityai/sd-vae-ft-ema \\
         --latent-stats paper256 --out samples.npz          # ADM batch: arr_0 uint8 (N, H, W, 3), arr_1 labels
     python -m full_scale.evaluation export --images DIR --out samples.npz    # a folder of PNG/JPEG → ADM batch
-    python -m full_scale.evaluation stats --images REF --out ref_stats.npz   # mu, sigma (ADM's keys)
-    python -m full_scale.evaluation fid --samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out fid.json
+    python -m full_scale.evaluation stats --images /data/in256 --out in256.pkl  # dataset statistics (edm2 form)
+    python -m full_scale.evaluation fid --samples samples.npz --ref in256.pkl --out fid.json
 
 Image inputs (``--images``, ``--samples``, ``--ref``) are an ADM ``.npz`` (``arr_0``), a folder of images, or a
-folder of ``.npz`` batches (e.g. ``prepare --images``'s ``images-*.npz``); ``--ref`` may also be an ``.npz`` with
-``mu`` and ``sigma`` (ADM's reference batches carry both; the statistics are then used as they are). The numbers
-of record remain those of ADM's TensorFlow evaluator run on the exported ``.npz`` (docs/IMAGENET.md); this path
-uses the same network and resize (full_scale/evaluation/fid.py).
+folder of ``.npz`` batches (e.g. ``prepare --images``'s ``images-*.npz``: the training set's center crops).
+Reference statistics (:func:`load_reference_stats`) come in two forms, both read by ``--ref`` and both written by
+``stats`` (chosen by the suffix of ``--out``):
+
+* **dataset statistics**, edm2's form: a ``.pkl`` holding ``{"fid": {"mu", "sigma"}, "num_images"}``, the Inception
+  mean and covariance of every training image (edm2's ``calculate_metrics.py ref``; the official TVM evaluation,
+  ``eval.ref_stats: dataset-refs/img256.pkl``, scores ``fid50k_full`` against it). ``stats --images`` on the
+  prepared crops gives them here;
+* **ADM's reference batch**, ``VIRTUAL_imagenet256_labeled.npz``: ``mu``/``sigma`` precomputed by ADM over its
+  training set, plus 10,000 images (``arr_0``) for precision and recall; also the form of a ``stats --out X.npz``.
+
+The two references are computed by different pipelines (ADM: TensorFlow; edm2: a TorchScript port of the same 2015
+Inception graph, and edm2's own crops), so FIDs against them agree only to within that difference; which one is the
+number of record is documented in docs/IMAGENET.md §3. This path uses the same network and resize as ADM's evaluator
+(full_scale/evaluation/fid.py).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import pickle
 import struct
 import zipfile
 from datetime import timedelta
@@ -28,7 +41,7 @@ import numpy as np
 import torch
 
 from tvm_theory.cli import DefaultsHelpFormatter
-from tvm_theory.io import atomic_savez
+from tvm_theory.io import atomic_savez, atomic_write
 
 from ..data.vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, decode_latents, load_vae
 from ..distributed import chunk, gather_rows, setup
@@ -124,21 +137,82 @@ def inception_outputs(images: ImageSet, model, *, batch_size: int = 200):
     return gather_rows(f, len(images), world).cpu().numpy(), gather_rows(z, len(images), world).cpu().numpy()
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, numbers, strings and numpy arrays, and nothing else (a ``.pkl`` of statistics must not
+    run code)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array part")
+        return getattr(importlib.import_module(module.replace("numpy.core.", "numpy._core.")), name)
+
+
+def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(mu, sigma, form) of a file of reference statistics, or None when ``path`` holds images instead.
+
+    ``form`` is ``"dataset statistics (edm2 .pkl)"`` for a ``.pkl`` with ``{"fid": {"mu", "sigma"}}`` (read with
+    numpy arrays the only objects allowed) and ``"mu/sigma .npz"`` for an ``.npz`` with ``mu`` and ``sigma`` (ADM's
+    reference batch, or ``stats --out X.npz``); see the module docstring for what each reference is."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".pkl":
+        try:
+            with open(path, "rb") as f:
+                data = _ArraysOnly(f).load()
+            mu, sigma = data["fid"]["mu"], data["fid"]["sigma"]
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as err:
+            raise ValueError(f"ref: {path} is not edm2-style reference statistics ({{'fid': {{'mu', 'sigma'}}}}): "
+                             f"{type(err).__name__}: {err}") from None
+        mu, sigma, form = np.asarray(mu, np.float64), np.asarray(sigma, np.float64), "dataset statistics (edm2 .pkl)"
+    elif path.is_file() and path.suffix == ".npz":
+        with np.load(path) as data:
+            if "mu" not in data or "sigma" not in data:
+                return None
+            mu, sigma, form = data["mu"].astype(np.float64), data["sigma"].astype(np.float64), "mu/sigma .npz"
+    else:
+        return None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"ref: {path} has mu {mu.shape} and sigma {sigma.shape}, expected (D,) and (D, D)")
+    return mu, sigma, form
+
+
+def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, num_images: int) -> None:
+    """Write reference statistics in edm2's form (``.pkl``: ``{"fid": {"mu", "sigma"}, "num_images"}``) or as an
+    ``.npz`` with ``mu``, ``sigma`` and ``num_images`` (ADM's evaluator reads its ``mu`` and ``sigma``)."""
+    path = Path(path)
+    if path.suffix == ".pkl":
+        stats = {"fid": {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)},
+                 "num_images": int(num_images)}
+        atomic_write(path, lambda tmp: tmp.write_bytes(pickle.dumps(stats)))
+    elif path.suffix == ".npz":
+        atomic_savez(path, mu=mu, sigma=sigma, num_images=np.int64(num_images))
+    else:
+        raise ValueError(f"out: expected a .pkl (edm2 form) or .npz (mu, sigma) path, got '{path}'")
+
+
 def reference_stats(ref: str | os.PathLike, model, *, batch_size: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma): read from an ``.npz`` with ``mu``/``sigma``, else computed from the images with ``model``."""
-    ref = Path(ref)
-    if ref.is_file() and ref.suffix == ".npz":
-        with np.load(ref) as data:
-            if "mu" in data and "sigma" in data:
-                return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-    return gaussian_stats(inception_outputs(ImageSet(ref), model, batch_size=batch_size)[0])
+    """(mu, sigma): read from a file of reference statistics (:func:`load_reference_stats`), else computed from
+    the images with ``model``."""
+    return _reference(ref, model, batch_size)[:2]
+
+
+def _reference(ref, model, batch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(mu, sigma, form) of :func:`reference_stats`; form ``"images (N)"`` when computed from N images."""
+    stored = load_reference_stats(ref)
+    if stored is not None:
+        return stored
+    feats = inception_outputs(ImageSet(ref), model, batch_size=batch_size)[0]
+    return (*gaussian_stats(feats), f"images ({len(feats)})")
 
 
 def fid_and_is(samples, ref, *, weights=None, splits: int = 10, batch_size: int = 200, model=None) -> dict:
     """FID of ``samples`` against ``ref`` and the samples' Inception Score (see the module docstring); the
     Inception comes from ``weights`` (a file, or None for the usual download) unless ``model`` is given."""
     model = model if model is not None else load_inception(weights, device=setup(timeout=timedelta(hours=2)).device)
-    mu2, sigma2 = reference_stats(ref, model, batch_size=batch_size)
+    mu2, sigma2, form = _reference(ref, model, batch_size)
     feats, logits = inception_outputs(ImageSet(samples), model, batch_size=batch_size)
     if feats.shape[0] <= FEATURE_DIM:  # few samples: the exact low-rank route (the covariance is singular anyway)
         fid = frechet_distance_to_samples(feats, mu2, sigma2)
@@ -146,7 +220,7 @@ def fid_and_is(samples, ref, *, weights=None, splits: int = 10, batch_size: int 
         fid = frechet_distance(*gaussian_stats(feats), mu2, sigma2)
     is_mean, is_std = inception_score(logits, splits=min(splits, len(logits)))
     return {"fid": fid, "inception_score": is_mean, "inception_score_std": is_std, "num_samples": len(feats),
-            "samples": str(samples), "ref": str(ref)}
+            "samples": str(samples), "ref": str(ref), "ref_form": form}
 
 
 # --------------------------------------------------------------------------------------------------- decode/export
@@ -238,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
                        formatter_class=DefaultsHelpFormatter)
     e.add_argument("--images", required=True)
     e.add_argument("--out", required=True)
-    for name, helptext in (("stats", "Inception mean/covariance of images → .npz (mu, sigma)"),
+    for name, helptext in (("stats", "Inception mean/covariance of images → .pkl (edm2's dataset statistics) or "
+                                      ".npz (mu, sigma)"),
                            ("fid", "FID and Inception Score of samples against a reference")):
         p = sub.add_parser(name, help=helptext,
                        formatter_class=DefaultsHelpFormatter)
@@ -246,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--images", required=True)
         else:
             p.add_argument("--samples", required=True)
-            p.add_argument("--ref", required=True, help="ADM reference .npz (mu, sigma) or images")
+            p.add_argument("--ref", required=True, help="reference statistics (edm2 .pkl or .npz with mu, sigma) "
+                                                        "or images")
             p.add_argument("--splits", type=int, default=10)
         p.add_argument("--out", required=name == "stats")
         p.add_argument("--inception", default=None, help="local weights file (default: the usual download)")
@@ -264,9 +340,9 @@ def main(argv: list[str] | None = None) -> None:
             write_adm_npz(args.out, images.batch(0, len(images)))
     elif args.command == "stats":
         model = load_inception(args.inception, device=d.device)
-        mu, sigma = gaussian_stats(inception_outputs(ImageSet(args.images), model, batch_size=args.batch_size)[0])
+        feats = inception_outputs(ImageSet(args.images), model, batch_size=args.batch_size)[0]
         if d.main:
-            np.savez(args.out, mu=mu, sigma=sigma)
+            save_reference_stats(args.out, *gaussian_stats(feats), num_images=len(feats))
     else:
         result = fid_and_is(args.samples, args.ref, splits=args.splits, weights=args.inception,
                             batch_size=args.batch_size)
