@@ -1,6 +1,6 @@
 """The GPU study of issue 18: the real trainer against an exact answer in ImageNet-latent dimensions.
 
-    python -m full_scale.experiments.analytic_study --out DIR [--variants guided,unconditional] [--train-seconds 240]
+    python -m full_scale.experiments.analytic_study --out DIR [--variants guided,unconditional] [--train-seconds 180]
         [--checkpoints 4] [--preset analytic-256] [--samples 1024] [--nfe 1,2,4] [--set section.key=value ...]
 
 For each variant, :func:`full_scale.train.train` trains the preset (``analytic-256``: DiT-B/2 on the analytic mixture
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="output directory (the lead passes $OUT)")
     p.add_argument("--variants", default="guided,unconditional", help=f"comma-separated, of {list(VARIANTS)}")
     p.add_argument("--preset", default="analytic-256")
-    p.add_argument("--train-seconds", type=float, default=240.0, help="training budget per variant, after compile")
+    p.add_argument("--train-seconds", type=float, default=180.0, help="training budget per variant, after compile")
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints at budget/2^(k-1), ..., budget")
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--nfe", default="1,2,4")
