@@ -66,7 +66,8 @@ def test_several_processes_give_the_single_process_samples(tmp_path):
 
 
 def test_generate_follows_the_runs_parameterization():
-    """scaled=False (guidance.scaled: false) takes one jump x1 + (0 − 1)·F(x1, 1, 0, c, 1/w); scaled multiplies F by w."""
+    """scaled=False (guidance.scaled: false) takes one jump x1 + (0 − 1)·F(x1, 1, 0, c, 1/w); scaled multiplies F
+    by w."""
     model, labels = _nonzero_model(), torch.tensor([0, 1, 2, 0, 1])
     x1 = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     beta = torch.full((5,), 1 / 2.5)

@@ -417,7 +417,8 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
     ``latent_stats``: "paper" (docs/ANCHORS.md constants, 256/512 only), "data" (recomputed,
     :func:`compute_latent_stats`), or "auto" (paper when available, else data).
     ``posterior``: "mean-std" (store μ and σ; a fresh draw at every use, the official recipe), "mean" (store μ) or
-    "sample" (store one draw μ + σ ⊙ ε, ε from ``seed`` and the shard index) — :func:`full_scale.data.vae.encode_images`.
+    "sample" (store one draw μ + σ ⊙ ε, ε from ``seed`` and the shard index); see
+    :func:`full_scale.data.vae.encode_images`.
     """
     if posterior not in POSTERIORS:
         raise ValueError(f"posterior: expected one of {', '.join(POSTERIORS)}, got {posterior!r}")
