@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     p.add_argument("--nfe", default="1,2,4")
     p.add_argument("--theorem-samples", type=int, default=64)
     p.add_argument("--sens-samples", type=int, default=8)
-    p.add_argument("--sens-nodes", type=int, default=4)
+    p.add_argument("--sens-nodes", type=int, default=3)
     p.add_argument("--sens-rtol", type=float, default=1e-3)
     p.add_argument("--lip-probes", type=int, default=8)
     p.add_argument("--pot-samples", type=int, default=500)

@@ -12,7 +12,7 @@ The run's ``config.yaml`` rebuilds the exact law (:func:`full_scale.data.analyti
 * the trivial references on the same noise: the exact flow of the single Gaussian with p0's mean and covariance
   (``gaussian_fit``) and the class means m_{k_i} (``class_means``; p0's mean without labels).
 
-Per checkpoint (the evaluation EMA) and per N in ``--nfe``, the model's N-step sampler (fp32, the run's attention
+Per checkpoint (the evaluation EMA, or ``--weights``) and per N in ``--nfe``, the model's N-step sampler (fp32, the run's attention
 backend) from the same noise and labels with guidance w, and :func:`tvm_theory.analysis.sandwich.sandwich`:
 
 * upper bound: the paired RMSE to the exact flow (bootstrap interval, widened by the ODE error);
@@ -235,9 +235,10 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
            batch_size: int = 256, pot_samples: int = 1000, n_projections: int = 256, gelbrich_boot: int = 20,
            n_boot: int = 200, theorem: str = "all", theorem_samples: int = 32, points: int = 5, lip_probes: int = 8,
            lip_iters: int = 10, sens_samples: int = 8, sens_nodes: int = 2, sens_rtol: float = 1e-3,
-           figures: bool = True) -> dict:
+           weights: str = "eval_ema", figures: bool = True) -> dict:
     """Verify the checkpoints of an analytic run (module docstring); returns the report written to OUT/verify.json.
 
+    ``weights``: which weights of each checkpoint are the model (``model``, ``target_ema`` or ``eval_ema``).
     ``theorem``: at which checkpoints the theorem's terms are computed — "all", "last" or "none". OUT/verify.json is
     rewritten after every (checkpoint, N) with ``complete: false`` until the end, so an interrupted run keeps its
     finished part."""
@@ -272,7 +273,7 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
                 "n_boot": n_boot, "theorem_at": theorem, "theorem_samples": theorem_samples,
                 "points_per_jump": points, "lip_probes": lip_probes, "lip_iters": lip_iters,
                 "sens_samples": sens_samples, "sens_nodes": sens_nodes, "sens_rtol": sens_rtol,
-                "sampler_precision": "fp32"}
+                "sampler_precision": "fp32", "weights": weights}
     entries = []
     out.mkdir(parents=True, exist_ok=True)
 
@@ -285,7 +286,7 @@ def verify(run: str | Path, out: str | Path, *, steps_at: list[int] | None = Non
     model, current = None, None
     for path, n_steps in work:
         if path != current:
-            model, _, meta = load_run(run, "eval_ema", path, device)
+            model, _, meta = load_run(run, weights, path, device)
             current = path
             entries.append({"step": int(meta["step"]), "checkpoint": str(path), "nfe": {}})
         work.set_postfix(step=entries[-1]["step"], nfe=n_steps)
@@ -344,6 +345,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=1024, help="N noise draws (labels i mod K)")
     p.add_argument("--nfe", type=_ints, default=[1, 2, 4], help="numbers of jumps, comma-separated")
     p.add_argument("--guidance", type=float, default=None, help="w (default: the run's guidance.weight; 1 if none)")
+    p.add_argument("--weights", default="eval_ema", choices=checkpoint.WEIGHTS, help="which weights to verify")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward of the sampler")
@@ -363,7 +365,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
-    return verify(a.run, a.out, steps_at=a.steps_at, samples=a.samples, nfe=a.nfe, guidance=a.guidance, seed=a.seed,
+    return verify(a.run, a.out, weights=a.weights, steps_at=a.steps_at, samples=a.samples, nfe=a.nfe, guidance=a.guidance, seed=a.seed,
                   device=a.device, batch_size=a.batch_size, pot_samples=a.pot_samples, gelbrich_boot=a.gelbrich_boot,
                   theorem=a.theorem, theorem_samples=a.theorem_samples, points=a.points,
                   lip_probes=a.lip_probes, lip_iters=a.lip_iters, sens_samples=a.sens_samples,
