@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import torch
 
+from pathlib import Path
+
+import numpy as np
+
+from tvm_theory.io import atomic_savez
 from tvm_theory.path import interpolate
 
+from .data import DATASETS
 from .metrics import lipschitz_probe
+from .sample import generate, grid_png, to_uint8
 
 
 class Callback:
@@ -67,3 +74,76 @@ class LipschitzProbe(Callback):
                                           scaled=run.cfg.guidance.scaled,
                                           generator=torch.Generator(run.dist.device).manual_seed(0)))
         run.model.train()
+
+
+class SampleGrid(Callback):
+    """Watch a run: every ``eval.every`` steps, samples of the evaluation EMA with ``sample.nfe[0]`` jumps, guidance
+    ``sample.weight`` and noise ``sample.seed`` (the same noise every time, so grids compare across steps).
+
+    * a grid ``{out}/samples/step_{N}.png`` of ``eval.grid_per_class`` samples of each of the first
+      ``eval.grid_classes`` classes (one row per class; unconditional runs: one row), for pixel data or for latents
+      with ``eval.vae`` set (the latents are saved as ``.npz`` either way), also sent to TensorBoard when it is on;
+    * with ``eval.fid_reference``, the FID (and Inception Score) of ``eval.fid_samples`` samples against it, logged
+      as ``fid`` and ``inception_score`` in an ``eval`` record of metrics.jsonl: a trend over training, not the
+      FID-50k of record. Every rank takes part (sampling and Inception features are split over ranks).
+    """
+
+    def __init__(self):
+        self.decode, self.inception = None, None
+
+    def on_start(self, run, dataset) -> None:
+        ev = run.cfg.eval
+        if ev.every == 0:
+            return
+        if DATASETS[run.cfg.data.kind].pixels:
+            self.decode = to_uint8
+        elif ev.vae:
+            from .data.latents import LatentDataset
+            from .data.vae import decode_latents, load_vae
+            vae, stats = load_vae(ev.vae, device=run.dist.device), LatentDataset(run.cfg.data.root).stats
+            self.decode = lambda z: decode_latents(vae, z, stats)  # noqa: E731
+        if ev.fid_reference:
+            from .evaluation.fid import load_inception
+            if self.decode is None:
+                raise ValueError("eval.fid_reference: FID needs images; set eval.vae to decode latent samples")
+            self.inception = load_inception(ev.inception, device=run.dist.device)
+
+    def on_step(self, run) -> None:
+        ev = run.cfg.eval
+        if ev.every == 0 or run.step % ev.every:
+            return
+        conditional = run.guidance is not None
+        classes = min(ev.grid_classes, run.model.cfg.num_classes) if conditional else 1
+        labels = torch.arange(classes).repeat_interleave(ev.grid_per_class) if conditional else None
+        nfe, weight, seed = run.cfg.sample.nfe[0], run.cfg.sample.weight, run.cfg.sample.seed
+        x = generate(run.eval_ema, labels, nfe, weight if conditional else None, n=classes * ev.grid_per_class,
+                     seed=seed, batch_size=ev.batch_size, d=run.dist)
+        record = {"event": "eval", "step": run.step, "nfe": nfe}
+        folder = Path(run.out) / "samples"
+        if run.dist.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_savez(folder / f"step_{run.step:08d}.npz", samples=x.numpy())
+            if self.decode is not None:
+                images = self.decode(x)
+                grid_png(folder / f"step_{run.step:08d}.png", images, rows=classes)
+                record["grid"] = str(folder / f"step_{run.step:08d}.png")
+                if run.log.writer is not None:
+                    run.log.writer.add_images("samples", images, run.step, dataformats="NHWC")
+        if self.inception is not None:
+            record.update(self._fid(run, folder, conditional, nfe, weight, seed))
+        run.log.log(record)
+
+    def _fid(self, run, folder: Path, conditional: bool, nfe: int, weight: float, seed: int) -> dict:
+        from .evaluation.scoring import fid_and_is, write_adm_npz
+
+        ev, k = run.cfg.eval, run.model.cfg.num_classes
+        labels = torch.arange(ev.fid_samples) % k if conditional else None
+        x = generate(run.eval_ema, labels, nfe, weight if conditional else None, n=ev.fid_samples, seed=seed + 1,
+                     batch_size=ev.batch_size, d=run.dist)
+        path = folder / "fid_samples.npz"
+        if run.dist.main:
+            images = self.decode(x)
+            write_adm_npz(path, np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images)
+        run.dist.barrier()
+        result = fid_and_is(path, ev.fid_reference, model=self.inception, batch_size=ev.batch_size)
+        return {"fid": result["fid"], "inception_score": result["inception_score"], "fid_samples": ev.fid_samples}

@@ -232,9 +232,19 @@ class EvalConfig:
 
     vae: str | None = None            # latents: the VAE (hub id or folder) that decodes sample grids; None: none
     batch_size: int = 256             # samples generated per forward
+    every: int = 0                    # during training: steps between sample grids (and FID, if set); 0: never
+    grid_classes: int = 10            # rows of the grid: the first classes (conditional runs)
+    grid_per_class: int = 8           # samples per row
+    fid_reference: str | None = None  # during training: FID against these statistics or images; None: no FID
+    fid_samples: int = 1000           # samples of that FID (small: a trend, not the FID-50k of record)
+    inception: str | None = None      # FID Inception weights file; None: the usual download
 
     def __post_init__(self):
         _at_least("eval.batch_size", self.batch_size, 1)
+        _at_least("eval.every", self.every, 0)
+        _at_least("eval.grid_classes", self.grid_classes, 1)
+        _at_least("eval.grid_per_class", self.grid_per_class, 1)
+        _at_least("eval.fid_samples", self.fid_samples, 2)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=None, help="training steps (overrides train.steps)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="start from these weights (a checkpoint folder or .safetensors file; default: random)")
     p.add_argument("--cache-dir", default=None, help="where the digits classifier is cached (default: "
                    "$TVM_THEORY_CACHE or ~/.cache/tvm_theory)")
     args = p.parse_args(argv)

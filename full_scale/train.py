@@ -60,7 +60,7 @@ from tvm_theory.loss import CFGConfig, StudentOutput, TVMBatch, prepare_batch, s
 from tvm_theory.time_samplers import TimeSample, make_time_sampler
 
 from . import checkpoint
-from .callbacks import Callback, LipschitzProbe
+from .callbacks import Callback, LipschitzProbe, SampleGrid
 from .config import Config, load_config
 from .data import build_dataset
 from .distributed import Dist, setup, teardown
@@ -75,7 +75,8 @@ SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log
                 "checkpoint.every", "checkpoint.keep", "checkpoint.snapshot_every", "checkpoint.final", "data.root",
                 "data.num_workers", "model.attention_backend", "train.compile", "train.activation_checkpointing", "train.ddp_split_graphs",
                 "train.nan_policy", "train.max_nan_skips", "sample.nfe", "sample.weight", "sample.per_class",
-                "sample.seed", "eval.vae", "eval.batch_size")
+                "sample.seed", "eval.vae", "eval.batch_size", "eval.every", "eval.grid_classes", "eval.grid_per_class",
+                "eval.fid_reference", "eval.fid_samples", "eval.inception")
 
 
 class StudentStep(nn.Module):
@@ -451,7 +452,8 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
     """Train (or resume) the run in ``out`` to ``cfg.train.steps`` steps; returns its summary.
 
     ``dataset``: the training set (default: ``cfg.data.kind`` from :data:`full_scale.data.DATASETS`).
-    ``callbacks``: :class:`~full_scale.callbacks.Callback` hooks, after the built-in Lipschitz probe.
+    ``callbacks``: :class:`~full_scale.callbacks.Callback` hooks, after the built-in Lipschitz probe and sample
+    grids (``log.lipschitz_every``, ``eval.every``).
     ``allow_config_change``: keys of :data:`SAFE_CHANGES` that may differ from the checkpoint's on resume.
     """
     out, d = Path(out), setup()
@@ -469,7 +471,7 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                          "parameters": sum(p.numel() for p in run.model.parameters()),
                          "resumed_from": str(resumed_from or "")})
         data = micro_batches(dataset, run.micro, run.epoch, run.position, cfg.data.num_workers)
-        callbacks = [LipschitzProbe(), *callbacks]
+        callbacks = [LipschitzProbe(), SampleGrid(), *callbacks]
         for cb in callbacks:
             cb.on_start(run, dataset)
 

@@ -92,3 +92,29 @@ def test_resume_on_another_number_of_ranks_keeps_the_state_and_logs_the_change(t
     assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]
     opt = torch.load(checkpoint.latest(tmp_path) / "optimizer.pt", weights_only=True)
     assert all(int(st["step"]) == 4 for st in opt["state"].values())  # AdamW's state carried over
+
+
+def test_a_run_can_be_watched_sample_grids_and_fid_during_training(tmp_path):
+    import numpy as np
+    from safetensors.torch import save_file as save_weights
+    from test_fs_eval import randomized_inception
+
+    inception = tmp_path / "inception.safetensors"
+    save_weights(randomized_inception().state_dict(), str(inception))
+    reference = tmp_path / "ref.npz"
+    np.savez(reference, arr_0=np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    out = tmp_path / "run"
+    train.main(["--out", str(out), "--steps", "4", *TINY, "--set", "eval.every=2", "--set", "eval.grid_classes=3",
+                "--set", "eval.grid_per_class=2", "--set", f"eval.fid_reference={reference}",
+                "--set", f"eval.inception={inception}", "--set", "eval.fid_samples=6"])
+    evals = [r for r in read_metrics(out) if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert np.isfinite(r["fid"]) and r["fid"] >= 0 and r["inception_score"] >= 1 - 1e-6
+        assert r["fid_samples"] == 6 and (out / "samples" / f"step_{r['step']:08d}.png").stat().st_size > 0
+    from PIL import Image
+
+    grid = np.asarray(Image.open(out / "samples" / "step_00000004.png"))
+    assert grid.shape[:2] == (4 * (3 * 9 - 1), 4 * (2 * 9 - 1))  # 3 rows × 2 digits of 8 px, 1 px gaps, ×4
+    with pytest.raises(ValueError, match="eval.fid_samples"):
+        train.main(["--out", str(tmp_path / "x"), *TINY, "--set", "eval.fid_samples=1"])
