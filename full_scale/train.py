@@ -361,11 +361,31 @@ def accumulate_gradients(run: Run, data, phase: Phase = record_function) -> Step
     return StepSums(sums, torch.cat(times, dim=1), torch.cat(bad))
 
 
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """‖(g_1, …, g_n)‖₂ over all gradients, as ``torch.nn.utils.get_total_norm`` (torch ≥ 2.6) computes it; the
+    formula itself on older torch (the project's floor is 2.4)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def clip_to_norm(params, max_norm: float, norm: torch.Tensor) -> None:
+    """Scale every gradient by min(1, max_norm / (norm + 1e-6)), as ``torch.nn.utils.clip_grads_with_norm_``
+    (torch ≥ 2.6) does; the formula itself on older torch."""
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(coef.to(p.grad.device))
+
+
 def apply_update(run: Run, grad_norm: torch.Tensor, phase: Phase = record_function) -> None:
     """Clip to ``train.grad_clip``, take the AdamW step, then move both EMAs toward the new weights."""
     with phase("AdamW"):
         if run.cfg.train.grad_clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(run.model.parameters(), run.cfg.train.grad_clip, grad_norm)
+            clip_to_norm(run.model.parameters(), run.cfg.train.grad_clip, grad_norm)
         run.optimizer.step()
     with phase("two EMAs"):
         ema_update(run.target_ema, run.model, run.cfg.train.target_ema)
@@ -484,7 +504,7 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                 run.optimizer.zero_grad(set_to_none=True)
                 step = accumulate_gradients(run, data)
                 grads = [p.grad for p in run.model.parameters() if p.grad is not None]
-                grad_norm = torch.nn.utils.get_total_norm(grads)
+                grad_norm = total_norm(grads)
                 nonfinite, stopping = agree(d, bool(step.bad.any()), stop.requested)  # gradients are averaged
                 nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
                 run.step += 1

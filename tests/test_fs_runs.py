@@ -118,3 +118,27 @@ def test_a_run_can_be_watched_sample_grids_and_fid_during_training(tmp_path):
     assert grid.shape[:2] == (4 * (3 * 9 - 1), 4 * (2 * 9 - 1))  # 3 rows × 2 digits of 8 px, 1 px gaps, ×4
     with pytest.raises(ValueError, match="eval.fid_samples"):
         train.main(["--out", str(tmp_path / "x"), *TINY, "--set", "eval.fid_samples=1"])
+
+
+@pytest.mark.parametrize("max_norm", [0.1, 100.0])
+def test_the_norm_and_clip_fallbacks_for_torch_before_2_6_equal_torch(monkeypatch, max_norm):
+    """The trainer runs on torch ≥ 2.4: before 2.6, get_total_norm and clip_grads_with_norm_ do not exist and
+    train.total_norm / clip_to_norm use the formula. That path is forced here and compared with torch's."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n, generator=g)) for n in (3, 17, 64)]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    grads = [p.grad.clone() for p in params]
+    want_norm = torch.nn.utils.get_total_norm(grads)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, want_norm)
+    want = [p.grad.clone() for p in params]
+    for p, gr in zip(params, grads):
+        p.grad = gr.clone()
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm")
+    monkeypatch.delattr(torch.nn.utils, "clip_grads_with_norm_")
+    norm = train.total_norm([p.grad for p in params])
+    torch.testing.assert_close(norm, want_norm, rtol=1e-6, atol=0)
+    train.clip_to_norm(params, max_norm, norm)
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-6, atol=1e-7)
+    assert (max_norm < float(norm)) == (float(train.total_norm([p.grad for p in params])) < float(norm) - 1e-3)
