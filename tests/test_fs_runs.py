@@ -142,3 +142,30 @@ def test_the_norm_and_clip_fallbacks_for_torch_before_2_6_equal_torch(monkeypatc
     for p, w in zip(params, want):
         torch.testing.assert_close(p.grad, w, rtol=1e-6, atol=1e-7)
     assert (max_norm < float(norm)) == (float(train.total_norm([p.grad for p in params])) < float(norm) - 1e-3)
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_on_one_machine(tmp_path):
+    """The multi-node command of docs/IMAGENET.md, as two "nodes" of one process each on this machine (gloo):
+    both join one group of world size 2 and the run finishes with one checkpoint holding both ranks' RNG states."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = os.path.dirname(os.path.dirname(__file__))
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "full_scale.train", "--out", str(tmp_path), "--steps", "2", *TINY],
+                              cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}) for r in range(2)]
+    try:
+        assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            p.kill()
+    start = read_metrics(tmp_path)[0]
+    assert start["world_size"] == 2 and start["micro_batch"] == 4
+    assert sorted(f.name for f in checkpoint.latest(tmp_path).glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
