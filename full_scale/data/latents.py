@@ -514,7 +514,7 @@ def prepare(source, out, *, resolution: int = 256, vae: str = SD_VAE_ID, shard_s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m full_scale.data", description=__doc__.split("\n")[0],
-                                formatter_class=DefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="center-crop, encode with the SD-VAE, write shards and the manifest",
                        formatter_class=DefaultsHelpFormatter)

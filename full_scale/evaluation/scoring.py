@@ -299,7 +299,7 @@ def decode_to_npz(latents_path, out, *, vae: str = SD_VAE_ID, latent_stats: str 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m full_scale.evaluation", description=__doc__.split("\n")[0],
-                                formatter_class=DefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("decode", help="standardized latents → ADM .npz of uint8 images",
                        formatter_class=DefaultsHelpFormatter)
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
                                       ".npz (mu, sigma)"),
                            ("fid", "FID and Inception Score of samples against a reference")):
         p = sub.add_parser(name, help=helptext,
-                       formatter_class=DefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
         if name == "stats":
             p.add_argument("--images", required=True)
         else:
