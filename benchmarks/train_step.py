@@ -57,7 +57,6 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import yaml
 
@@ -456,7 +455,8 @@ def _census_step(cfg: Config, depth: int, manual_jvp: bool) -> dict:
 
     from full_scale.data import build_dataset
     from full_scale.distributed import Dist
-    from full_scale.train import accumulate_gradients, apply_update, build_run
+    from full_scale.run import build_run
+    from full_scale.train import accumulate_gradients, apply_update
 
     m = cfg.model.dit()
     n = 4

@@ -10,11 +10,10 @@ communicates may do so); ``run.dist.main`` tells rank 0, the only one whose log 
 """
 from __future__ import annotations
 
-import torch
-
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tvm_theory.io import atomic_savez
 from tvm_theory.path import interpolate

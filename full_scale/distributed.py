@@ -54,6 +54,14 @@ def setup(*, backend: str | None = None, timeout: timedelta | None = None) -> Di
     return Dist(rank=rank, world_size=world, device=device)
 
 
+def agree(d: Dist, *flags: bool) -> list[bool]:
+    """Each flag OR-ed over all ranks (one all-reduce)."""
+    t = torch.tensor([float(f) for f in flags], device=d.device)
+    if d.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t]
+
+
 def teardown(d: Dist) -> None:
     """End the process group that :func:`setup` started (a no-op for one process)."""
     if d.distributed and dist.is_initialized():

@@ -7,7 +7,7 @@
 or, from Python, ``train(load_config("tiny-digits"), "runs/digits")``.
 
 One step: each rank draws its micro-batches, times (t, s, s′) and noise; the student's f, ∂_s f (one JVP) and
-u_θ(x_{s′}) run inside the DDP-wrapped :class:`StudentStep` forward (PyTorch cannot JVP through DDP from outside,
+u_θ(x_{s′}) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP from outside,
 and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
 (both of its velocities in one call); AdamW steps on the averaged gradient; both EMAs follow. DDP uses NCCL on GPUs
 and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent (``train.jvp: manual``;
@@ -16,13 +16,14 @@ and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-wr
 ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/``; a run restarted with the same ``--out`` resumes
 exactly from its latest checkpoint.
 
-What a run guarantees (tests/test_fs_train.py, tests/test_fs_reliability.py):
+The run's parts are built in :mod:`full_scale.run`; saving and resuming are :mod:`full_scale.run_folder`'s.
+What a run guarantees (tests/test_fs_train.py, tests/test_fs_reliability.py, tests/test_fs_runs.py):
 * one writer per run folder: rank 0 holds ``{out}/.lock`` (``tvm_theory.io.RunLock``); a second trainer on the same
   folder stops at once with the holder's pid, host and command;
 * resume continues bit for bit on the same number of ranks (on another, with the same global batch, exactly in
-  weights, optimizer and progress but not in data order or noise: :func:`change_world_size`), and refuses a
+  weights, optimizer and progress but not in data order or noise: :func:`~full_scale.run_folder.change_world_size`), and refuses a
   configuration that differs from the checkpoint's (listing every difference) unless each differing key is named
-  in ``allow_config_change`` and is one of :data:`SAFE_CHANGES`;
+  in ``allow_config_change`` and is one of :data:`~full_scale.run_folder.SAFE_CHANGES`;
   ``train.steps`` may always change. ``config.yaml`` is rewritten only with a configuration the run then follows,
   and the change is logged;
 * a checkpoint is saved only while the run is healthy (its last step finite), so rotation never evicts the last
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import signal
 import sys
 import time
@@ -47,77 +47,28 @@ from typing import Callable, ContextManager, Sequence
 import torch
 import torch.distributed as dist
 import yaml
-from safetensors.torch import load_file
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 from tqdm import tqdm
 
 from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.ema import ema_update
-from tvm_theory.io import RunFolderBusy, RunLock, atomic_write_text
-from tvm_theory.loss import CFGConfig, StudentOutput, TVMBatch, prepare_batch, student_forward, tvm_loss
-from tvm_theory.time_samplers import TimeSample, make_time_sampler
+from tvm_theory.io import RunFolderBusy, atomic_write_text
+from tvm_theory.loss import StudentOutput, prepare_batch, tvm_loss
 
 from . import checkpoint
 from .callbacks import Callback, LipschitzProbe, SampleGrid
 from .config import Config, load_config
 from .data import build_dataset
-from .distributed import Dist, setup, teardown
-from .metrics import MetricsLog
-from .model import DiT
+from .distributed import agree, setup, teardown
+from .run import Run, build_run, use_compile
+from .run_folder import SAFE_CHANGES, init_weights, one_writer, resume, save_if_healthy
 
 Phase = Callable[[str], ContextManager]  # names a part of the step: profiler annotations, operator counts
 EXIT_DIVERGED, EXIT_PREEMPTED = 3, 75  # command-line exit codes (75 = EX_TEMPFAIL: try again, i.e. resume)
-# Keys a resumed run may change when they are named in ``allow_config_change``: how the run is watched, saved, fed
-# and computed, never what it optimizes (train.steps may always change: extending a run is what resume is for).
-SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log.lipschitz_iters", "log.tensorboard",
-                "checkpoint.every", "checkpoint.keep", "checkpoint.snapshot_every", "checkpoint.final", "data.root",
-                "data.num_workers", "model.attention_backend", "train.compile", "train.activation_checkpointing", "train.ddp_split_graphs",
-                "train.nan_policy", "train.max_nan_skips", "sample.nfe", "sample.weight", "sample.per_class",
-                "sample.seed", "eval.vae", "eval.batch_size", "eval.every", "eval.grid_classes", "eval.grid_per_class",
-                "eval.fid_reference", "eval.fid_samples", "eval.inception")
 
 
-class StudentStep(nn.Module):
-    """The module DDP wraps: its forward is the student's part of the loss, JVP included (docs/THEORY.md §3).
-
-    forward(batch) → (f_θ(x_t, t, s), ∂_s f_θ(x_t, t, s), u_θ(x_{s′}, s′)), upcast to float32 under bf16 autocast.
-    ``manual_jvp``: ∂_s F from the DiT's ``forward_and_ds`` (hand-written tangent); otherwise ``torch.func.jvp``.
-    """
-
-    def __init__(self, model: nn.Module, manual_jvp: bool = True):
-        super().__init__()
-        self.model, self.manual_jvp = model, manual_jvp
-
-    def forward(self, batch: TVMBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # A bound __call__ has no forward_and_ds, so tvm_theory.param falls back to torch.func.jvp.
-        out = student_forward(self.model if self.manual_jvp else self.model.__call__, batch)
-        return tuple(a.to(torch.promote_types(a.dtype, torch.float32)) for a in (out.f, out.dfds, out.u_fm))
 
 
-@dataclass
-class Run:
-    """A run in progress: what the loop, the callbacks and a checkpoint see."""
-
-    cfg: Config
-    out: Path
-    dist: Dist
-    model: DiT
-    target_ema: DiT
-    eval_ema: DiT
-    student: nn.Module  # StudentStep, DDP-wrapped on several processes
-    optimizer: torch.optim.Optimizer
-    sampler: Callable[..., TimeSample]  # draws (t, s, s′)
-    guidance: CFGConfig | None
-    gen: torch.Generator  # this rank's noise, times and label dropout
-    micro: int  # per-rank forward batch
-    accum: int  # micro-batches per optimizer step
-    bf16: bool
-    log: MetricsLog
-    step: int = 0
-    epoch: int = 0  # data position of the next micro-batch: epoch, and micro-batches consumed in it
-    position: int = 0
 
 
 @dataclass
@@ -130,188 +81,8 @@ class StepSums:
     bad: torch.Tensor
 
 
-# ---- set-up --------------------------------------------------------------------------------------------------------
-
-def batch_geometry(cfg: Config, world_size: int) -> tuple[int, int]:
-    """(micro-batch per rank, accumulation steps) with global = world_size × micro × accumulation."""
-    global_batch = cfg.train.global_batch
-    micro = cfg.train.micro_batch or global_batch // world_size
-    if micro < 1 or global_batch % (world_size * micro):
-        raise ValueError(f"train.global_batch: {global_batch} is not a multiple of world_size × micro_batch "
-                         f"= {world_size} × {micro}")
-    return micro, global_batch // (world_size * micro)
 
 
-def use_compile(cfg: Config, device: torch.device) -> bool:
-    if cfg.train.compile is True and device.type != "cuda":
-        raise ValueError("train.compile: compiled blocks are for CUDA; on the CPU inductor's vectorized code gave "
-                         "wrong gradients for them (torch 2.13, benchmarks/RESULTS.md); use train.compile=false")
-    return cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda")
-
-
-def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
-    """Model and EMAs (compiled on CUDA), the DDP-wrapped student, AdamW and this rank's generator."""
-    micro, accum = batch_geometry(cfg, d.world_size)
-    mcfg = cfg.model.dit()
-    if tuple(dataset.latent_shape) != (mcfg.in_channels, mcfg.input_size, mcfg.input_size):
-        raise ValueError(f"model: input ({mcfg.in_channels}, {mcfg.input_size}, {mcfg.input_size}) does not match "
-                         f"the data's {tuple(dataset.latent_shape)}")
-    if dataset.num_classes != mcfg.num_classes:
-        raise ValueError(f"model.num_classes: {mcfg.num_classes}, but the data has {dataset.num_classes} classes")
-    compiled = use_compile(cfg, d.device)
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    with torch.device(d.device):
-        model = DiT(mcfg)
-    model.set_attention_backend(cfg.model.attention_backend)
-    model.checkpoint_blocks = cfg.train.activation_checkpointing
-    target_ema = copy.deepcopy(model).requires_grad_(False).eval()
-    eval_ema = copy.deepcopy(model).requires_grad_(False).eval()
-    if compiled:  # the student's blocks and the target's (eval_ema only samples, outside the loop)
-        # Under DDP, Dynamo's DDPOptimizer would split every compiled block at gradient-bucket boundaries; with
-        # per-block graphs DDP's reducer already overlaps the all-reduce at block granularity, and the split made
-        # 2-GPU DiT-XL/2 steps 470–620 ms instead of 400 ms (benchmarks/RESULTS.md).
-        torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graphs
-        model.compile_blocks(dynamic=False)
-        target_ema.compile_blocks(dynamic=False)
-    student = StudentStep(model, manual_jvp=cfg.train.jvp == "manual")
-    if d.distributed:
-        student = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                                  weight_decay=cfg.train.weight_decay)
-    return Run(cfg=cfg, out=out, dist=d, model=model, target_ema=target_ema, eval_ema=eval_ema, student=student,
-               optimizer=optimizer, sampler=make_time_sampler(cfg.train.time_sampler), guidance=cfg.guidance.cfg(model.null_class),
-               gen=torch.Generator(d.device).manual_seed(cfg.train.seed * 7919 + d.rank), micro=micro, accum=accum,
-               bf16=cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda"),
-               log=MetricsLog(out, enabled=d.main, tensorboard=cfg.log.tensorboard))
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------------------------
-
-def rng_state(gen: torch.Generator, device: torch.device) -> dict:
-    state = {"generator": gen.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, gen: torch.Generator, device: torch.device) -> None:
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def save(run: Run) -> Path:
-    """Checkpoint the run (collective: every rank calls it)."""
-    return checkpoint.save(run.out, run.step, model=run.model, target_ema=run.target_ema, eval_ema=run.eval_ema,
-                           optimizer=run.optimizer, rng=rng_state(run.gen, run.dist.device),
-                           meta={"epoch": run.epoch, "position": run.position, "config": run.cfg.to_dict(),
-                                 "model_config": run.model.cfg.to_dict()},
-                           keep=run.cfg.checkpoint.keep, snapshot_every=run.cfg.checkpoint.snapshot_every,
-                           rank=run.dist.rank, world_size=run.dist.world_size,
-                           barrier=run.dist.barrier)
-
-
-def config_changes(saved: dict, cfg: Config) -> dict[str, tuple]:
-    """``{"section.key": (checkpoint's value, this run's value)}`` for every key that differs. A key the checkpoint
-    does not record (a field added later, e.g. ``guidance.scaled``) counts as its default, which keeps the behaviour
-    of before the field existed."""
-    now, default = cfg.to_dict(), Config().to_dict()
-    changes = {}
-    for sec in now:
-        for key, value in now[sec].items():
-            old = saved.get(sec, {}).get(key, default[sec][key])
-            if old != value:
-                changes[f"{sec}.{key}"] = (old, value)
-    return changes
-
-
-def check_resume_config(saved: dict, cfg: Config, allowed: Sequence[str], path: Path) -> dict[str, tuple]:
-    """The changes of a resume, after refusing any not allowed (see the module docstring)."""
-    unsafe = sorted(set(allowed) - set(SAFE_CHANGES))
-    if unsafe:
-        raise ValueError(f"--allow-config-change: {', '.join(unsafe)} cannot change on resume; "
-                         f"the keys that can: {', '.join(SAFE_CHANGES)}")
-    changes = {k: v for k, v in config_changes(saved, cfg).items() if k != "train.steps"}
-    refused = {k: v for k, v in changes.items() if k not in allowed}
-    if refused:
-        lines = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in refused.items())
-        raise ValueError(f"{path}: the configuration differs from the checkpoint's ({lines}). Resume with the "
-                         "checkpoint's values, start a new --out, or name safe changes with --allow-config-change")
-    return changes
-
-
-def resume(run: Run, allow_config_change: Sequence[str] = ()) -> Path | None:
-    """Restore the run's latest checkpoint, if any, after checking the configuration; returns its path."""
-    last = checkpoint.latest(run.out)
-    if last is None:
-        return None
-    try:
-        meta = checkpoint.read_meta(last)
-    except checkpoint.CheckpointError as err:
-        intact = next((p for p in reversed(checkpoint.list_checkpoints(run.out)[:-1]) if _verifies(p)), None)
-        hint = (f"; the older checkpoint {intact} is intact: move the damaged one aside (mv {last} {last}.damaged) "
-                "to resume from it") if intact else "; no older intact checkpoint exists"
-        raise checkpoint.CheckpointError(f"{err}{hint}") from None
-    changes = check_resume_config(meta["config"], run.cfg, allow_config_change, last)
-    meta, rng = checkpoint.load(last, model=run.model, target_ema=run.target_ema, eval_ema=run.eval_ema,
-                                optimizer=run.optimizer, model_config=run.model.cfg.to_dict(),
-                                rank=run.dist.rank, world_size=run.dist.world_size)
-    run.step, run.epoch, run.position = meta["step"], meta["epoch"], meta["position"]
-    run.log.resume_at(run.step)
-    if rng is not None:
-        set_rng_state(rng, run.gen, run.dist.device)
-    else:
-        change_world_size(run, meta)
-    if changes:
-        run.log.log({"event": "config_change", "step": run.step,
-                     "changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in changes.items()}})
-    return last
-
-
-def change_world_size(run: Run, meta: dict) -> None:
-    """Continue a checkpoint written by another number of ranks, with the same global batch (checked with the rest of
-    the configuration). Exact: weights, EMAs, optimizer, step, epoch and how many examples the epoch has consumed
-    (the position is converted from the old accumulation to the new). Not exact: which examples remain in the epoch
-    (each rank's share of the permutation changes with the rank count) and the noise and time draws (each rank's
-    generator is seeded anew from (train.seed, rank, step))."""
-    _, old_accum = batch_geometry(Config.from_dict(meta["config"]), meta["world_size"])
-    run.position = run.position // old_accum * run.accum
-    seed = (run.cfg.train.seed * 7919 + run.dist.rank) * 1_000_003 + run.step
-    run.gen.manual_seed(seed)
-    torch.manual_seed(seed)
-    run.log.log({"event": "world_size_change", "step": run.step, "from": meta["world_size"],
-                 "to": run.dist.world_size, "position": run.position})
-
-
-def init_weights(run: Run, source: str) -> None:
-    """Start a new run from existing weights (``train.init_from``): a checkpoint folder gives the student and both
-    EMAs from their own files (hashes verified, architecture checked); a ``.safetensors`` file of a DiT's state dict
-    gives all three. The optimizer, the step and the data position start afresh."""
-    path = Path(source)
-    nets = (run.model, run.target_ema, run.eval_ema)
-    if path.is_dir():
-        for name, module in zip(checkpoint.WEIGHTS, nets):
-            meta = checkpoint.load_weights(path, module, name)
-        checkpoint.check_model_config(meta, run.model.cfg.to_dict(), path)
-    elif path.suffix == ".safetensors" and path.is_file():
-        state = load_file(str(path))
-        for module in nets:
-            try:
-                module.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise checkpoint.CheckpointError(f"{path}: cannot be loaded into this model ({err})") from None
-    else:
-        raise ValueError(f"train.init_from: expected a checkpoint folder or a .safetensors file, got {source!r}")
-    run.log.log({"event": "init_from", "step": run.step, "source": str(path)})
-
-
-def _verifies(path: Path) -> bool:
-    try:
-        checkpoint.read_meta(path)
-        return True
-    except checkpoint.CheckpointError:
-        return False
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
@@ -431,38 +202,8 @@ class StopSignal:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def agree(d: Dist, *flags: bool) -> list[bool]:
-    """Each flag OR-ed over all ranks (one all-reduce)."""
-    t = torch.tensor([float(f) for f in flags], device=d.device)
-    if d.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t]
 
 
-@contextlib.contextmanager
-def one_writer(out: Path, d: Dist):
-    """Hold the run folder's lock (rank 0) for the block; every rank raises :class:`RunFolderBusy` if it is taken."""
-    lock, busy = RunLock(out), None
-    if d.main:
-        try:
-            lock.acquire()
-        except RunFolderBusy as err:
-            busy = err
-    if agree(d, busy is not None)[0]:
-        raise busy or RunFolderBusy(f"{out}: rank 0 could not lock the run folder")
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def save_if_healthy(run: Run, nan_run: int, last: Path | None) -> Path | None:
-    """Checkpoint unless the last ``nan_run`` steps were non-finite (then log why and keep the healthy one)."""
-    if nan_run == 0:
-        return save(run)
-    run.log.log({"event": "checkpoint_skipped", "step": run.step, "reason": f"{nan_run} non-finite steps in a row",
-                 "last_healthy": str(last or "")})
-    return last
 
 
 # ---- the run -------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import torch
 from test_fs_models import randomize_
 
 from full_scale.model.dit import DiT, dit_config
-from full_scale.train import StudentStep
+from full_scale.run import StudentStep
 from tvm_theory.loss import CFGConfig, prepare_batch
 from tvm_theory.param import displacement
 from tvm_theory.time_samplers import GapSampler

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from full_scale import checkpoint, sample, train
+from full_scale import checkpoint, run_folder, sample, train
 from full_scale.metrics import read_metrics
 from tvm_theory.io import CheckpointError, RunFolderBusy, RunLock, start_checkpoint
 
@@ -277,6 +277,6 @@ def test_a_key_the_checkpoint_lacks_counts_as_its_default():
 
     saved = Config().to_dict()
     del saved["guidance"]["scaled"]
-    assert train.config_changes(saved, Config()) == {}
-    assert train.config_changes(saved, Config().override({"guidance.scaled": False})) == {
+    assert run_folder.config_changes(saved, Config()) == {}
+    assert run_folder.config_changes(saved, Config().override({"guidance.scaled": False})) == {
         "guidance.scaled": (True, False)}

@@ -18,6 +18,7 @@ from full_scale import checkpoint, pipeline, train
 from full_scale.config import GuidanceConfig
 from full_scale.metrics import read_metrics
 from full_scale.model.dit import DiT, dit_config
+from full_scale.run import StudentStep
 from tvm_theory.loss import CFGConfig, StudentOutput, prepare_batch, tvm_loss
 from tvm_theory.time_samplers import GapSampler
 
@@ -65,7 +66,7 @@ def _ddp_worker(rank, world, rdv, out):
     torch.set_num_threads(1)
     model = ddp_model()
     target = copy.deepcopy(model).requires_grad_(False)
-    grads = grads_of(DDP(train.StudentStep(model)), model, target, shard(full_batch(), rank, world))
+    grads = grads_of(DDP(StudentStep(model)), model, target, shard(full_batch(), rank, world))
     torch.save(grads, os.path.join(out, f"grads{rank}.pt"))
     dist.destroy_process_group()
 
@@ -75,9 +76,9 @@ def test_ddp_two_gloo_processes_equal_one_process_full_batch(tmp_path):
                        start_method="spawn")
     model = ddp_model()
     target = copy.deepcopy(model).requires_grad_(False)
-    full = grads_of(train.StudentStep(model), model, target, full_batch())
+    full = grads_of(StudentStep(model), model, target, full_batch())
     model_half = ddp_model()
-    half = grads_of(train.StudentStep(model_half), model_half, copy.deepcopy(model_half), shard(full_batch(), 0, 2))
+    half = grads_of(StudentStep(model_half), model_half, copy.deepcopy(model_half), shard(full_batch(), 0, 2))
     assert max(float((a - b).abs().max()) for a, b in zip(half, full)) > 1e-3  # one shard alone is different
     for rank in range(2):
         got = torch.load(tmp_path / f"grads{rank}.pt", weights_only=True)

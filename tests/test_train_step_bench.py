@@ -22,7 +22,7 @@ import train_step as bench  # noqa: E402
 
 from full_scale.data.synthetic import SyntheticLatents  # noqa: E402
 from full_scale.model.dit import DiT, dit_config  # noqa: E402
-from full_scale.train import StudentStep  # noqa: E402
+from full_scale.run import StudentStep  # noqa: E402
 from tvm_theory.loss import CFGConfig, StudentOutput, prepare_batch, tvm_loss  # noqa: E402
 from tvm_theory.time_samplers import make_time_sampler  # noqa: E402
 

@@ -56,7 +56,7 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     by 255/65535 instead of being clipped to white by ``convert``; float images (mode ``F``) have no defined
     range and are refused; every other mode (palette, L, LA, RGBA, CMYK, …) goes through ``convert("RGB")``."""
     if image.mode == "F":
-        raise ValueError(f"image: mode F (floating point) has no defined intensity range; convert it to 8 or 16 bits")
+        raise ValueError("image: mode F (floating point) has no defined intensity range; convert it to 8 or 16 bits")
     if image.mode.startswith("I"):
         arr = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.clip(np.round(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8))

@@ -37,7 +37,8 @@ from tvm_theory.io import atomic_write_text
 from ..callbacks import Callback
 from ..config import load_config
 from ..metrics import read_metrics
-from ..train import save, train
+from ..run_folder import save
+from ..train import train
 from ..verify import to_json, verify
 
 VARIANTS = {

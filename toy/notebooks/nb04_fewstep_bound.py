@@ -22,7 +22,6 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from toy.__main__ import main
 from tvm_theory.analysis.fewstep import exact_affine_few_step
