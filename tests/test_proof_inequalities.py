@@ -59,7 +59,8 @@ class Instance:
         total, log_lam = 0.0, 0.0
         for a, b, h, lip in ((a, b, hi - lo, lip) for lo, hi, a, b, lip in self.pieces()):
             rate = lip if weight else 0.0
-            growth = h if rate == 0 else math.expm1(rate * h) / rate
+            x = rate * h  # growth = ∫ e^{rate·u} du over the piece = h·expm1(x)/x, h when x underflows to 0
+            growth = h * (math.expm1(x) / x if x > 0 else 1.0)
             total += math.exp(log_lam) * (a + b) * growth
             log_lam += rate * h
         return total
