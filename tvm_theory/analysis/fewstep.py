@@ -291,7 +291,7 @@ def _sq(x: Tensor) -> np.ndarray:
     return x.reshape(x.shape[0], -1).pow(2).sum(1).cpu().numpy()
 
 
-def _reference_samples(reference, s_values: list[float], n_b: int, generator, b_from: str):
+def _reference_samples(reference, s_values: list[float], n_b: int, generator, b_from: str, device=None):
     """Samples z(σ) ~ p_σ at every σ in ``s_values`` (and their ODE error, a float): from the interpolant
     (b_from="path": (1 − σ)x0 + σx1, exact in law by (A1)) or along the reference flow from fresh noise
     (b_from="flow": chained solves, for a field that is not the interpolant's marginal velocity, e.g. guided)."""
@@ -300,7 +300,8 @@ def _reference_samples(reference, s_values: list[float], n_b: int, generator, b_
         return {s: (1 - s) * path.x0 + s * path.x1 for s in s_values}, 0.0
     if b_from != "flow":
         raise ValueError(f"b_from: expected 'path' or 'flow', got {b_from!r}")
-    z = start = torch.randn(n_b, reference.dim, generator=generator, dtype=torch.float64)
+    z = start = torch.randn(n_b, reference.dim, generator=generator, dtype=torch.float64).to(device)  # the noise's
+    # device (the CPU generator draws; the flow runs where the reference and the model are)
     out, prev, err = {}, 1.0, 0.0
     for s in sorted(set(s_values), reverse=True):
         if s < prev:
@@ -360,7 +361,8 @@ def few_step_report(model, reference, n_steps: int | None = None, *, L, x1: Tens
             f, dfds = model.displacement_and_ds(x, _full(tk, x), _full(sj, x))
             cols.append(_sq(dfds - model.velocity(x + f, _full(sj, x))))
         a_mats.append(np.stack(cols, 1))
-    z_s, b_ode = _reference_samples(reference, sorted({float(v) for p in pieces for v in p}), n_b, generator, b_from)
+    z_s, b_ode = _reference_samples(reference, sorted({float(v) for p in pieces for v in p}), n_b, generator, b_from,
+                                    device=x1.device)
     b_mats = []
     for s in pieces:
         cols = []
