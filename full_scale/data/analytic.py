@@ -23,7 +23,9 @@ import torch
 
 from tvm_theory.analysis.testbeds import LowRankGaussianMixture
 
-ITEMS_PER_EPOCH = 1_281_167  # as many as ImageNet's training set, so epochs mean the same as for latents
+from .synthetic import IMAGENET_TRAIN_ITEMS, SeededStream
+
+ITEMS_PER_EPOCH = IMAGENET_TRAIN_ITEMS  # as many as ImageNet's training set, so epochs mean the same as for latents
 
 
 def analytic_parameters(data_cfg, shape: tuple[int, int, int], num_classes: int
@@ -51,40 +53,24 @@ def analytic_bed(cfg, *, dtype: torch.dtype = torch.float64, device=None) -> Low
     return LowRankGaussianMixture(weights, means, factors, tau, dtype=dtype, device=device)
 
 
-class AnalyticDataset(torch.utils.data.IterableDataset):
+class AnalyticDataset(SeededStream):
     """x0 ~ N(m_k, F_k F_kᵀ + τ² I) of shape (C, H, W) with its class k uniform on {0, …, K − 1}, yielded as the other
     kinds yield theirs (float32 x, int64 scalar label).
 
-    Item i of epoch e on rank r is drawn from ``numpy.random.default_rng([seed, e, r, i])`` (seed =
-    ``train.seed``): reproducible, different across ranks and epochs, split over DataLoader workers by index. The
+    Items are drawn as :class:`~full_scale.data.synthetic.SeededStream` draws them (seed = ``train.seed``). The
     parameters are those of :func:`analytic_parameters`, held in float32."""
 
     def __init__(self, cfg, *, rank: int = 0, world_size: int = 1, num_items: int = ITEMS_PER_EPOCH):
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
+        super().__init__(rank=rank, world_size=world_size, seed=int(cfg.train.seed), num_items=num_items)
         m = cfg.model
         self.latent_shape = (m.in_channels, m.input_size, m.input_size)
         self.num_classes = int(m.num_classes)
         _, means, factors, tau = analytic_parameters(cfg.data, self.latent_shape, self.num_classes)
         self.means, self.factors, self.tau = means.float().numpy(), factors.float().numpy(), tau
-        self.rank, self.world_size, self.seed, self.num_items = rank, world_size, int(cfg.train.seed), num_items
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_items // self.world_size
-
-    def __iter__(self):
-        indices = range(len(self))
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None:
-            indices = indices[worker.id:: worker.num_workers]
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         d, r = self.means.shape[1], self.factors.shape[2]
-        for i in indices:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank, i])
-            k = int(rng.integers(self.num_classes))
-            x = self.means[k] + self.factors[k] @ rng.standard_normal(r, dtype=np.float32) \
-                + self.tau * rng.standard_normal(d, dtype=np.float32)
-            yield torch.from_numpy(x.reshape(self.latent_shape)), torch.tensor(k)
+        k = int(rng.integers(self.num_classes))
+        x = self.means[k] + self.factors[k] @ rng.standard_normal(r, dtype=np.float32) \
+            + self.tau * rng.standard_normal(d, dtype=np.float32)
+        return torch.from_numpy(x.reshape(self.latent_shape)), torch.tensor(k)
