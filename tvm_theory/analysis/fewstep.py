@@ -221,7 +221,8 @@ def evaluate_few_step(pieces, A, B, L, A_reps=None, B_reps=None, A_p=None, A_p_r
             r = np.asarray(reps[name])[np.isfinite(reps[name])]
             if r.size > 1:
                 se_log = float(r.std(ddof=1))
-                se_lin = float(_exp(r).std(ddof=1))
+                with np.errstate(over="ignore", invalid="ignore"):  # a vacuous bound's spread overflows: inf
+                    se_lin = float(_exp(r).std(ddof=1))
                 se_lin = se_lin if math.isfinite(se_lin) else math.inf
         lin[name] = Estimate(float(_exp(f)), se_lin, _absdiff(float(_exp(f)), float(_exp(c))))
         log10[name] = Estimate(f / math.log(10), se_log / math.log(10), _absdiff(f, c) / math.log(10))
