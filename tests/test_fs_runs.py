@@ -169,3 +169,17 @@ def test_two_torchrun_nodes_on_one_machine(tmp_path):
     start = read_metrics(tmp_path)[0]
     assert start["world_size"] == 2 and start["micro_batch"] == 4
     assert sorted(f.name for f in checkpoint.latest(tmp_path).glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+
+
+def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from tvm_theory.io import RunLock
+
+    assert train.cli(["--out", str(tmp_path / "a"), *TINY, "--set", "train.lr=abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m full_scale.train: error: train.lr: expected a finite number, got 'abc'"]
+    lock = RunLock(tmp_path / "b").acquire()
+    try:
+        assert train.cli(["--out", str(tmp_path / "b"), "--steps", "1", *TINY]) == 2
+    finally:
+        lock.release()
+    assert "the run folder is in use by another process" in capsys.readouterr().err
