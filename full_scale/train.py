@@ -67,10 +67,6 @@ Phase = Callable[[str], ContextManager]  # names a part of the step: profiler an
 EXIT_DIVERGED, EXIT_PREEMPTED = 3, 75  # command-line exit codes (75 = EX_TEMPFAIL: try again, i.e. resume)
 
 
-
-
-
-
 @dataclass
 class StepSums:
     """What one optimizer step's micro-batches leave behind: per-rank sums of loss, terminal, fm, mean-square ∂_s f
@@ -79,10 +75,6 @@ class StepSums:
     sums: torch.Tensor
     times: torch.Tensor
     bad: torch.Tensor
-
-
-
-
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
@@ -200,10 +192,6 @@ class StopSignal:
 
     def __exit__(self, *exc) -> None:
         signal.signal(signal.SIGTERM, self.previous)
-
-
-
-
 
 
 # ---- the run -------------------------------------------------------------------------------------------------------
