@@ -109,7 +109,8 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
                                   weight_decay=cfg.train.weight_decay)
     return Run(cfg=cfg, out=out, dist=d, model=model, target_ema=target_ema, eval_ema=eval_ema, student=student,
-               optimizer=optimizer, sampler=make_time_sampler(cfg.train.time_sampler), guidance=cfg.guidance.cfg(model.null_class),
+               optimizer=optimizer, sampler=make_time_sampler(cfg.train.time_sampler),
+               guidance=cfg.guidance.cfg(model.null_class),
                gen=torch.Generator(d.device).manual_seed(cfg.train.seed * 7919 + d.rank), micro=micro, accum=accum,
                bf16=cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda"),
                log=MetricsLog(out, enabled=d.main, tensorboard=cfg.log.tensorboard))

@@ -24,10 +24,10 @@ from .run import Run, batch_geometry
 # and computed, never what it optimizes (train.steps may always change: extending a run is what resume is for).
 SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log.lipschitz_iters", "log.tensorboard",
                 "checkpoint.every", "checkpoint.keep", "checkpoint.snapshot_every", "checkpoint.final", "data.root",
-                "data.num_workers", "model.attention_backend", "train.compile", "train.activation_checkpointing", "train.ddp_split_graphs",
-                "train.nan_policy", "train.max_nan_skips", "sample.nfe", "sample.weight", "sample.per_class",
-                "sample.seed", "eval.vae", "eval.batch_size", "eval.every", "eval.grid_classes", "eval.grid_per_class",
-                "eval.fid_reference", "eval.fid_samples", "eval.inception")
+                "data.num_workers", "model.attention_backend", "train.compile", "train.activation_checkpointing",
+                "train.ddp_split_graphs", "train.nan_policy", "train.max_nan_skips", "sample.nfe", "sample.weight",
+                "sample.per_class", "sample.seed", "eval.vae", "eval.batch_size", "eval.every", "eval.grid_classes",
+                "eval.grid_per_class", "eval.fid_reference", "eval.fid_samples", "eval.inception")
 
 
 def rng_state(gen: torch.Generator, device: torch.device) -> dict:

@@ -7,8 +7,8 @@
 or, from Python, ``train(load_config("tiny-digits"), "runs/digits")``.
 
 One step: each rank draws its micro-batches, times (t, s, s′) and noise; the student's f, ∂_s f (one JVP) and
-u_θ(x_{s′}) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP from outside,
-and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
+u_θ(x_{s′}) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP
+from outside, and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
 (both of its velocities in one call); AdamW steps on the averaged gradient; both EMAs follow. DDP uses NCCL on GPUs
 and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent (``train.jvp: manual``;
 ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target is compiled
@@ -21,8 +21,8 @@ What a run guarantees (tests/test_fs_train.py, tests/test_fs_reliability.py, tes
 * one writer per run folder: rank 0 holds ``{out}/.lock`` (``tvm_theory.io.RunLock``); a second trainer on the same
   folder stops at once with the holder's pid, host and command;
 * resume continues bit for bit on the same number of ranks (on another, with the same global batch, exactly in
-  weights, optimizer and progress but not in data order or noise: :func:`~full_scale.run_folder.change_world_size`), and refuses a
-  configuration that differs from the checkpoint's (listing every difference) unless each differing key is named
+  weights, optimizer and progress but not in data order or noise: :func:`~full_scale.run_folder.change_world_size`),
+  and refuses a configuration that differs from the checkpoint's (listing every difference) unless each differing key is named
   in ``allow_config_change`` and is one of :data:`~full_scale.run_folder.SAFE_CHANGES`;
   ``train.steps`` may always change. ``config.yaml`` is rewritten only with a configuration the run then follows,
   and the change is logged;

@@ -19,8 +19,10 @@ def run_check(name: str) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m proofs", description="Run the check scripts of proofs/ (all, or those named) and print a summary.")
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"check scripts to run (default: all): {', '.join(CHECKS)}")
+    parser = argparse.ArgumentParser(prog="python -m proofs", description="Run the check scripts of proofs/ (all, or "
+                                     "those named) and print a summary.")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"check scripts to run (default: all): {', '.join(CHECKS)}")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in CHECKS]
     if unknown:

@@ -6,10 +6,11 @@ Every writer of the project goes through here, the toy trainer and the full-scal
   writers of one file apart) and publish it with one ``os.replace``: a reader sees the old file or the new one,
   never a prefix.
 * A checkpoint is a directory ``{root}/step_{NNNNNNNN}/`` of files plus ``meta.json``, which records the format, the
-  step and the SHA-256 of every other file, and of its own content (``meta_sha256``). :func:`publish_checkpoint` fills ``step_N.tmp`` and renames it in one
-  ``os.replace``; an interrupted write leaves the previous checkpoints intact (a stale ``*.tmp`` is ignored by
-  :func:`list_checkpoints` and cleared by the next publish). :func:`read_checkpoint_meta` verifies every hash and
-  raises :class:`CheckpointError` naming the file on any mismatch.
+  step and the SHA-256 of every other file, and of its own content (``meta_sha256``). :func:`publish_checkpoint`
+  fills ``step_N.tmp`` and renames it in one ``os.replace``; an interrupted write leaves the previous checkpoints
+  intact (a stale ``step_*.tmp`` is ignored by :func:`list_checkpoints` and cleared by the next publish; snapshots,
+  steps at a multiple of ``snapshot_every``, survive rotation). :func:`read_checkpoint_meta` verifies every hash
+  and raises :class:`CheckpointError` naming the file on any mismatch.
 * :class:`RunLock` makes one process the only writer of a run folder.
 """
 from __future__ import annotations
