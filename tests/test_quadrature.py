@@ -151,3 +151,14 @@ def test_adaptive_simpson_rejects_bad_input_naming_the_argument():
                          ({"rtol": -1e-3}, "rtol"), ({"rtol": math.nan}, "rtol")]:
         with pytest.raises(ValueError, match=f"^{name}: expected"):
             adaptive_simpson(f, **kwargs)
+
+
+def test_log_space_helpers_against_direct_formulas():
+    from tvm_theory.analysis.logspace import abs_change, exp_inf, log0, logsumexp
+
+    a = np.array([[0.0, math.log(2.0), -np.inf], [-np.inf, -np.inf, -np.inf]])
+    np.testing.assert_allclose(logsumexp(a)[0], math.log(3.0), rtol=1e-15)
+    assert logsumexp(a)[1] == -np.inf and logsumexp(np.array([1000.0, 1000.0])) == pytest.approx(1000 + math.log(2))
+    assert log0(np.array([0.0]))[0] == -np.inf and exp_inf(np.array([1e4]))[0] == np.inf
+    assert abs_change(1.0, 3.5) == 2.5 and abs_change(math.nan, math.nan) == 0.0
+    assert abs_change(1.0, math.inf) == math.inf and abs_change(1.0, math.nan) == math.inf

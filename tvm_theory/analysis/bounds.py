@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .estimate import Estimate
+from .logspace import abs_change, exp_inf, log0, logsumexp
 from .ode import OdeSolution
 from .quadrature import check_grid, cumulative_trapezoid, make_grid, trapezoid_weights
 from .testbeds import AffineJump, Gaussian, TestBed
@@ -48,19 +49,6 @@ from .transport import w2
 LN10 = math.log(10.0)
 ROUNDING = 1e-12  # relative allowance for floating-point rounding in verdicts of exact quantities
 BOUND_NAMES = ("core", "amplification", "lambda_t", "Lambda", "bound_a", "bound_b", "bound_c", "paper")
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    m = a.max(axis=-1, keepdims=True)
-    m_safe = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.exp(a - m_safe).sum(axis=-1)) + m_safe[..., 0]
-    return np.where(np.isneginf(m[..., 0]), -np.inf, out)
-
-
-def _log(x: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(x)
 
 
 def log_bounds(t: float, s: np.ndarray, A: np.ndarray, B: np.ndarray, L: np.ndarray) -> dict[str, np.ndarray]:
@@ -77,27 +65,15 @@ def log_bounds(t: float, s: np.ndarray, A: np.ndarray, B: np.ndarray, L: np.ndar
 def _log_bounds(t, s, w, A, B, L):
     log_lam = cumulative_trapezoid(L, s)
     g, h = np.sqrt(A) + np.sqrt(B), A + B
-    out = {"core": _log((w * g).sum(-1)), "bound_a": _logsumexp(log_lam + _log(w * g)),
-           "Lambda": _logsumexp(log_lam + _log(w)), "paper": _logsumexp(log_lam + _log(w * h))}
+    out = {"core": log0((w * g).sum(-1)), "bound_a": logsumexp(log_lam + log0(w * g)),
+           "Lambda": logsumexp(log_lam + log0(w)), "paper": logsumexp(log_lam + log0(w * h))}
     with np.errstate(invalid="ignore"):
         out["amplification"] = out["bound_a"] - out["core"]
     out["lambda_t"] = log_lam[-1] + np.zeros_like(out["core"])
     out["bound_b"] = math.log(2.0) + out["Lambda"] + out["paper"]
     inner = cumulative_trapezoid(np.where(s < t, L, 0.0) ** 2 * (t - s), s)  # no inf·0 at s = t
-    out["bound_c"] = math.log(3.0 * t) + _logsumexp(3.0 * inner + _log(w * h))
+    out["bound_c"] = math.log(3.0 * t) + logsumexp(3.0 * inner + log0(w * h))
     return out
-
-
-def _absdiff(x: float, y: float) -> float:
-    if x == y or (math.isnan(x) and math.isnan(y)):
-        return 0.0
-    d = abs(x - y)
-    return d if math.isfinite(d) else math.inf
-
-
-def _exp(x) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return np.exp(x)
 
 
 def evaluate_bounds(t: float, s: np.ndarray, A: np.ndarray, B: np.ndarray, L: np.ndarray,
@@ -123,10 +99,10 @@ def evaluate_bounds(t: float, s: np.ndarray, A: np.ndarray, B: np.ndarray, L: np
         if reps is not None:
             r = reps[name][np.isfinite(reps[name])]
             se_log = float(r.std(ddof=1)) if r.size > 1 else 0.0
-            se_lin = float(_exp(r).std(ddof=1)) if r.size > 1 else 0.0
+            se_lin = float(exp_inf(r).std(ddof=1)) if r.size > 1 else 0.0
             se_lin = se_lin if math.isfinite(se_lin) else math.inf
-        lin[name] = Estimate(float(_exp(f)), se_lin, _absdiff(float(_exp(f)), float(_exp(c))))
-        log10[name] = Estimate(f / LN10, se_log / LN10, _absdiff(f, c) / LN10)
+        lin[name] = Estimate(float(exp_inf(f)), se_lin, abs_change(float(exp_inf(f)), float(exp_inf(c))))
+        log10[name] = Estimate(f / LN10, se_log / LN10, abs_change(f, c) / LN10)
     return lin, log10
 
 
@@ -338,7 +314,7 @@ def bound_report(model, testbed: TestBed, t: float, *, L, x_t: Tensor | None = N
         B_fm_se = np.hypot(fm_reps.std(0, ddof=1), sig_se)
         fm_lin, _ = evaluate_bounds(t, s, A, B_fm, Ls, A_reps, fm_reps)
         # σ²(s)'s own Monte Carlo error enters the paper's form linearly, through ∫ λ σ²
-        sig_term = float(_exp(_logsumexp(cumulative_trapezoid(Ls, s) + _log(trapezoid_weights(s) * sig_se))))
+        sig_term = float(exp_inf(logsumexp(cumulative_trapezoid(Ls, s) + log0(trapezoid_weights(s) * sig_se))))
         p = fm_lin["paper"]
         bounds["paper_fm"] = Estimate(p.value, math.hypot(p.se, sig_term), p.quad)
 

@@ -51,6 +51,8 @@ from torch import Tensor
 
 from .bounds import Comparison, compare
 from .estimate import Estimate
+from .logspace import abs_change, exp_inf, log0, logsumexp
+from .quadrature import cumulative_trapezoid, trapezoid_weights
 from .sensitivity import flow_jacobian
 
 FEW_STEP_NAMES = ("core", "amplification", "Lambda", "bound_a", "bound_b", "recursion_a")
@@ -93,32 +95,6 @@ def sampler_states(model, x1: Tensor, grid) -> list[Tensor]:
 
 
 # ---- the bound from profiles --------------------------------------------------------------------------------------
-def _trap_w(s: np.ndarray) -> np.ndarray:
-    h = np.diff(s)
-    w = np.zeros_like(s)
-    w[:-1] += h / 2
-    w[1:] += h / 2
-    return w
-
-
-def _cumtrap(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    inc = 0.5 * (y[..., 1:] + y[..., :-1]) * np.diff(s)
-    return np.concatenate([np.zeros(y.shape[:-1] + (1,)), np.cumsum(inc, axis=-1)], axis=-1)
-
-
-def _lse(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    m = np.max(a, axis=axis, keepdims=True)
-    m_safe = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m_safe), axis=axis)) + np.squeeze(m_safe, axis)
-    return np.where(np.isneginf(np.squeeze(m, axis)), -np.inf, out)
-
-
-def _log(x):
-    with np.errstate(divide="ignore"):
-        return np.log(x)
-
-
 def fewstep_log_bounds(pieces: list[np.ndarray], A: list[np.ndarray], B: list[np.ndarray],
                        L: list[np.ndarray], A_p: list[np.ndarray] | None = None,
                        log_lip: list[float] | None = None) -> dict[str, np.ndarray]:
@@ -137,21 +113,21 @@ def fewstep_log_bounds(pieces: list[np.ndarray], A: list[np.ndarray], B: list[np
     # log λ on each piece, accumulated from σ = 0 (the last jump) upwards
     log_lam, offset = [None] * n, 0.0
     for k in reversed(range(n)):
-        log_lam[k] = offset + _cumtrap(np.asarray(L[k], dtype=np.float64), pieces[k])
+        log_lam[k] = offset + cumulative_trapezoid(np.asarray(L[k], dtype=np.float64), pieces[k])
         offset = float(log_lam[k][-1])
     parts = {"core": [], "bound_a": [], "Lambda": [], "S": [], "delta": []}
     log_gamma = []
     for k in range(n):
-        w = _trap_w(pieces[k])
+        w = trapezoid_weights(pieces[k])
         a, b = np.maximum(A[k], 0.0), np.maximum(B[k], 0.0)
         g, h = np.sqrt(a) + np.sqrt(b), a + b
-        parts["core"].append(_log((w * g).sum(-1)))
-        parts["bound_a"].append(_lse(log_lam[k] + _log(w * g)))
-        parts["Lambda"].append(_lse(log_lam[k] + _log(w)))
-        parts["S"].append(_lse(log_lam[k] + _log(w * h)))
-        parts["delta"].append(_lse(log_lam[k] - log_lam[k][0] + _log(w * g)))
+        parts["core"].append(log0((w * g).sum(-1)))
+        parts["bound_a"].append(logsumexp(log_lam[k] + log0(w * g)))
+        parts["Lambda"].append(logsumexp(log_lam[k] + log0(w)))
+        parts["S"].append(logsumexp(log_lam[k] + log0(w * h)))
+        parts["delta"].append(logsumexp(log_lam[k] - log_lam[k][0] + log0(w * g)))
         log_gamma.append(float(log_lam[k][-1] - log_lam[k][0]))
-    out = {key: _lse(np.stack(np.broadcast_arrays(*v), axis=-1)) for key, v in parts.items() if key != "delta"}
+    out = {key: logsumexp(np.stack(np.broadcast_arrays(*v), axis=-1)) for key, v in parts.items() if key != "delta"}
     out["bound_b"] = math.log(2.0) + out["Lambda"] + out.pop("S")
     with np.errstate(invalid="ignore"):
         out["amplification"] = out["bound_a"] - out["core"]
@@ -163,9 +139,9 @@ def fewstep_log_bounds(pieces: list[np.ndarray], A: list[np.ndarray], B: list[np
     if A_p is not None:
         log_v = np.full(log_delta.shape[:-1], -np.inf)
         for k in range(n):
-            w = _trap_w(pieces[k])
+            w = trapezoid_weights(pieces[k])
             g = np.sqrt(np.maximum(A_p[k], 0.0)) + np.sqrt(np.maximum(B[k], 0.0))
-            d = _lse(log_lam[k] - log_lam[k][0] + _log(w * g))
+            d = logsumexp(log_lam[k] - log_lam[k][0] + log0(w * g))
             log_v = np.logaddexp(log_lip[k] + log_v, d)
         out["bound_v"] = log_v
     out["log_gamma"] = np.array(log_gamma)
@@ -182,18 +158,6 @@ def _profile(L, s: np.ndarray) -> np.ndarray:
     if not np.isfinite(L).all() or (L < 0).any():
         raise ValueError("L: expected finite, non-negative Lipschitz constants")
     return L
-
-
-def _absdiff(x: float, y: float) -> float:
-    if x == y:
-        return 0.0
-    d = abs(x - y)
-    return d if math.isfinite(d) else math.inf
-
-
-def _exp(x):
-    with np.errstate(over="ignore"):
-        return np.exp(x)
 
 
 def evaluate_few_step(pieces, A, B, L, A_reps=None, B_reps=None, A_p=None, A_p_reps=None, log_lip=None
@@ -222,10 +186,10 @@ def evaluate_few_step(pieces, A, B, L, A_reps=None, B_reps=None, A_p=None, A_p_r
             if r.size > 1:
                 se_log = float(r.std(ddof=1))
                 with np.errstate(over="ignore", invalid="ignore"):  # a vacuous bound's spread overflows: inf
-                    se_lin = float(_exp(r).std(ddof=1))
+                    se_lin = float(exp_inf(r).std(ddof=1))
                 se_lin = se_lin if math.isfinite(se_lin) else math.inf
-        lin[name] = Estimate(float(_exp(f)), se_lin, _absdiff(float(_exp(f)), float(_exp(c))))
-        log10[name] = Estimate(f / math.log(10), se_log / math.log(10), _absdiff(f, c) / math.log(10))
+        lin[name] = Estimate(float(exp_inf(f)), se_lin, abs_change(float(exp_inf(f)), float(exp_inf(c))))
+        log10[name] = Estimate(f / math.log(10), se_log / math.log(10), abs_change(f, c) / math.log(10))
     return lin, log10, fine
 
 
