@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -103,15 +101,9 @@ def test_divergence_keeps_the_last_healthy_checkpoint_and_names_it(tmp_path, mon
 
 
 def test_preempted_run_exits_75_and_a_finished_one_0(tmp_path, monkeypatch):
-    real, calls = train.tvm_loss, {"n": 0}
+    from test_fs_train import sigterm_during_step
 
-    def sigterm_during_step_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train, "tvm_loss", sigterm_during_step_2)
+    sigterm_during_step(monkeypatch, 2)
     assert train.cli(["--out", str(tmp_path), "--steps", "4", *TINY]) == train.EXIT_PREEMPTED
     monkeypatch.undo()
     assert train.cli(["--out", str(tmp_path), "--steps", "3", *TINY]) == 0

@@ -90,20 +90,24 @@ def losses(run):
     return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
 
 
+def sigterm_during_step(monkeypatch, step: int) -> None:
+    """Send this process SIGTERM from inside the loss of the ``step``-th micro-batch (one micro-batch per step)."""
+    real, calls = train.tvm_loss, {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "tvm_loss", loss)
+
+
 def test_exact_resume_after_sigterm_and_after_a_crash(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     train.main(["--out", str(a), "--steps", "5"] + TINY)
 
-    calls = {"n": 0}
-    real_loss = train.tvm_loss
-
-    def sigterm_during_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train, "tvm_loss", sigterm_during_step_3)
+    sigterm_during_step(monkeypatch, 3)
     train.main(["--out", str(b), "--steps", "5"] + TINY)
     monkeypatch.undo()
     events = [r for r in read_metrics(b) if r.get("event") == "sigterm"]
