@@ -109,12 +109,14 @@ def load_weights(path: str | os.PathLike, module: nn.Module, which: str = "eval_
 
 
 def load(path: str | os.PathLike, *, model: nn.Module, target_ema: nn.Module, eval_ema: nn.Module,
-         optimizer: torch.optim.Optimizer, model_config: dict, rank: int = 0,
-         world_size: int = 1) -> tuple[dict, dict | None]:
+         optimizer: torch.optim.Optimizer, model_config: dict, rank: int = 0, world_size: int = 1,
+         meta: dict | None = None) -> tuple[dict, dict | None]:
     """Restore a full training state; returns (meta, this rank's rng state dict, or None when the checkpoint was
-    written by a different number of ranks: the random streams cannot carry over, the caller seeds new ones)."""
+    written by a different number of ranks: the random streams cannot carry over, the caller seeds new ones).
+    ``meta``: the checkpoint's :func:`read_meta` when the caller has already verified it (every file is hashed
+    once, not twice)."""
     path = Path(path)
-    meta = read_meta(path)
+    meta = read_meta(path) if meta is None else meta
     check_model_config(meta, model_config, path)
     for name, module in zip(WEIGHTS, (model, target_ema, eval_ema)):
         load_weights(path, module, name, verify=False)

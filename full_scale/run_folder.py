@@ -99,7 +99,7 @@ def resume(run: Run, allow_config_change: Sequence[str] = ()) -> Path | None:
     changes = check_resume_config(meta["config"], run.cfg, allow_config_change, last)
     meta, rng = checkpoint.load(last, model=run.model, target_ema=run.target_ema, eval_ema=run.eval_ema,
                                 optimizer=run.optimizer, model_config=run.model.cfg.to_dict(),
-                                rank=run.dist.rank, world_size=run.dist.world_size)
+                                rank=run.dist.rank, world_size=run.dist.world_size, meta=meta)
     run.step, run.epoch, run.position = meta["step"], meta["epoch"], meta["position"]
     run.log.resume_at(run.step)
     if rng is not None:
@@ -134,9 +134,9 @@ def init_weights(run: Run, source: str) -> None:
     path = Path(source)
     nets = (run.model, run.target_ema, run.eval_ema)
     if path.is_dir():
+        checkpoint.check_model_config(checkpoint.read_meta(path), run.model.cfg.to_dict(), path)  # hashes, once
         for name, module in zip(checkpoint.WEIGHTS, nets):
-            meta = checkpoint.load_weights(path, module, name)
-        checkpoint.check_model_config(meta, run.model.cfg.to_dict(), path)
+            checkpoint.load_weights(path, module, name, verify=False)
     elif path.suffix == ".safetensors" and path.is_file():
         state = load_file(str(path))
         for module in nets:
