@@ -20,8 +20,13 @@ from .config import Config
 from .distributed import Dist, agree
 from .run import Run, batch_geometry
 
+# Keys a resume does not compare: train.steps may always change (extending a run is what resume is for), and
+# train.init_from says only how a new run starts (the checkpoint's weights supersede it; the run keeps the value it
+# started with, so a resume need not repeat --init-from).
+RESUME_IGNORES = ("train.steps", "train.init_from")
+
 # Keys a resumed run may change when they are named in ``allow_config_change``: how the run is watched, saved, fed
-# and computed, never what it optimizes (train.steps may always change: extending a run is what resume is for).
+# and computed, never what it optimizes.
 SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log.lipschitz_iters", "log.tensorboard",
                 "checkpoint.every", "checkpoint.keep", "checkpoint.snapshot_every", "checkpoint.final", "data.root",
                 "data.num_workers", "model.attention_backend", "train.compile", "train.activation_checkpointing",
@@ -75,7 +80,7 @@ def check_resume_config(saved: dict, cfg: Config, allowed: Sequence[str], path: 
     if unsafe:
         raise ValueError(f"--allow-config-change: {', '.join(unsafe)} cannot change on resume; "
                          f"the keys that can: {', '.join(SAFE_CHANGES)}")
-    changes = {k: v for k, v in config_changes(saved, cfg).items() if k != "train.steps"}
+    changes = {k: v for k, v in config_changes(saved, cfg).items() if k not in RESUME_IGNORES}
     refused = {k: v for k, v in changes.items() if k not in allowed}
     if refused:
         lines = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in refused.items())
@@ -102,6 +107,7 @@ def resume(run: Run, allow_config_change: Sequence[str] = ()) -> Path | None:
                                 rank=run.dist.rank, world_size=run.dist.world_size, meta=meta)
     run.step, run.epoch, run.position = meta["step"], meta["epoch"], meta["position"]
     run.log.resume_at(run.step)
+    keep_init_from(run, meta["config"].get("train", {}).get("init_from"))
     if rng is not None:
         set_rng_state(rng, run.gen, run.dist.device)
     else:
@@ -110,6 +116,17 @@ def resume(run: Run, allow_config_change: Sequence[str] = ()) -> Path | None:
         run.log.log({"event": "config_change", "step": run.step,
                      "changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in changes.items()}})
     return last
+
+
+def keep_init_from(run: Run, started_from: str | None) -> None:
+    """On resume, ``run.cfg`` takes the ``train.init_from`` the run started with (its provenance, saved again with every
+    checkpoint and in config.yaml); a different non-empty value given now is ignored, and logged as such."""
+    given = run.cfg.train.init_from
+    if given == started_from:
+        return
+    if given:
+        run.log.log({"event": "init_from_ignored", "step": run.step, "given": given, "started_from": started_from})
+    run.cfg = run.cfg.override({"train.init_from": started_from})
 
 
 def change_world_size(run: Run, meta: dict) -> None:

@@ -24,7 +24,8 @@ What a run guarantees (tests/test_fs_train.py, tests/test_fs_reliability.py, tes
   weights, optimizer and progress but not in data order or noise: :func:`~full_scale.run_folder.change_world_size`),
   and refuses a configuration that differs from the checkpoint's (listing every difference) unless each differing key is named
   in ``allow_config_change`` and is one of :data:`~full_scale.run_folder.SAFE_CHANGES`;
-  ``train.steps`` may always change. ``config.yaml`` is rewritten only with a configuration the run then follows,
+  ``train.steps`` may always change and ``train.init_from`` is not compared (the run keeps the value it started
+  with). ``config.yaml`` is rewritten only with a configuration the run then follows,
   and the change is logged;
 * a checkpoint is saved only while the run is healthy (its last step finite), so rotation never evicts the last
   healthy checkpoint for a diverged one; on divergence (``train.nan_policy``) the error names the step and the last
@@ -212,6 +213,7 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
         resumed_from = resume(run, allow_config_change)
         if resumed_from is None and cfg.train.init_from:
             init_weights(run, cfg.train.init_from)
+        cfg = run.cfg  # a resume restores the run's train.init_from
         if d.main:
             atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             run.log.log({"event": "start", "step": run.step, "world_size": d.world_size, "device": str(d.device),

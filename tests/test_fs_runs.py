@@ -63,6 +63,30 @@ def test_a_new_run_starts_from_a_checkpoint_or_a_safetensors_file(tmp_path):
         train.train(wrong, tmp_path / "e")
 
 
+def test_a_resume_keeps_the_weights_it_started_from_without_repeating_init_from(tmp_path):
+    """train.init_from only says how a run starts: resuming needs no --init-from, ignores (and logs) another one,
+    and the run keeps its provenance in config.yaml and in every later checkpoint."""
+    import yaml
+
+    train.main(["--out", str(tmp_path / "a"), "--steps", "1", *TINY])
+    source = str(checkpoint.latest(tmp_path / "a"))
+    other = str(tmp_path / "other.safetensors")
+    train.main(["--out", str(tmp_path / "b"), "--steps", "1", *TINY, "--init-from", source])
+    train.main(["--out", str(tmp_path / "b"), "--steps", "2", *TINY])  # no --init-from: resumes
+    train.main(["--out", str(tmp_path / "b"), "--steps", "3", *TINY, "--init-from", other])  # ignored: resumes
+    records = read_metrics(tmp_path / "b")
+    assert [r["step"] for r in records if r.get("event") == "start"] == [0, 1, 2]
+    assert [r for r in records if r.get("event") == "init_from"] == [{"event": "init_from", "step": 0,
+                                                                       "source": source}]
+    assert [r for r in records if r.get("event") == "init_from_ignored"] == [
+        {"event": "init_from_ignored", "step": 2, "given": other, "started_from": source}]
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["train"]["init_from"] == source
+    last = checkpoint.latest(tmp_path / "b")
+    assert last.name == "step_00000003" and checkpoint.read_meta(last)["config"]["train"]["init_from"] == source
+    with pytest.raises(ValueError, match="train.lr: checkpoint"):  # other keys are still compared
+        train.main(["--out", str(tmp_path / "b"), "--steps", "4", *TINY, "--set", "train.lr=0.5"])
+
+
 def as_if_written_by_two_ranks(ckpt):
     """Re-publish a one-rank checkpoint as a two-rank run's (a second rng file, world_size 2), through the same writer
     (so every hash is right)."""
