@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from full_scale import checkpoint
 from full_scale.config import load_config
 from full_scale.data import build_dataset
 from full_scale.data.analytic import analytic_bed, analytic_parameters
 from full_scale.experiments import analytic_study
+from full_scale.metrics import read_metrics
 from full_scale.sample import load_run
 from full_scale.train import train
 from full_scale.verify import FlatJump, verify
@@ -123,17 +125,28 @@ def test_verify_cli_help_and_errors(tmp_path, capsys):
         verify_main(["--run", str(tmp_path), "--out", str(tmp_path / "o")])
 
 
-def test_the_gpu_study_runs_at_tiny_size(tmp_path):
-    study = analytic_study.main([
-        "--out", str(tmp_path), "--preset", "analytic-tiny", "--variants", "guided", "--train-seconds", "1.5",
-        "--checkpoints", "2", "--samples", "16", "--nfe", "1", "--theorem-samples", "2", "--sens-samples", "2",
-        "--sens-nodes", "1", "--sens-rtol", "1e-2", "--lip-probes", "2", "--pot-samples", "16",
-        "--set", "train.steps=100000"])
-    v = study["variants"]["guided"]
-    assert v["train_summary"]["stopped_by"] == "sigterm"  # stopped by the wall clock, not by train.steps
-    steps = sorted({r["step"] for r in v["rows"]})
-    assert len(steps) == 2 and steps[0] < steps[1]
+def test_the_gpu_study_runs_at_tiny_size_over_two_calls(tmp_path):
+    args = ["--out", str(tmp_path), "--preset", "analytic-tiny", "--variants", "guided", "--train-seconds", "2.5",
+            "--checkpoints", "2", "--samples", "16", "--nfe", "1", "--theorem-samples", "2", "--sens-samples", "2",
+            "--sens-nodes", "1", "--sens-rtol", "1e-2", "--lip-probes", "2", "--pot-samples", "16",
+            "--set", "train.steps=100000"]
+    first = analytic_study.main([*args, "--call-seconds", "0.6"])["variants"]["guided"]
+    assert first["train_summary"]["stopped_by"] == "sigterm" and "rows" not in first  # the call ended, unverified
+    assert 0.6 <= first["trained_s"] < 1.25 and first["status"].startswith("trained")
+    clock = json.loads((tmp_path / "guided" / "clock.json").read_text())
+    assert clock == {"trained_s": first["trained_s"], "budget_reached": False}
+    after_first = checkpoint.latest(tmp_path / "guided" / "run")
+
+    v = analytic_study.main(args)["variants"]["guided"]  # resumes the run and its clock, then verifies
+    assert v["status"] == "verified" and v["train_summary"]["stopped_by"] == "sigterm"
+    assert v["trained_s"] >= 2.5 and v["train_wall_s"] < 2.5 + 60  # the rest of the budget, not all of it again
+    starts = [r for r in read_metrics(tmp_path / "guided" / "run") if r.get("event") == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"] == str(after_first)
+    steps = sorted({r["step"] for r in v["rows"]})  # the mark at 1.25 s, the first call's end, the budget's end
+    assert len(steps) == 3 and steps[0] < steps[1] < steps[2]
     assert json.loads((tmp_path / "study.json").read_text())["variants"]["guided"]["rows"] == v["rows"]
+    again = analytic_study.main(args)["variants"]["guided"]  # the budget was reached: no more training
+    assert again["train_summary"] is None and again["rows"] == v["rows"]
 
 
 def test_verification_noise_is_independent_of_the_mixture():

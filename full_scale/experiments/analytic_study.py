@@ -1,14 +1,19 @@
 """The GPU study of issue 18: the real trainer against an exact answer in ImageNet-latent dimensions.
 
-    python -m full_scale.experiments.analytic_study --out DIR [--variants guided,unconditional] [--train-seconds 180]
-        [--checkpoints 4] [--preset analytic-256] [--samples 1024] [--nfe 1,2,4] [--set section.key=value ...]
+    python -m full_scale.experiments.analytic_study --out DIR [--variants guided,unconditional] [--train-seconds 600]
+        [--call-seconds S] [--checkpoints 4] [--preset analytic-256] [--samples 1024] [--nfe 1,2,4] [--set k=v ...]
 
 For each variant, :func:`full_scale.train.train` trains the preset (``analytic-256``: DiT-B/2 on the analytic mixture
 of D = 4096 with 100 classes; on CUDA the trainer's defaults — Triton attention kernel, compiled blocks, bf16 autocast)
-for a fixed wall-clock budget, measured from the end of the first optimizer step (so compilation is not counted),
-with checkpoints at ``--checkpoints`` geometrically spaced times (budget/2^(k−1), …, budget/2, budget); at the budget
-the run is stopped through the trainer's own SIGTERM path (it saves one more checkpoint). Then
+for a budget of training time, measured from the end of each process's first optimizer step (so compilation is not
+counted), with checkpoints at ``--checkpoints`` geometrically spaced times (budget/2^(k−1), …, budget/2, budget); at
+the budget the run is stopped through the trainer's own SIGTERM path (it saves one more checkpoint). Then
 :func:`full_scale.verify.verify` checks every checkpoint at every N of ``--nfe`` on the same noise and labels.
+
+A budget longer than one call can run (the device tool allows 10 minutes a command) is spread over calls:
+``--call-seconds S`` ends a call after S seconds of training with a checkpoint, and the same command again (same
+``--out``) resumes the run and its clock (``DIR/{variant}/clock.json``) until the budget is reached, then verifies.
+Checkpoints written at a call's end are verified too.
 
 Variants: ``guided`` — class-conditional with constant guidance w = 2 (the paper's value; the exact target is the
 guided flow of w·u(x, t | k) − (w − 1)·u(x, t)); ``unconditional`` — ``guidance.mode: none`` (the exact target is the
@@ -16,8 +21,7 @@ marginal flow of the 100-mode mixture).
 
 Writes DIR/{variant}/run (the training run: config.yaml, metrics.jsonl, checkpoints), DIR/{variant}/verify
 (verify.json and figures) and DIR/study.json (device, budget, throughput, and per checkpoint and N the sandwich:
-upper bound, POT and sliced W2, lower bounds, the references). One variant fits one ≤ 9-minute call on an H100 at the
-default budget; run the two variants in two calls with the same --out.
+upper bound, POT and sliced W2, lower bounds, the references; an unfinished variant says how far it got).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,27 +53,48 @@ VARIANTS = {
 
 
 class WallClock(Callback):
-    """Checkpoints at ``marks`` seconds after the first optimizer step, and a stop (SIGTERM to this process, which
-    :func:`full_scale.train.train` turns into a checkpoint and a clean end) at the last mark."""
+    """Checkpoints at ``marks`` seconds of training, and a stop at the last mark (SIGTERM to this process, which
+    :func:`full_scale.train.train` turns into a checkpoint and a clean end).
 
-    def __init__(self, marks: list[float]):
+    Training time is ``already`` (seconds trained by earlier calls on the same run) plus the time since the end of this
+    process's first optimizer step, so compilation is never counted. ``call_seconds`` stops this call earlier (the
+    same clean stop): a later call resumes the run and the clock. ``trained`` is the training time at the last step
+    seen, ``state()`` what :func:`run_variant` stores between calls.
+    """
+
+    def __init__(self, marks: list[float], *, already: float = 0.0, call_seconds: float | None = None,
+                 on_save: Callable[["WallClock"], None] | None = None):
         if not marks or any(b <= a for a, b in zip(marks[:-1], marks[1:])) or marks[0] <= 0:
             raise ValueError(f"marks: expected increasing positive times, got {marks}")
-        self.marks, self.start, self.saved = list(marks), None, []
+        if call_seconds is not None and not call_seconds > 0:
+            raise ValueError(f"call_seconds: expected > 0 or None, got {call_seconds}")
+        self.marks = [m for m in marks if m > already]  # earlier marks were checkpointed by earlier calls
+        self.already, self.call_seconds, self.on_save = already, call_seconds, on_save
+        self.start, self.trained, self.saved, self.stopping, self.reached_budget = None, already, [], False, False
 
     def on_step(self, run) -> None:
         now = time.perf_counter()
         if self.start is None:
             self.start = now
             return
-        if not self.marks or now - self.start < self.marks[0]:
+        if self.stopping:  # the signal is acted on at the end of the next step
             return
-        self.marks.pop(0)
-        if self.marks:
-            save(run)
-            self.saved.append(run.step)
-        else:
+        self.trained = self.already + now - self.start
+        if self.marks and self.trained >= self.marks[0]:
+            self.marks.pop(0)
+            if self.marks:
+                save(run)
+                self.saved.append(run.step)
+                if self.on_save is not None:
+                    self.on_save(self)
+                return
+            self.reached_budget = True
+        if self.reached_budget or (self.call_seconds is not None and now - self.start >= self.call_seconds):
+            self.stopping = True
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def state(self) -> dict:
+        return {"trained_s": self.trained, "budget_reached": self.reached_budget or not self.marks}
 
 
 def _commit() -> str | None:
@@ -97,22 +123,35 @@ def summarize(report: dict) -> list[dict]:
 
 
 def run_variant(name: str, out: Path, *, preset: str, overrides: list[str], train_seconds: float, checkpoints: int,
-                verify_kwargs: dict) -> dict:
-    # checkpoints only at the wall-clock marks (and the stop)
+                verify_kwargs: dict, call_seconds: float | None = None) -> dict:
+    """Train (or resume) one variant to ``train_seconds`` of training, then verify every checkpoint. With
+    ``call_seconds`` a call may end first: the entry then says how far training got, and the same call again
+    resumes it (``{variant}/clock.json`` keeps the training time between calls)."""
+    # checkpoints only at the wall-clock marks (and the stops)
     cfg = load_config(preset, VARIANTS[name] + ["checkpoint.every=1000000000"] + overrides)
     marks = [train_seconds / 2 ** k for k in reversed(range(checkpoints))]
-    clock = WallClock(marks)
+    clock_path = out / name / "clock.json"
+    state = json.loads(clock_path.read_text()) if clock_path.is_file() else {"trained_s": 0.0, "budget_reached": False}
+    clock = WallClock(marks, already=state["trained_s"], call_seconds=call_seconds,
+                      on_save=lambda c: atomic_write_text(clock_path, json.dumps(c.state())))
     run_dir = out / name / "run"
     started = time.perf_counter()
-    summary = train(cfg, run_dir, callbacks=[clock])
+    summary = train(cfg, run_dir, callbacks=[clock]) if not state["budget_reached"] else None
     train_wall = time.perf_counter() - started
+    state = clock.state()
+    clock_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(clock_path, json.dumps(state))
+    entry = {"variant": name, "overrides": VARIANTS[name] + overrides, "train_summary": summary,
+             "train_wall_s": train_wall, "trained_s": state["trained_s"], "budget_s": train_seconds,
+             "checkpoint_marks_s": marks}
     records = [r for r in read_metrics(run_dir) if "images_per_s" in r]
+    entry["images_per_s_last"] = records[-1]["images_per_s"] if records else None
+    if not state["budget_reached"]:
+        return {**entry, "status": f"trained {state['trained_s']:.0f} of {train_seconds:.0f} s: run the same command "
+                                   "again to resume"}
     report = verify(run_dir, out / name / "verify", **verify_kwargs)
-    return {"variant": name, "overrides": VARIANTS[name] + overrides, "train_summary": summary,
-            "train_wall_s": train_wall, "budget_s": train_seconds, "checkpoint_marks_s": marks,
-            "images_per_s_last": records[-1]["images_per_s"] if records else None,
-            "verify_wall_s": report["wall_s"], "references": {k: v["upper"]["value"] for k, v in
-                                                              report["references"].items()},
+    return {**entry, "status": "verified", "verify_wall_s": report["wall_s"],
+            "references": {k: v["upper"]["value"] for k, v in report["references"].items()},
             "floors": {"pot": report["floors"]["pot_floor"], "sliced": report["floors"]["sliced_floor"]["value"],
                        "gelbrich": report["floors"]["gelbrich_floor"]["value"]},
             "rows": summarize(report), "figures": report.get("figures", [])}
@@ -125,7 +164,10 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="output directory (the lead passes $OUT)")
     p.add_argument("--variants", default="guided,unconditional", help=f"comma-separated, of {list(VARIANTS)}")
     p.add_argument("--preset", default="analytic-256")
-    p.add_argument("--train-seconds", type=float, default=180.0, help="training budget per variant, after compile")
+    p.add_argument("--train-seconds", type=float, default=600.0,
+                   help="training budget per variant, compilation not counted")
+    p.add_argument("--call-seconds", type=float, default=None,
+                   help="end this call after this much training (checkpointed); the same command again resumes")
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints at budget/2^(k-1), ..., budget")
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--nfe", default="1,2,4")
@@ -145,8 +187,8 @@ def main(argv=None) -> dict:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise SystemExit(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
-    if a.checkpoints < 1 or not a.train_seconds > 0:
-        raise SystemExit("--checkpoints, --train-seconds: expected ≥ 1 and > 0")
+    if a.checkpoints < 1 or not a.train_seconds > 0 or (a.call_seconds is not None and not a.call_seconds > 0):
+        raise SystemExit("--checkpoints, --train-seconds, --call-seconds: expected ≥ 1, > 0 and > 0")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     verify_kwargs = dict(samples=a.samples, nfe=[int(v) for v in a.nfe.split(",")], theorem_samples=a.theorem_samples,
@@ -160,7 +202,7 @@ def main(argv=None) -> dict:
     for name in variants:
         study["variants"][name] = run_variant(name, out, preset=a.preset, overrides=a.set,
                                               train_seconds=a.train_seconds, checkpoints=a.checkpoints,
-                                              verify_kwargs=verify_kwargs)
+                                              verify_kwargs=verify_kwargs, call_seconds=a.call_seconds)
         atomic_write_text(study_path, to_json(study))
     return study
 
