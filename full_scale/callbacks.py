@@ -97,9 +97,12 @@ class SampleGrid(Callback):
         if DATASETS[run.cfg.data.kind].pixels:
             self.decode = to_uint8
         elif ev.vae:
-            from .data.latents import LatentDataset
             from .data.vae import decode_latents, load_vae
-            vae, stats = load_vae(ev.vae, device=run.dist.device), LatentDataset(run.cfg.data.root).stats
+            stats = getattr(dataset, "stats", None)  # the standardization the latents were stored with
+            if stats is None:
+                raise ValueError(f"eval.vae: decoding needs latents with their statistics (data.kind: latents), "
+                                 f"got data.kind: {run.cfg.data.kind}")
+            vae = load_vae(ev.vae, device=run.dist.device)
             self.decode = lambda z: decode_latents(vae, z, stats)  # noqa: E731
         if ev.fid_reference:
             from .evaluation.fid import load_inception

@@ -144,10 +144,10 @@ def main(argv=None) -> list[Path]:
     if DATASETS[cfg.data.kind].pixels:
         decode = to_uint8
     elif vae_source:
-        from .data.latents import LatentDataset
+        from .data.latents import manifest_stats
         from .data.vae import decode_latents, load_vae
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.decode_dtype]
-        vae, stats = load_vae(vae_source, device=device, dtype=dtype), LatentDataset(cfg.data.root).stats
+        vae, stats = load_vae(vae_source, device=device, dtype=dtype), manifest_stats(cfg.data.root)
         decode = lambda z: decode_latents(vae, z, stats)  # noqa: E731
 
     written = []

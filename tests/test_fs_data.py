@@ -2,12 +2,14 @@
 verification, the latent dataset's shuffling and rank split, channel statistics, and the offline error."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -26,8 +28,10 @@ from full_scale.data.latents import (  # noqa: E402
     compute_latent_stats,
     load_manifest,
     main,
+    manifest_stats,
     prepare,
 )
+from full_scale.data import latents as latents_module  # noqa: E402
 from full_scale.data.vae import (  # noqa: E402
     PAPER_LATENT_STATS,
     SD_VAE_ID,
@@ -407,6 +411,23 @@ def test_corrupted_content_is_caught_by_checksums(copy_of):
         LatentDataset(copy_of, verify_checksums=True)  # … the checksum can
     with pytest.raises(ShardError, match="sha256"):
         LatentDataset(copy_of)  # and training verifies it by default
+    # R ranks share the hashing: each shard once, by rank (index mod R); only shard 2's owner sees the flip
+    n_shards, real = len(load_manifest(copy_of)[0]["shards"]), latents_module.sha256_file
+    for world in (2, 3):
+        hashed = []
+        spy = mock.patch("full_scale.data.latents.sha256_file", side_effect=lambda p: hashed.append(p.name) or real(p))
+        with spy:
+            for rank in range(world):
+                with contextlib.suppress(ShardError):
+                    LatentDataset(copy_of, rank=rank, world_size=world)
+        assert sorted(hashed) == sorted(f"latents-{i:05d}.safetensors" for i in range(n_shards))
+        for rank in range(world):
+            if rank == 2 % world:
+                with pytest.raises(ShardError, match="latents-00002.*sha256"):
+                    LatentDataset(copy_of, rank=rank, world_size=world)
+            else:
+                LatentDataset(copy_of, rank=rank, world_size=world)
+    assert manifest_stats(copy_of) == LatentDataset(copy_of, verify_checksums=False).stats  # no shard read
 
 
 # ------------------------------------------------------------------------------------------------------ the VAE

@@ -144,6 +144,31 @@ def test_a_run_can_be_watched_sample_grids_and_fid_during_training(tmp_path):
         train.main(["--out", str(tmp_path / "x"), *TINY, "--set", "eval.fid_samples=1"])
 
 
+def test_sample_grids_of_a_latent_run_are_decoded_with_the_data_sets_statistics(tmp_path):
+    """eval.vae decodes the grid's latents with the statistics of the run's own data set (no second pass over the
+    shards); a data kind without latent statistics is refused with the key's name."""
+    import numpy as np
+    from PIL import Image
+
+    pytest.importorskip("diffusers", reason="the VAE needs the optional `diffusers` package")
+    from full_scale.data.latents import prepare
+    from test_fs_data import image_folder, tiny_vae_folder
+
+    vae = tiny_vae_folder(tmp_path / "vae")
+    prepare(image_folder(tmp_path / "src", per_class=2), tmp_path / "data", resolution=16, vae=str(vae),
+            shard_size=3, batch_size=3, num_workers=0)
+    latent = ["--set", "model.input_size=8", "--set", "model.in_channels=4", "--set", "model.num_classes=3",
+              "--set", "data.kind=latents", "--set", f"data.root={tmp_path / 'data'}", "--set", "data.num_workers=0",
+              "--set", "train.global_batch=6", "--set", "eval.grid_classes=2", "--set", "eval.grid_per_class=1",
+              "--set", f"eval.vae={vae}"]
+    train.main(["--out", str(tmp_path / "run"), "--steps", "1", *TINY, *latent, "--set", "eval.every=1"])
+    grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "step_00000001.png"))
+    assert grid.ndim == 3 and grid.shape[2] == 3 and grid.std() > 0  # 2 decoded 16-px images, not a blank
+    with pytest.raises(ValueError, match="eval.vae: decoding needs latents"):
+        train.main(["--out", str(tmp_path / "x"), "--steps", "1", *TINY, "--set", "data.kind=synthetic",
+                    "--set", "eval.every=1", "--set", f"eval.vae={vae}"])
+
+
 @pytest.mark.parametrize("max_norm", [0.1, 100.0])
 def test_the_norm_and_clip_fallbacks_for_torch_before_2_6_equal_torch(monkeypatch, max_norm):
     """The trainer runs on torch ≥ 2.4: before 2.6, get_total_norm and clip_grads_with_norm_ do not exist and

@@ -239,10 +239,9 @@ def verify_shard(root: Path, entry: dict, latent_shape: tuple, num_classes: int,
     return {"header": header, "start": start, "path": path}
 
 
-def load_manifest(root: str | os.PathLike, *, full: bool = False) -> tuple[dict, list[dict]]:
-    """Read ``manifest.json`` and verify every shard (:func:`verify_shard`); returns (manifest, shard infos)."""
-    root = Path(root)
-    path = root / MANIFEST
+def read_manifest(root: str | os.PathLike) -> dict:
+    """``manifest.json`` of a prepared folder, its format and posterior checked (no shard is read)."""
+    path = Path(root) / MANIFEST
     if not path.is_file():
         raise ShardError(f"{path}: missing; run `python -m full_scale.data prepare` (it writes the manifest last)")
     manifest = json.loads(path.read_text())
@@ -253,12 +252,33 @@ def load_manifest(root: str | os.PathLike, *, full: bool = False) -> tuple[dict,
         raise ShardError(f"{path}: posterior {manifest.get('posterior')!r}, expected one of {POSTERIORS}")
     if manifest["format"] != FORMAT and manifest["posterior"] == "mean-std":
         raise ShardError(f"{path}: format {manifest['format']!r} has no posterior 'mean-std'")
+    return manifest
+
+
+def manifest_stats(root: str | os.PathLike) -> LatentStats:
+    """The per-channel standardization constants a prepared folder records (what decoding needs; no shard read)."""
+    manifest = read_manifest(root)
+    return LatentStats(tuple(manifest["latent_mean"]), tuple(manifest["latent_std"]))
+
+
+def load_manifest(root: str | os.PathLike, *, full: bool = False,
+                  part: tuple[int, int] = (0, 1)) -> tuple[dict, list[dict]]:
+    """Read ``manifest.json`` and verify every shard (:func:`verify_shard`); returns (manifest, shard infos).
+
+    With ``full`` the SHA-256 of the shards ``part = (r, R)`` selects, every R-th from the r-th, is checked too: R ranks
+    that each pass their own part hash every shard once between them (a corrupt shard stops its rank, and torchrun
+    then the job) instead of each reading the whole data set."""
+    root = Path(root)
+    path = root / MANIFEST
+    manifest = read_manifest(root)
     counts = [s["count"] for s in manifest["shards"]]
     if sum(counts) != manifest["num_items"]:
         raise ShardError(f"{path}: shard counts add to {sum(counts)}, manifest says num_items={manifest['num_items']}")
     shape = tuple(manifest["latent_shape"])
     with_std = manifest["posterior"] == "mean-std"
-    infos = [verify_shard(root, s, shape, manifest["num_classes"], full, with_std) for s in manifest["shards"]]
+    r, world = part
+    infos = [verify_shard(root, s, shape, manifest["num_classes"], full and i % world == r, with_std)
+             for i, s in enumerate(manifest["shards"])]
     return manifest, infos
 
 
@@ -270,9 +290,9 @@ class LatentDataset(torch.utils.data.IterableDataset):
     Epoch e draws one permutation π of all N items from ``numpy.random.default_rng([seed, e])``; rank r of R
     takes π[r], π[r + R], … over the first ⌊N/R⌋·R entries (every rank gets ⌊N/R⌋ items, the same on every run),
     and DataLoader worker w of W takes every W-th of those. Items are read from memory-mapped shards after the
-    manifest check (:func:`load_manifest`; with ``verify_checksums``, the default, every shard's SHA-256 too, once
-    when the dataset is made: a flipped byte is caught before training reads it) and standardized with the
-    manifest's constants: yields (z̃ float32 (C, h, w), label int64 scalar tensor).
+    manifest check (:func:`load_manifest`; with ``verify_checksums``, the default, the SHA-256 of this rank's share of
+    the shards too, once when the dataset is made: the ranks together catch a flipped byte before training reads it)
+    and standardized with the manifest's constants: yields (z̃ float32 (C, h, w), label int64 scalar tensor).
 
     Posterior draw (``posterior: mean-std``, the default of ``prepare``, as the official code): item i used in epoch
     e is z = μ_i + σ_i ⊙ ε with ε ~ N(0, I) float32 from ``numpy.random.default_rng([seed, e, i, DRAW_STREAM])``,
@@ -285,10 +305,10 @@ class LatentDataset(torch.utils.data.IterableDataset):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
         self.root = Path(root)
-        manifest, self._infos = load_manifest(self.root, full=verify_checksums)
+        manifest, self._infos = load_manifest(self.root, full=verify_checksums, part=(rank, world_size))
         self.num_classes = int(manifest["num_classes"])
         self.latent_shape = tuple(manifest["latent_shape"])
-        self.stats = LatentStats(tuple(manifest["latent_mean"]), tuple(manifest["latent_std"]))
+        self.stats = manifest_stats(self.root)
         self.posterior = manifest["posterior"]
         self.num_items = int(manifest["num_items"])
         if self.num_items < world_size:
