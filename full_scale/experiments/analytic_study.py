@@ -31,8 +31,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -63,7 +63,7 @@ class WallClock(Callback):
     """
 
     def __init__(self, marks: list[float], *, already: float = 0.0, call_seconds: float | None = None,
-                 on_save: Callable[["WallClock"], None] | None = None):
+                 on_save: Callable[[WallClock], None] | None = None):
         if not marks or any(b <= a for a, b in zip(marks[:-1], marks[1:])) or marks[0] <= 0:
             raise ValueError(f"marks: expected increasing positive times, got {marks}")
         if call_seconds is not None and not call_seconds > 0:
