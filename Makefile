@@ -4,10 +4,14 @@
 #   machines carry. A user with a CUDA torch keeps it with, e.g.:
 #     make test VENV_FLAGS=--system-site-packages TORCH_SPEC=
 #   (an empty TORCH_SPEC installs no torch; `torch>=2.4` in pyproject.toml is then already satisfied).
+# FIDELITY_SPEC: torch-fidelity, the evaluation's reference (tests/test_fs_fidelity.py), installed with --no-deps:
+#   its dependencies name torchvision, whose PyPI wheel needs the CUDA torch of its release (pip would pull one);
+#   full_scale/evaluation/fidelity.py loads the parts that need no torchvision. Empty: not installed (tests skip).
 PYTHON     ?= python3
 VENV       ?= .venv
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
+FIDELITY_SPEC ?= torch-fidelity==0.4.0
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 OUT        ?= runs/demo
@@ -22,6 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install --quiet "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install --quiet -e ".[test,notebooks,full]"
+	if [ -n "$(FIDELITY_SPEC)" ]; then $(PY) -m pip install --quiet --no-deps "$(FIDELITY_SPEC)"; fi
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -92,7 +92,8 @@ def test_inception_score_known_values_and_numpy():
     logits = np.random.default_rng(0).standard_normal((n, k)) * 3
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    scores = [np.exp((c * (np.log(c) - np.log(c.mean(0)))).sum(1).mean()) for c in np.array_split(p, 3)]
+    chunks = [p[:23], p[23:46], p[46:]]  # rows ⌊i·70/3⌋ …: the original IS code's chunks (the last one larger)
+    scores = [np.exp((c * (np.log(c) - np.log(c.mean(0)))).sum(1).mean()) for c in chunks]
     assert inception_score(logits, splits=3) == pytest.approx((np.mean(scores), np.std(scores)), rel=1e-10)
     with pytest.raises(ValueError, match="splits"):
         inception_score(logits, splits=n + 1)
@@ -179,22 +180,6 @@ def test_inception_outputs_are_per_image_and_shaped(inception_file):
     assert float((f[0] - f[1]).abs().max()) > 1e-3 * float(f.abs().max())  # distinct images, distinct features
     with pytest.raises(ValueError, match="uint8"):
         model(x.float())
-
-
-def test_matches_torch_fidelity_when_installed(inception_file):
-    fidelity = pytest.importorskip("torch_fidelity", reason="torch-fidelity (needs torchvision) is not installed")
-    from safetensors.torch import load_file
-
-    path = inception_file.with_suffix(".pth")
-    torch.save(load_file(inception_file), path)
-    theirs = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                                  feature_extractor_weights_path=str(path))
-    x = torch.randint(0, 256, (2, 3, 64, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ours = load_inception(inception_file)(x)
-        ref = theirs(x)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
 # --------------------------------------------------------------------------------------------- ADM .npz batches
@@ -389,3 +374,32 @@ def test_reference_statistics_in_both_forms(pipeline, inception_file, features, 
     with pytest.raises(ValueError, match="out: expected a .pkl"):
         evaluate_main(["stats", "--images", str(root / "data"), "--inception", str(inception_file), "--out",
                        str(tmp_path / "ref.json")])
+
+
+def test_fid_prc_against_adm_style_reference(pipeline, inception_file, features, tmp_path, capsys):
+    """fid --prc against an ADM-style reference (mu/sigma and images in one .npz): the FID from its statistics,
+    precision (of the samples) and recall (of the reference) from its images' features, as brute-force k-NN gives
+    them; a reference of statistics alone is refused before any work."""
+    from test_fs_fidelity import knn_precision_recall, require_fidelity
+
+    from full_scale.evaluation.scoring import ImageSet, save_reference_stats
+    from full_scale.evaluation.scoring import main as evaluate_main
+
+    require_fidelity()
+    root = pipeline[0]
+    fs, _, fr = features
+    ref_images = ImageSet(root / "data")
+    ref = tmp_path / "adm_ref.npz"  # the layout of VIRTUAL_imagenet256_labeled.npz
+    np.savez(ref, arr_0=ref_images.batch(0, len(ref_images)), mu=fr.mean(0), sigma=np.cov(fr, rowvar=False))
+    evaluate_main(["fid", "--samples", str(root / "samples.npz"), "--ref", str(ref), "--inception",
+                   str(inception_file), "--splits", "2", "--prc"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["ref_form"] == "mu/sigma .npz" and result["prc_num_ref"] == len(fr) == 6
+    assert result["fid"] == pytest.approx(expected_numbers(features)["fid"], rel=1e-6)
+    precision, recall = knn_precision_recall(fs, fr, 3)
+    assert (result["precision"], result["recall"]) == pytest.approx((precision, recall), abs=1e-6)
+    for stats_only in (tmp_path / "stats_only.npz", tmp_path / "stats_only.pkl"):
+        save_reference_stats(stats_only, fr.mean(0), np.cov(fr, rowvar=False), len(fr))
+        with pytest.raises(ValueError, match=f"ref: --prc needs the reference images .*{stats_only.name} holds only"):
+            evaluate_main(["fid", "--samples", str(root / "samples.npz"), "--ref", str(stats_only), "--inception",
+                           str(tmp_path / "absent.pth"), "--prc"])

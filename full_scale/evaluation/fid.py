@@ -230,7 +230,7 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features: expected (N, D) with N >= 2, got {f.shape}")
-    return f.mean(0), np.cov(f, rowvar=False)
+    return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))  # np.cov gives a 0-d array for D = 1
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -262,13 +262,16 @@ def frechet_distance_to_samples(features: np.ndarray, mu2, sigma2) -> float:
 
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) ‖ p(y))) on each of ``splits`` consecutive chunks, p = softmax(logits); returns
-    (mean, std) over chunks (ADM and torch-fidelity report the same; ADM uses chunks of 5000 = 10 for 50k)."""
+    (mean, std) over chunks. Chunk i holds rows ⌊iN/splits⌋ … ⌊(i+1)N/splits⌋ − 1, as in the original IS code and
+    torch-fidelity (ADM cuts chunks of 5000, the same ten for N = 50,000)."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     if z.ndim != 2 or not 1 <= splits <= z.shape[0]:
         raise ValueError(f"logits, splits: expected (N, K) logits and 1 <= splits <= N, got {tuple(z.shape)}, {splits}")
     logp = torch.log_softmax(z, dim=1)
+    n = z.shape[0]
     scores = []
-    for chunk in torch.tensor_split(logp, splits):
+    for i in range(splits):
+        chunk = logp[i * n // splits:(i + 1) * n // splits]
         log_py = torch.logsumexp(chunk, dim=0) - math.log(chunk.shape[0])  # log of the chunk's marginal p(y)
         kl = (chunk.exp() * (chunk - log_py)).sum(1)
         scores.append(math.exp(float(kl.mean())))

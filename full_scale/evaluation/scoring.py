@@ -7,6 +7,7 @@ Commands (each runs on one process or under ``torchrun``, the images split into 
     python -m full_scale.evaluation export --images DIR --out samples.npz    # a folder of PNG/JPEG → ADM batch
     python -m full_scale.evaluation stats --images /data/in256 --out in256.pkl  # dataset statistics (edm2 form)
     python -m full_scale.evaluation fid --samples samples.npz --ref in256.pkl --out fid.json
+    python -m full_scale.evaluation fid --samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --prc
 
 Image inputs (``--images``, ``--samples``, ``--ref``) are an ADM ``.npz`` (``arr_0``), a folder of images, or a
 folder of ``.npz`` batches (e.g. ``prepare --images``'s ``images-*.npz``: the training set's center crops).
@@ -24,6 +25,10 @@ The two references are computed by different pipelines (ADM: TensorFlow; edm2: a
 Inception graph, and edm2's own crops), so FIDs against them agree only to within that difference; which one is the
 number of record is documented in docs/IMAGENET.md §3. This path uses the same network and resize as ADM's evaluator
 (full_scale/evaluation/fid.py).
+
+``fid --prc`` adds precision and recall (k = 3) and ``fid --fd-dinov2`` adds FD_DINOv2, both computed with
+torch-fidelity (full_scale/evaluation/fidelity.py) against the reference *images*, so ``--ref`` must hold images
+(ADM's reference batch holds 10,000 beside its ``mu``/``sigma``, which the FID keeps using).
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ from ..data.vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, decode_latent
 from ..distributed import chunk, gather_rows, setup
 from .fid import (FEATURE_DIM, frechet_distance, frechet_distance_to_samples, gaussian_stats, inception_score,
                   load_inception)
+from .fidelity import DINOV2_DIM, load_dinov2, precision_recall
+from .fidelity import reference as fidelity_reference
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -119,22 +126,33 @@ class ImageSet:
 # ----------------------------------------------------------------------------------------------------- features
 
 @torch.no_grad()
-def inception_outputs(images: ImageSet, model, *, batch_size: int = 200):
-    """pool_3 features (N, 2048) and bias-free logits (N, 1008) of all images under ``model``
-    (:func:`full_scale.evaluation.fid.load_inception`), as float64 numpy arrays on every rank, each computing its chunk."""
+def _outputs(images: ImageSet, model, widths: tuple[int, ...], batch_size: int) -> list[np.ndarray]:
+    """The outputs of ``model`` (uint8 (B, 3, H, W) → a tuple of (B, width) tensors, one per entry of ``widths``) on
+    all images, as float64 numpy arrays on every rank, each rank computing its contiguous chunk."""
     d = setup(timeout=timedelta(hours=2))
     rank, world, device = d.rank, d.world_size, d.device
     lo, hi = chunk(len(images), rank, world)
-    feats, logits = [], []
+    parts = [[] for _ in widths]
     for s in range(lo, hi, batch_size):
         x = torch.from_numpy(images.batch(s, min(s + batch_size, hi))).to(device).permute(0, 3, 1, 2)
-        f, z = model(x.contiguous())
-        feats.append(f.double())
-        logits.append(z.double())
+        for part, out in zip(parts, model(x.contiguous()), strict=True):
+            part.append(out.double())
     empty = torch.zeros(0, dtype=torch.float64, device=device)
-    f = torch.cat(feats) if feats else empty.reshape(0, FEATURE_DIM)
-    z = torch.cat(logits) if logits else empty.reshape(0, model.fc.out_features)
-    return gather_rows(f, len(images), world).cpu().numpy(), gather_rows(z, len(images), world).cpu().numpy()
+    joined = [torch.cat(part) if part else empty.reshape(0, width) for part, width in zip(parts, widths)]
+    return [gather_rows(x, len(images), world).cpu().numpy() for x in joined]
+
+
+def inception_outputs(images: ImageSet, model, *, batch_size: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """pool_3 features (N, 2048) and bias-free logits (N, 1008) of all images under ``model``
+    (:func:`full_scale.evaluation.fid.load_inception`), float64 on every rank."""
+    feats, logits = _outputs(images, model, (FEATURE_DIM, model.fc.out_features), batch_size)
+    return feats, logits
+
+
+def dinov2_features(images: ImageSet, model, *, batch_size: int = 200) -> np.ndarray:
+    """DINOv2 ViT-L/14 features (N, 1024) of all images under ``model``
+    (:func:`full_scale.evaluation.fidelity.load_dinov2`), float64 on every rank."""
+    return _outputs(images, model, (DINOV2_DIM,), batch_size)[0]
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -196,31 +214,68 @@ def save_reference_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndar
 def reference_stats(ref: str | os.PathLike, model, *, batch_size: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma): read from a file of reference statistics (:func:`load_reference_stats`), else computed from
     the images with ``model``."""
-    return _reference(ref, model, batch_size)[:2]
-
-
-def _reference(ref, model, batch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(mu, sigma, form) of :func:`reference_stats`; form ``"images (N)"`` when computed from N images."""
     stored = load_reference_stats(ref)
     if stored is not None:
-        return stored
-    feats = inception_outputs(ImageSet(ref), model, batch_size=batch_size)[0]
-    return (*gaussian_stats(feats), f"images ({len(feats)})")
+        return stored[:2]
+    return gaussian_stats(inception_outputs(ImageSet(ref), model, batch_size=batch_size)[0])
 
 
-def fid_and_is(samples, ref, *, weights=None, splits: int = 10, batch_size: int = 200, model=None) -> dict:
+def reference_images(ref: str | os.PathLike, needed_by: str) -> ImageSet:
+    """The images of ``ref``, which ``needed_by`` (e.g. "--prc") needs: statistics alone do not do."""
+    path = Path(ref)
+    if path.is_file() and (path.suffix == ".pkl" or (path.suffix == ".npz" and "arr_0.npy" not in
+                                                     zipfile.ZipFile(path).namelist())):
+        raise ValueError(f"ref: {needed_by} needs the reference images (an ADM .npz with arr_0 such as ADM's "
+                         f"reference batch VIRTUAL_imagenet256_labeled.npz, a folder of images, or a folder of .npz "
+                         f"batches), but {path} holds only statistics")
+    return ImageSet(path)
+
+
+def _frechet_to(feats: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """FD of the features' Gaussian to (mu2, sigma2); with no more samples than dimensions by the exact low-rank
+    route (the covariance is singular anyway)."""
+    if feats.shape[0] <= feats.shape[1]:
+        return frechet_distance_to_samples(feats, mu2, sigma2)
+    return frechet_distance(*gaussian_stats(feats), mu2, sigma2)
+
+
+def fid_and_is(samples, ref, *, weights=None, splits: int = 10, batch_size: int = 200, model=None, prc: bool = False,
+               fd_dinov2: bool = False, dinov2=None) -> dict:
     """FID of ``samples`` against ``ref`` and the samples' Inception Score (see the module docstring); the
-    Inception comes from ``weights`` (a file, or None for the usual download) unless ``model`` is given."""
-    model = model if model is not None else load_inception(weights, device=setup(timeout=timedelta(hours=2)).device)
-    mu2, sigma2, form = _reference(ref, model, batch_size)
-    feats, logits = inception_outputs(ImageSet(samples), model, batch_size=batch_size)
-    if feats.shape[0] <= FEATURE_DIM:  # few samples: the exact low-rank route (the covariance is singular anyway)
-        fid = frechet_distance_to_samples(feats, mu2, sigma2)
-    else:
-        fid = frechet_distance(*gaussian_stats(feats), mu2, sigma2)
+    Inception comes from ``weights`` (a file, or None for the usual download) unless ``model`` is given.
+
+    ``prc``: also precision and recall (k = 3, :func:`full_scale.evaluation.fidelity.precision_recall`) of the
+    samples' Inception features against those of the reference images. ``fd_dinov2``: also FD_DINOv2 against the
+    reference images, with ``dinov2`` (default :func:`full_scale.evaluation.fidelity.load_dinov2`). Both need ``ref``
+    to hold images; the FID still uses ``ref``'s statistics where it has them (ADM's reference batch has both)."""
+    device = setup(timeout=timedelta(hours=2)).device
+    needed_by = " and ".join(flag for flag, on in (("--prc", prc), ("--fd-dinov2", fd_dinov2)) if on)
+    ref_images = reference_images(ref, needed_by) if needed_by else None
+    if prc:
+        fidelity_reference()  # before any Inception work: fails at once without torch-fidelity
+    if fd_dinov2 and dinov2 is None:
+        dinov2 = load_dinov2(device)  # likewise without torchvision or DINOv2's weights
+    model = model if model is not None else load_inception(weights, device=device)
+    stored = load_reference_stats(ref)
+    ref_feats = None
+    if stored is None or prc:
+        ref_set = ref_images if ref_images is not None else ImageSet(ref)
+        ref_feats = inception_outputs(ref_set, model, batch_size=batch_size)[0]
+    mu2, sigma2, form = stored if stored is not None else (*gaussian_stats(ref_feats), f"images ({len(ref_feats)})")
+    samples_set = ImageSet(samples)
+    feats, logits = inception_outputs(samples_set, model, batch_size=batch_size)
     is_mean, is_std = inception_score(logits, splits=min(splits, len(logits)))
-    return {"fid": fid, "inception_score": is_mean, "inception_score_std": is_std, "num_samples": len(feats),
-            "samples": str(samples), "ref": str(ref), "ref_form": form}
+    result = {"fid": _frechet_to(feats, mu2, sigma2), "inception_score": is_mean, "inception_score_std": is_std,
+              "num_samples": len(feats), "samples": str(samples), "ref": str(ref), "ref_form": form}
+    if prc:
+        result["precision"], result["recall"] = precision_recall(feats, ref_feats, k=3, device=device)
+        result["prc_num_ref"] = len(ref_feats)
+    if fd_dinov2:
+        real = dinov2_features(ref_images, dinov2, batch_size=batch_size)
+        result["fd_dinov2"] = _frechet_to(dinov2_features(samples_set, dinov2, batch_size=batch_size),
+                                          *gaussian_stats(real))
+        result["fd_dinov2_num_ref"] = len(real)
+    return result
 
 
 # --------------------------------------------------------------------------------------------------- decode/export
@@ -324,6 +379,12 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--ref", required=True, help="reference statistics (edm2 .pkl or .npz with mu, sigma) "
                                                         "or images")
             p.add_argument("--splits", type=int, default=10)
+            p.add_argument("--prc", action="store_true",
+                           help="also precision and recall (k = 3, on Inception features, via torch-fidelity); --ref "
+                                "must hold images, e.g. ADM's reference batch")
+            p.add_argument("--fd-dinov2", action="store_true",
+                           help="also FD_DINOv2 against the reference images (torch-fidelity's DINOv2 ViT-L/14: needs "
+                                "torchvision and torch.hub's facebookresearch/dinov2)")
         p.add_argument("--out", required=name == "stats")
         p.add_argument("--inception", default=None, help="local weights file (default: the usual download)")
         p.add_argument("--batch-size", type=int, default=200)
@@ -345,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
             save_reference_stats(args.out, *gaussian_stats(feats), num_images=len(feats))
     else:
         result = fid_and_is(args.samples, args.ref, splits=args.splits, weights=args.inception,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, prc=args.prc, fd_dinov2=args.fd_dinov2)
         if d.main:
             print(json.dumps(result))
             if args.out:
