@@ -6,14 +6,24 @@ autotuned over a handful of configurations keyed on the padded head dimension, t
 tensor arguments to the key) and a power-of-two bucket of the sequence length; batch size and head count are runtime
 values, so a new batch size never recompiles. See docs/KERNEL.md.
 """
+import contextlib
 import os
 
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# KERNELS_AUTOTUNE=0 launches the first listed configuration (the small fp32-safe one for fp32) instead of
-# autotuning: used by the GPU tests, which run many shapes once and care about correctness, not speed.
-AUTOTUNE = not INTERPRET and os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
+# KERNELS_AUTOTUNE=0 (read once, at import; AUTOTUNE_ENV keeps the value read) launches one fixed configuration per
+# kernel instead of autotuning: the first listed one for fp16/bf16, the last (small, fp32-safe) one for fp32.
+# tests/conftest.py sets it for the test session, which runs many shapes once and cares about correctness, not speed;
+# KERNELS_AUTOTUNE=1 keeps autotuning there. The other configurations are checked by pinning each in turn
+# (``pinned``, tests/test_attention_configs.py).
+AUTOTUNE_ENV = os.environ.get("KERNELS_AUTOTUNE", "1")
+AUTOTUNE = not INTERPRET and AUTOTUNE_ENV != "0"
+
+# The configuration list of every tuned kernel, by kernel name (filled by ``tuned``).
+TUNED: dict[str, list] = {}
+# id(configuration list) → the configuration launched in its place while ``pinned`` is active; empty otherwise.
+_PINS: dict[int, triton.Config] = {}
 
 # Small blocks under the interpreter so that ragged tails (lengths that are not block multiples) are exercised by
 # tiny test sizes.
@@ -43,23 +53,56 @@ def seq_bucket(seq_len: int) -> int:
 
 
 def tuned(configs, extra_key=()):
-    """Decorator: autotune over ``configs`` on the GPU, identity under the interpreter or with KERNELS_AUTOTUNE=0.
+    """Decorator: autotune over ``configs`` on the GPU, identity under the interpreter or with KERNELS_AUTOTUNE=0;
+    records ``configs`` in ``TUNED`` under the kernel's name.
 
     The key is ``HEAD_BLOCK``, ``SEQ_BUCKET`` (arguments of every kernel) and ``extra_key``.
     """
-    if not AUTOTUNE:
-        return lambda fn: fn
-    return triton.autotune(configs=configs, key=["HEAD_BLOCK", "SEQ_BUCKET", *extra_key])
+    def decorate(fn):
+        TUNED[fn.__name__] = configs
+        if not AUTOTUNE:
+            return fn
+        return triton.autotune(configs=configs, key=["HEAD_BLOCK", "SEQ_BUCKET", *extra_key])(fn)
+    return decorate
+
+
+def _fixed(config: triton.Config) -> dict:
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def launch_meta(configs, fp32: bool) -> dict:
-    """Extra keyword arguments for a launch: a fixed configuration unless autotuned (then nothing)."""
+    """Extra keyword arguments for a launch: the pinned configuration of ``configs`` if any (``pinned``), else a fixed
+    configuration unless autotuned (then nothing)."""
+    if _PINS and id(configs) in _PINS:
+        return _fixed(_PINS[id(configs)])
     if INTERPRET:
         return {**configs[0].kwargs, **INTERPRET_META}
     if AUTOTUNE:
         return {}
-    c = configs[-1] if fp32 else configs[0]
-    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    return _fixed(configs[-1] if fp32 else configs[0])
+
+
+@contextlib.contextmanager
+def pinned(configs, config: triton.Config):
+    """Within the block, every launch that chooses among ``configs`` uses ``config``, one of them: its block sizes
+    and extra parameters, and on a GPU its warps and stages (the interpreter ignores those two). For tests that check
+    each configuration the autotuner may pick. An autotuned kernel takes no launch configuration, so on a GPU this
+    needs KERNELS_AUTOTUNE=0 (the test session's default)."""
+    if not any(c is config for c in configs):
+        raise ValueError(f"kernels._config.pinned: config {config} is not one of configs")
+    if AUTOTUNE:
+        raise RuntimeError("kernels._config.pinned: the kernels are autotuned (KERNELS_AUTOTUNE is not 0), so a "
+                           "launch cannot be given a configuration")
+    key = id(configs)
+    previous = _PINS.get(key)
+    _PINS[key] = config
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _PINS[key]
+        else:
+            _PINS[key] = previous
 
 
 # Every list of configurations ends with this small one, which fits fp32 operands at D = 128.

@@ -237,15 +237,25 @@ def test_cpu_tensors_without_interpreter_raise(monkeypatch):
         attention(q, k, v, backend="triton")
 
 
-def test_split_and_fused_key_side_backward_agree(monkeypatch):
-    """The tangent KV kernel's two layouts (one program for dK, dK̇, dV, dV̇, or two programs per key block) agree."""
+def test_split_and_fused_key_side_backward_agree():
+    """The tangent KV kernel's two layouts (one program for dK, dK̇, dV, dV̇, or two programs per key block) agree,
+    launched with the same block sizes, warps and stages (kernels._config.pinned; lengths of two blocks each)."""
     from kernels import _config
 
-    primals, tangents = qkv(11), qkv(21)
-    g1, g2 = rand(B, H, SQ, D, seed=70), rand(B, H, SQ, D, seed=71)
-    split = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
-    monkeypatch.setattr(_config, "INTERPRET_META", {**_config.INTERPRET_META, "SPLIT": False})
-    fused = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
+    if _config.AUTOTUNE:
+        pytest.skip("KERNELS_AUTOTUNE=1: autotuned kernels take no pinned configuration")
+    configs = _config.TUNED["_kv_tangent_kernel"]
+    layout = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
+    split_config = next(c for c in configs if c.kwargs["SPLIT"])
+    fused_config = next(c for c in configs if not c.kwargs["SPLIT"] and layout(c) == layout(split_config))
+    sq, sk = split_config.kwargs["BLOCK_M"] + 13, split_config.kwargs["BLOCK_N"] + 6
+    primals = rand(B, H, sq, D, seed=11), rand(B, H, sk, D, seed=12), rand(B, H, sk, D, seed=13)
+    tangents = rand(B, H, sq, D, seed=21), rand(B, H, sk, D, seed=22), rand(B, H, sk, D, seed=23)
+    g1, g2 = rand(B, H, sq, D, seed=70), rand(B, H, sq, D, seed=71)
+    with _config.pinned(configs, split_config):
+        split = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
+    with _config.pinned(configs, fused_config):
+        fused = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
     for a, b in zip(split.grads, fused.grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 

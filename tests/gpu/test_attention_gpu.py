@@ -5,6 +5,9 @@ computed on the GPU. Tolerances (relative Frobenius error): fp32 uses IEEE dots,
 fp16 operands (u = 2⁻¹¹) → 5e-3; bf16 operands (u = 2⁻⁸) → 2.5e-2, because P, P∘(T − μ), dL and dT are rounded to
 the dtype before the block products, as in every half-precision flash kernel (measured on an H200: 2.2e-3 to 3.0e-3
 for bf16 at S ≤ 4096 with unit-normal inputs).
+
+Each kernel runs one fixed configuration (KERNELS_AUTOTUNE=0 from tests/conftest.py; the others are checked by
+tests/test_attention_configs.py), and each check prints its largest error (pytest -rP).
 """
 import math
 import os
@@ -41,6 +44,7 @@ def _check(b, h, sq, sk, d, dtype, scale=None, magnitude=1.0, seed=0):
     out = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="triton"), primals, tangents, g1, g2,
                          dtype=dtype)
     errs = relative_errors(out, ref)
+    print(f"{dtype} B{b} H{h} Sq{sq} Sk{sk} D{d}: largest error {max(errs.values()):.1e}")  # for the record
     for x in out.as_list():
         assert torch.isfinite(x).all()
     bad = {n: e for n, e in errs.items() if not e < TOL[dtype]}

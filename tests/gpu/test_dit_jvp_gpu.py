@@ -7,6 +7,7 @@ of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ to every parameter, each tensor no worse than
 weight gradients 3.2 against the reference's 0.038 on an H100; fixed by O's low part, kernels/_forward.py); the fp32
 errors there, 3e-4 against the reference's 8e-5, are the gradients' ill-conditioning.
 """
+import copy
 import os
 
 import pytest
@@ -30,16 +31,32 @@ def max_rel_error(got, ref):
     return max(relative_errors(got, ref))
 
 
+@pytest.fixture(scope="module")
+def sized_case():
+    """size → (model, inputs, G1, G2, float64 truth), built once per size for both precisions; tests use a copy of
+    the model (compile_blocks changes it)."""
+    cases = {}
+
+    def case(size):
+        if size not in cases:
+            model, inputs, g1, g2 = model_and_inputs(SIZES[size], device="cuda")
+            cases[size] = model, inputs, g1, g2, float64_truth(model, inputs, g1, g2)
+        model, *rest = cases[size]
+        return copy.deepcopy(model), *rest
+
+    yield case
+    cases.clear()
+
+
 @pytest.mark.parametrize("size", sorted(SIZES))
 @pytest.mark.parametrize("autocast", [False, True])
-def test_triton_eager_and_compiled_blocks_match_the_reference(autocast, size):
+def test_triton_eager_and_compiled_blocks_match_the_reference(autocast, size, sized_case):
     """The check the trainer's default path (compiled blocks, Triton attention) needs on GPUs: its gradients, not
     only its values, against float64 truth, as good as the eager reference path at the same precision (inductor's
     CPU code failed exactly this)."""
     torch._dynamo.reset()
-    model, inputs, g1, g2 = model_and_inputs(SIZES[size], device="cuda")
+    model, inputs, g1, g2, truth = sized_case(size)
     names = ["value", "ds", *(n for n, _ in model.named_parameters())]
-    truth = float64_truth(model, inputs, g1, g2)
     with model.attention_backend("reference"):
         ref = derivatives(model, inputs, g1, g2, autocast)
     with model.attention_backend("triton"):
