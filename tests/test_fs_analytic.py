@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from device_audit import DeviceAudit
 from full_scale import checkpoint
 from full_scale.config import load_config
 from full_scale.data import build_dataset
@@ -95,7 +96,9 @@ def test_analytic_tiny_trains_and_verifies_end_to_end(tmp_path):
     run = tmp_path / "run"
     summary = train(load_config("analytic-tiny", FAST), run)
     assert summary["step"] == 6
-    report = verify(run, tmp_path / "verify", **VERIFY)
+    with DeviceAudit() as audit:  # what a GPU would refuse (a CPU tensor beside a CUDA one), found on the CPU
+        report = verify(run, tmp_path / "verify", **VERIFY)
+    assert audit.findings == {}, audit.findings
     on_disk = json.loads((tmp_path / "verify" / "verify.json").read_text())
     assert on_disk["schema"] == "full_scale.verify/1" and on_disk["complete"] and [c["step"] for c in on_disk["checkpoints"]] == [3, 6]
     assert report["bed"]["guidance"] == 2.0 and report["bed"]["exact_flow_ode_err"]["max"] < 1e-6
