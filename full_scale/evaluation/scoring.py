@@ -48,6 +48,7 @@ import torch
 from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.io import atomic_savez, atomic_write
 
+from ..data.latents import MANIFEST, manifest_stats
 from ..data.vae import PAPER_LATENT_STATS, SD_VAE_ID, LatentStats, decode_latents, load_vae
 from ..distributed import chunk, gather_rows, setup
 from .fid import (FEATURE_DIM, frechet_distance, frechet_distance_to_samples, gaussian_stats, inception_score,
@@ -311,11 +312,10 @@ def resolve_latent_stats(spec: str) -> LatentStats:
     if spec.startswith("paper") and spec[5:].isdigit() and int(spec[5:]) in PAPER_LATENT_STATS:
         return PAPER_LATENT_STATS[int(spec[5:])]
     path = Path(spec)
-    path = path / "manifest.json" if path.is_dir() else path
-    if not path.is_file():
+    folder = path if path.is_dir() else path.parent
+    if not (path.is_dir() or path.name == MANIFEST) or not (folder / MANIFEST).is_file():
         raise ValueError(f"latent_stats: expected paper256, paper512 or a manifest.json, got {spec!r}")
-    m = json.loads(path.read_text())
-    return LatentStats(tuple(m["latent_mean"]), tuple(m["latent_std"]))
+    return manifest_stats(folder)
 
 
 def write_adm_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None) -> None:
