@@ -428,6 +428,11 @@ def test_corrupted_content_is_caught_by_checksums(copy_of):
             else:
                 LatentDataset(copy_of, rank=rank, world_size=world)
     assert manifest_stats(copy_of) == LatentDataset(copy_of, verify_checksums=False).stats  # no shard read
+    from full_scale.evaluation.scoring import resolve_latent_stats
+    assert resolve_latent_stats(str(copy_of)) == resolve_latent_stats(str(copy_of / "manifest.json")) == \
+        manifest_stats(copy_of)
+    with pytest.raises(ValueError, match="latent_stats: expected paper256, paper512 or a manifest.json"):
+        resolve_latent_stats(str(copy_of / "latents-00002.safetensors"))
 
 
 # ------------------------------------------------------------------------------------------------------ the VAE
