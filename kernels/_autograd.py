@@ -4,12 +4,34 @@
 ``_Attention`` computes O (and the base-2 log-sum-exp, and for fp16/bf16 O's low part, ``_forward``) and
 back-propagates through O. Its ``jvp`` returns Ȯ through
 ``_AttentionTangent``, whose forward runs the tangent kernel and whose backward is the backward through Ȯ, so a loss
-that depends on Ȯ sends gradients to q, k, v and to the tangents q̇, k̇, v̇. Kernels are launched only inside
-``forward``/``backward`` (a launch inside ``jvp`` fails on functorch's wrapped tensors).
+that depends on Ȯ sends gradients to q, k, v and to the tangents q̇, k̇, v̇. Kernels are launched only inside the
+``forward`` of a Function: under ``torch.func`` transforms the ``jvp`` and ``backward`` staticmethods see functorch's
+wrapped tensors, which have no memory a kernel can read, while a Function's ``forward`` gets them unwrapped. So ``jvp``
+applies ``_AttentionTangent`` and each ``backward`` applies ``_PrimalGrad`` or ``_TangentGrad``, whose ``forward``
+launches the backward kernels; that is what makes ``torch.func.vjp``/``grad`` work through the kernels, beside plain autograd. Every
+Function also has a ``vmap`` rule (:func:`_fold_vmap`: the vmapped dimension joins the batch), so ``torch.vmap``,
+``jacrev`` and ``jacfwd`` work too. Second derivatives through the backward kernels are not implemented: they raise.
 """
 import torch
 
 from . import _backward, _forward
+
+
+def _fold_vmap(apply, info, in_dims, *args):
+    """vmap rule shared by the Functions: the vmapped dimension (size V) joins the leading one and the Function is
+    applied once to the result (``apply``: its own ``apply``, so transforms outside the vmap still see it), one launch
+    for all V: (V, B, H, S, D) → (V·B, H, S, D) and row statistics (V, B·H, S) → (V·B·H, S); an input not
+    vmapped is repeated V times; an empty low part (fp32) stays empty. Outputs come back with V in front."""
+    size = info.batch_size
+    folded = []
+    for a, dim in zip(args, in_dims):
+        if torch.is_tensor(a):
+            a = a.expand(size, *a.shape) if dim is None else a.movedim(dim, 0)
+            a = a.reshape(size * a.shape[1], *a.shape[2:]).contiguous()
+        folded.append(a)
+    outs = apply(*folded)
+    unfolded = tuple(o.reshape(size, -1, *o.shape[1:]) if o.numel() else o.new_empty(size, 0) for o in outs)
+    return unfolded, (0,) * len(unfolded)
 
 
 def _zeros_if_none(tangent, like):
@@ -20,6 +42,10 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(q, k, v, scale):
         return _forward.forward(q, k, v, scale)
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, scale):
+        return _fold_vmap(_Attention.apply, info, in_dims, q, k, v, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -36,7 +62,7 @@ class _Attention(torch.autograd.Function):
         if do is None:
             return None, None, None, None
         q, k, v, o, o_lo, lse = ctx.saved_tensors
-        dq, dk, dv = _backward.backward_primal(q, k, v, o, o_lo, lse, do.contiguous(), ctx.scale)
+        dq, dk, dv = _kernel_grad(_PrimalGrad, q, k, v, o, o_lo, lse, do.contiguous(), ctx.scale)
         return dq, dk, dv, None
 
     @staticmethod
@@ -57,6 +83,10 @@ class _AttentionTangent(torch.autograd.Function):
         return _forward.tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale)
 
     @staticmethod
+    def vmap(info, in_dims, *args):
+        return _fold_vmap(_AttentionTangent.apply, info, in_dims, *args)
+
+    @staticmethod
     def setup_context(ctx, inputs, output):
         q, k, v, o, o_lo, lse, tq, tk, tv, scale = inputs
         to, to_lo, mu = output
@@ -70,6 +100,61 @@ class _AttentionTangent(torch.autograd.Function):
         if g is None:
             return (None,) * 10
         q, k, v, o, o_lo, lse, tq, tk, tv, to, to_lo, mu = ctx.saved_tensors
-        dq, dk, dv, dtq, dtk, dtv = _backward.backward_tangent(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo,
-                                                               g.contiguous(), ctx.scale)
+        dq, dk, dv, dtq, dtk, dtv = _kernel_grad(_TangentGrad, q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo,
+                                                 g.contiguous(), ctx.scale)
         return dq, dk, dv, None, None, None, dtq, dtk, dtv, None
+
+
+_SECOND_ORDER = ("kernels.attention: second derivatives through the Triton backward are not implemented "
+                 "(backend='reference' has them)")
+
+
+def _kernel_grad(function, *args):
+    """``function``'s backward kernel on ``args``: through the Function when the backward itself may be recorded or
+    transformed (grad mode on, as with ``create_graph=True``, or functorch's wrapped tensors in ``args``), else the
+    kernel directly (a plain ``backward()``: no Function needed, and its host time saved)."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # no public test for "inside a torch.func transform"
+    if torch.is_grad_enabled() or any(torch.is_tensor(a) and wrapped(a) for a in args):
+        return function.apply(*args)
+    return function.forward(*args)
+
+
+class _KernelGrad(torch.autograd.Function):
+    """A backward kernel as a Function of its inputs (module docstring): its ``forward`` runs ``kernel`` on plain
+    tensors; it has no derivative of its own."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_SECOND_ORDER)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_SECOND_ORDER)
+
+
+class _PrimalGrad(_KernelGrad):
+    """(dQ, dK, dV) of ⟨dO, O⟩: ``_backward.backward_primal``."""
+
+    @staticmethod
+    def forward(q, k, v, o, o_lo, lse, do, scale):
+        return _backward.backward_primal(q, k, v, o, o_lo, lse, do, scale)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _fold_vmap(_PrimalGrad.apply, info, in_dims, *args)
+
+
+class _TangentGrad(_KernelGrad):
+    """(dQ, dK, dV, dQ̇, dK̇, dV̇) of ⟨G, Ȯ⟩: ``_backward.backward_tangent``."""
+
+    @staticmethod
+    def forward(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g, scale):
+        return _backward.backward_tangent(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g, scale)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _fold_vmap(_TangentGrad.apply, info, in_dims, *args)

@@ -214,8 +214,8 @@ def run_one(spec: dict) -> dict:
             status = f"stopped: {err}"
     train_seconds = time.perf_counter() - t0
     mcfg = spec["config"].model.dit()
-    # The probes run on the CPU, where the DiT uses the PyTorch reference attention: the Triton kernel supports
-    # torch.func.jvp but not the torch.func.vjp of the power iteration. Sampling uses the training device.
+    # The probes run on the CPU, where the DiT uses the PyTorch reference attention (when the recorded results were
+    # made, the Triton kernel had no torch.func.vjp for the power iteration). Sampling uses the training device.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probes = probe_set(spec["dataset"], spec["budget"], torch.device("cpu"))
     model = DiT(mcfg)

@@ -339,8 +339,9 @@ class DiT(nn.Module):
     def attention_backend(self, backend: str):
         """``with model.attention_backend("reference"):`` — a temporary :meth:`set_attention_backend`.
 
-        The Lipschitz probe uses ``"reference"``: its reverse-mode products go through ``torch.func.vjp``, which the
-        Triton kernel's backward does not support (it needs real storage, not functorch wrappers).
+        The Lipschitz probe and ``full_scale.verify`` use ``"reference"``: exact attention in any dtype (float64
+        included), whose cost is small beside training's. (The Triton kernel also works under ``torch.func.vjp``,
+        ``vmap`` and ``jacrev``, first derivatives only: tests/test_attention_transforms.py.)
         """
         previous = self.set_attention_backend(backend)
         try:

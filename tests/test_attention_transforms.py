@@ -1,0 +1,98 @@
+"""kernels.attention under every torch.func transform, against the float64 reference attention (docs/THEORY.md §9).
+
+The Triton backend runs its kernels only inside Functions' ``forward`` (kernels/_autograd.py), so ``vjp``, ``grad``,
+``jacrev``, ``jacfwd``, ``vmap`` and their compositions (the gradient of a JVP's tangent, what a TVM loss needs) see
+plain tensors in the kernels. Runs through TRITON_INTERPRET=1 on the CPU (fp32, tiny ragged sizes).
+"""
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels import attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = dict(rtol=2e-5, atol=2e-5)  # fp32 kernels against float64 math on the same inputs
+
+
+def tri(q, k, v):
+    return attention(q, k, v, backend="triton")
+
+
+def ref(q, k, v):
+    return attention(q.double(), k.double(), v.double(), backend="reference")
+
+
+def close(got, want):
+    for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(a.double(), b.double(), **TOL)
+
+
+shapes = st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 20), st.integers(1, 20), st.sampled_from([16, 24]))
+
+
+def inputs(shape, seed, n=3):
+    b, h, sq, sk, d = shape
+    g = torch.Generator().manual_seed(seed)
+    dims = [(b, h, sq, d), (b, h, sk, d), (b, h, sk, d)] * (n // 3) + [(b, h, sq, d)] * (n % 3)
+    return [torch.randn(*s, generator=g).to(DEVICE) for s in dims]
+
+
+@settings(max_examples=12, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_vjp_grad_and_the_gradient_of_a_jvp_tangent(shape, seed):
+    q, k, v, tq, tk, tv, g = inputs(shape, seed, n=7)
+    o, pull = torch.func.vjp(tri, q, k, v)
+    o64, pull64 = torch.func.vjp(ref, q, k, v)
+    close(o, o64)
+    close(pull(g), pull64(g.double()))
+    close(torch.func.grad(lambda q: (tri(q, k, v) * g).sum())(q),
+          torch.func.grad(lambda q: (ref(q, k, v) * g.double()).sum())(q.double()))
+
+    def tangent_loss(f, dtype):  # ⟨g, Ȯ⟩ as a function of (q, k, v): the TVM loss's shape of use
+        def loss(q, k, v):
+            _, to = torch.func.jvp(f, (q, k, v), (tq.to(dtype), tk.to(dtype), tv.to(dtype)))
+            return (to * g.to(dtype)).sum()
+        return loss
+
+    close(torch.func.grad(tangent_loss(tri, torch.float32), argnums=(0, 1, 2))(q, k, v),
+          torch.func.grad(tangent_loss(ref, torch.float64), argnums=(0, 1, 2))(q.double(), k.double(), v.double()))
+
+
+@settings(max_examples=6, deadline=None)
+@given(shape=st.tuples(st.just(1), st.integers(1, 2), st.integers(1, 6), st.integers(1, 6), st.just(16)),
+       seed=st.integers(0, 2**16))
+def test_jacrev_and_jacfwd(shape, seed):  # small: a Jacobian's rows (up to 192 for jacfwd) join the batch
+    q, k, v = inputs(shape, seed)
+    want = torch.func.jacrev(lambda q: ref(q, k, v).sum(-1))(q.double())
+    close(torch.func.jacrev(lambda q: tri(q, k, v).sum(-1))(q), want)
+    close(torch.func.jacfwd(lambda v: tri(q, k, v).sum(-1))(v),
+          torch.func.jacfwd(lambda v: ref(q, k, v).sum(-1))(v.double()))
+
+
+@settings(max_examples=8, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16), n=st.integers(1, 3), dim=st.integers(0, 4))
+def test_vmap_over_any_dimension_and_unbatched_inputs(shape, seed, n, dim):
+    q, k, v = inputs(shape, seed)
+    qs = torch.stack([q * (i + 1) for i in range(n)], dim=dim)  # a vmapped q; k, v shared
+    got = torch.vmap(tri, in_dims=(dim, None, None))(qs, k, v)
+    close(got, torch.stack([ref(q * (i + 1), k, v) for i in range(n)]))
+    o, to = torch.vmap(lambda q: torch.func.jvp(tri, (q, k, v), (q, k, v)), in_dims=dim)(qs)
+    for i in range(n):
+        o_i, to_i = torch.func.jvp(ref, (q * (i + 1), k, v), (q * (i + 1), k, v))
+        close((o[i], to[i]), (o_i, to_i.double()))
+
+
+def test_second_derivatives_through_the_kernels_say_they_are_not_implemented():
+    q, k, v = (x.requires_grad_() for x in inputs((1, 1, 5, 7, 16), 0))
+    (gq,) = torch.autograd.grad(tri(q, k, v).pow(2).sum(), q, create_graph=True)  # first order: still exact
+    close(gq, torch.autograd.grad(ref(q, k, v).pow(2).sum(), q)[0])
+    with pytest.raises(RuntimeError, match="second derivatives through the Triton backward are not implemented"):
+        torch.autograd.grad(gq.sum(), k)
+    with pytest.raises(RuntimeError, match="second derivatives through the Triton backward are not implemented"):
+        torch.func.hessian(lambda q: tri(q, k.detach(), v.detach()).sum())(q.detach())
