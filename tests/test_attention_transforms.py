@@ -33,7 +33,8 @@ def close(got, want):
         torch.testing.assert_close(a.double(), b.double(), **TOL)
 
 
-shapes = st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 20), st.integers(1, 20), st.sampled_from([16, 24]))
+shapes = st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 20), st.integers(1, 20),
+                   st.sampled_from([16, 24]))  # (B, H, S_q, S_k, D), ragged against 16-wide blocks
 
 
 def inputs(shape, seed, n=3):
