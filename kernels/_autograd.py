@@ -1,16 +1,18 @@
 """autograd.Function wrappers that make the Triton kernels correct under autograd, ``torch.func.jvp`` and
-``torch.autograd.forward_ad`` (docs/THEORY.md §9; structure from docs/KERNEL.md).
+``torch.autograd.forward_ad``, and under every ``torch.func`` transform (docs/THEORY.md §9; docs/KERNEL.md §6).
 
 ``_Attention`` computes O (and the base-2 log-sum-exp, and for fp16/bf16 O's low part, ``_forward``) and
-back-propagates through O. Its ``jvp`` returns Ȯ through
-``_AttentionTangent``, whose forward runs the tangent kernel and whose backward is the backward through Ȯ, so a loss
-that depends on Ȯ sends gradients to q, k, v and to the tangents q̇, k̇, v̇. Kernels are launched only inside the
-``forward`` of a Function: under ``torch.func`` transforms the ``jvp`` and ``backward`` staticmethods see functorch's
-wrapped tensors, which have no memory a kernel can read, while a Function's ``forward`` gets them unwrapped. So ``jvp``
-applies ``_AttentionTangent`` and each ``backward`` applies ``_PrimalGrad`` or ``_TangentGrad``, whose ``forward``
-launches the backward kernels; that is what makes ``torch.func.vjp``/``grad`` work through the kernels, beside plain autograd. Every
-Function also has a ``vmap`` rule (:func:`_fold_vmap`: the vmapped dimension joins the batch), so ``torch.vmap``,
-``jacrev`` and ``jacfwd`` work too. Second derivatives through the backward kernels are not implemented: they raise.
+back-propagates through O. Its ``jvp`` returns Ȯ through ``_AttentionTangent``, whose forward runs the tangent kernel
+and whose backward is the backward through Ȯ, so a loss that depends on Ȯ sends gradients to q, k, v and to the
+tangents q̇, k̇, v̇.
+
+Kernels are launched only inside the ``forward`` of a Function: under ``torch.func`` transforms the ``jvp``,
+``backward`` and ``vmap`` staticmethods see functorch's wrapped tensors, which have no memory a kernel can read, while
+a Function's ``forward`` gets them unwrapped. So ``jvp`` applies ``_AttentionTangent``, and each ``backward`` applies
+``_PrimalGrad`` or ``_TangentGrad``, whose ``forward`` launches the backward kernels (:func:`_kernel_grad`): that makes
+``torch.func.vjp`` and ``grad`` work through the kernels. Every Function also has a ``vmap`` rule (:func:`_fold_vmap`:
+the vmapped dimension joins the batch), so ``torch.vmap``, ``jacrev`` and ``jacfwd`` work too. Second derivatives
+through the backward kernels are not implemented: they raise.
 """
 import torch
 
