@@ -456,7 +456,7 @@ def _census_step(cfg: Config, depth: int, manual_jvp: bool) -> dict:
     from full_scale.data import build_dataset
     from full_scale.distributed import Dist
     from full_scale.run import build_run
-    from full_scale.train import accumulate_gradients, apply_update
+    from full_scale.train import accumulate_gradients, apply_update, total_norm
 
     m = cfg.model.dit()
     n = 4
@@ -485,7 +485,7 @@ def _census_step(cfg: Config, depth: int, manual_jvp: bool) -> dict:
         counts[name] = c
 
     accumulate_gradients(run, iter([(0, 1, x0, y)]), phase=counted)
-    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters()])
+    grad_norm = total_norm([p.grad for p in run.model.parameters()])
     apply_update(run, grad_norm, phase=lambda name: contextlib.nullcontext())  # the first fills AdamW's moments
     apply_update(run, grad_norm, phase=counted)
     return {k: (v.ops, v.compute_ops, v.zero_input_ops) for k, v in counts.items()}

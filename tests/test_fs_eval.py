@@ -206,6 +206,26 @@ def test_npz_arrays_memory_map_and_round_trip(tmp_path):
 
 # ------------------------------------------------------------------------------ prepare → train → sample → evaluate
 
+@pytest.mark.parametrize("core", ["numpy.core", "numpy._core"])
+def test_reference_pkl_written_by_either_numpy_major_reads(tmp_path, core):
+    """An edm2 .pkl names numpy's core package as the numpy that wrote it did (numpy.core before 2, numpy._core
+    from 2 on); both spellings read on the running numpy (the floor, 1.24, has no numpy._core)."""
+    import pickle
+    import re
+
+    from full_scale.evaluation.scoring import load_reference_stats
+
+    mu, sigma = np.arange(3.0), np.diag([1.0, 2.0, 3.0])
+    raw = pickle.dumps({"fid": {"mu": mu, "sigma": sigma}}, protocol=3)  # protocol 3: module names as text lines
+    raw = re.sub(rb"numpy\._?core\.", core.encode() + b".", raw)
+    assert (b"c" + core.encode() + b".multiarray\n") in raw
+    (tmp_path / "ref.pkl").write_bytes(raw)
+    got_mu, got_sigma, form = load_reference_stats(tmp_path / "ref.pkl")
+    np.testing.assert_array_equal(got_mu, mu)
+    np.testing.assert_array_equal(got_sigma, sigma)
+    assert form == "dataset statistics (edm2 .pkl)"
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, inception_file):
     """Prepare 6 images with the tiny VAE; one training step of a tiny DiT with the ImageNet preset's trainer

@@ -169,28 +169,32 @@ def test_sample_grids_of_a_latent_run_are_decoded_with_the_data_sets_statistics(
                     "--set", "eval.every=1", "--set", f"eval.vae={vae}"])
 
 
+@pytest.mark.parametrize("path", ["formula", "torch"])
 @pytest.mark.parametrize("max_norm", [0.1, 100.0])
-def test_the_norm_and_clip_fallbacks_for_torch_before_2_6_equal_torch(monkeypatch, max_norm):
+def test_the_norm_and_clip_fallbacks_for_torch_before_2_6_equal_the_definition(monkeypatch, max_norm, path):
     """The trainer runs on torch ≥ 2.4: before 2.6, get_total_norm and clip_grads_with_norm_ do not exist and
-    train.total_norm / clip_to_norm use the formula. That path is forced here and compared with torch's."""
+    train.total_norm / clip_to_norm use the formula. Both paths ("formula" forced by removing torch's functions,
+    "torch" where they exist) against the definition in float64: ‖(g_1, …, g_n)‖₂ of all entries, and every
+    gradient times min(1, max_norm / (norm + 1e-6))."""
+    if path == "torch" and not hasattr(torch.nn.utils, "get_total_norm"):
+        pytest.skip(f"torch {torch.__version__} has no get_total_norm / clip_grads_with_norm_ (added in 2.6)")
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(n, generator=g)) for n in (3, 17, 64)]
     for p in params:
         p.grad = torch.randn(p.shape, generator=g)
-    grads = [p.grad.clone() for p in params]
-    want_norm = torch.nn.utils.get_total_norm(grads)
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, want_norm)
-    want = [p.grad.clone() for p in params]
-    for p, gr in zip(params, grads):
-        p.grad = gr.clone()
-    monkeypatch.delattr(torch.nn.utils, "get_total_norm")
-    monkeypatch.delattr(torch.nn.utils, "clip_grads_with_norm_")
+    flat = torch.cat([p.grad.flatten() for p in params]).double()
+    want_norm = float(flat.pow(2).sum().sqrt())
+    coef = min(1.0, max_norm / (want_norm + 1e-6))
+    want = [p.grad.double() * coef for p in params]
+    if path == "formula":
+        monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
+        monkeypatch.delattr(torch.nn.utils, "clip_grads_with_norm_", raising=False)
     norm = train.total_norm([p.grad for p in params])
-    torch.testing.assert_close(norm, want_norm, rtol=1e-6, atol=0)
+    assert norm.dtype == torch.float32 and float(norm) == pytest.approx(want_norm, rel=1e-6)
     train.clip_to_norm(params, max_norm, norm)
     for p, w in zip(params, want):
-        torch.testing.assert_close(p.grad, w, rtol=1e-6, atol=1e-7)
-    assert (max_norm < float(norm)) == (float(train.total_norm([p.grad for p in params])) < float(norm) - 1e-3)
+        torch.testing.assert_close(p.grad.double(), w, rtol=1e-6, atol=1e-7)
+    assert (max_norm < want_norm) == (float(train.total_norm([p.grad for p in params])) < want_norm - 1e-3)
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ from tvm_theory.io import atomic_write_text
 from tvm_theory.analysis.bounds import bound_report, make_grid, verdict
 from tvm_theory.analysis.estimate import Estimate
 from tvm_theory.analysis.lipschitz import model_local_lipschitz
+from tvm_theory.analysis.quadrature import trapezoid_weights
 from tvm_theory.param import NetworkJump
 from tvm_theory.sampling import sample_few_step
 from tvm_theory.analysis.sensitivity import sensitivity_bound
@@ -125,11 +126,11 @@ class Verifier:
         true = model_local_lipschitz(self.bed.velocity, probes, torch.as_tensor(s), n_iter=self.lip_iters, tol=1e-5,
                                      generator=torch.Generator().manual_seed(20_000 + self.seed))
         L_true = np.array([r.max for r in true])
-        info = {"max_over_s": float(L.max()), "mean_over_s": float(L.mean()), "integral": float(np.trapezoid(L, s)),
+        info = {"max_over_s": float(L.max()), "mean_over_s": float(L.mean()), "integral": float(trapezoid_weights(s) @ L),
                 "per_point_quantiles": {"q50": float(q[0]), "q90": float(q[1]), "q99": float(q[2]),
                                         "max": float(per_point.max())},
                 "max_rel_change_last_iter": max(r.rel_change for r in res),
-                "true_field_integral": float(np.trapezoid(L_true, s)), "true_field_max_over_s": float(L_true.max()),
+                "true_field_integral": float(trapezoid_weights(s) @ L_true), "true_field_max_over_s": float(L_true.max()),
                 "L_true": [float(v) for v in L_true]}
         return L, info
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import pickle
@@ -164,10 +165,16 @@ class _ArraysOnly(pickle.Unpickler):
                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar")}
 
+    # numpy ≥ 2 names its core package numpy._core (numpy.core is a deprecated alias), numpy < 2 only numpy.core;
+    # a file written by either is read with the running numpy's name
+    CORE = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
+
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array part")
-        return getattr(importlib.import_module(module.replace("numpy.core.", "numpy._core.")), name)
+        if module.startswith(("numpy.core.", "numpy._core.")):
+            module = self.CORE + module[module.index("core.") + len("core"):]
+        return getattr(importlib.import_module(module), name)
 
 
 def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str] | None:
