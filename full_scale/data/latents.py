@@ -257,7 +257,10 @@ def read_manifest(root: str | os.PathLike) -> dict:
 
 def manifest_stats(root: str | os.PathLike) -> LatentStats:
     """The per-channel standardization constants a prepared folder records (what decoding needs; no shard read)."""
-    manifest = read_manifest(root)
+    return _stats(read_manifest(root))
+
+
+def _stats(manifest: dict) -> LatentStats:
     return LatentStats(tuple(manifest["latent_mean"]), tuple(manifest["latent_std"]))
 
 
@@ -308,7 +311,7 @@ class LatentDataset(torch.utils.data.IterableDataset):
         manifest, self._infos = load_manifest(self.root, full=verify_checksums, part=(rank, world_size))
         self.num_classes = int(manifest["num_classes"])
         self.latent_shape = tuple(manifest["latent_shape"])
-        self.stats = manifest_stats(self.root)
+        self.stats = _stats(manifest)
         self.posterior = manifest["posterior"]
         self.num_items = int(manifest["num_items"])
         if self.num_items < world_size:
