@@ -36,18 +36,22 @@ def _fold_vmap(apply, info, in_dims, *args):
     return unfolded, (0,) * len(unfolded)
 
 
+class _Folded(torch.autograd.Function):
+    """A Function whose ``vmap`` rule is :func:`_fold_vmap` with its own ``apply``."""
+
+    @classmethod
+    def vmap(cls, info, in_dims, *args):
+        return _fold_vmap(cls.apply, info, in_dims, *args)
+
+
 def _zeros_if_none(tangent, like):
     return torch.zeros_like(like) if tangent is None else tangent.to(like.dtype).contiguous()
 
 
-class _Attention(torch.autograd.Function):
+class _Attention(_Folded):
     @staticmethod
     def forward(q, k, v, scale):
         return _forward.forward(q, k, v, scale)
-
-    @staticmethod
-    def vmap(info, in_dims, q, k, v, scale):
-        return _fold_vmap(_Attention.apply, info, in_dims, q, k, v, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -76,17 +80,13 @@ class _Attention(torch.autograd.Function):
         return to, None, None
 
 
-class _AttentionTangent(torch.autograd.Function):
+class _AttentionTangent(_Folded):
     """Ȯ(q, k, v, q̇, k̇, v̇) given the primal pass's O, O_lo and lse (treated as constants: the backward accounts for
     O's dependence on q, k, v itself)."""
 
     @staticmethod
     def forward(q, k, v, o, o_lo, lse, tq, tk, tv, scale):
         return _forward.tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale)
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold_vmap(_AttentionTangent.apply, info, in_dims, *args)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -121,7 +121,7 @@ def _kernel_grad(function, *args):
     return function.forward(*args)
 
 
-class _KernelGrad(torch.autograd.Function):
+class _KernelGrad(_Folded):
     """A backward kernel as a Function of its inputs (module docstring): its ``forward`` runs ``kernel`` on plain
     tensors; it has no derivative of its own."""
 
@@ -145,10 +145,6 @@ class _PrimalGrad(_KernelGrad):
     def forward(q, k, v, o, o_lo, lse, do, scale):
         return _backward.backward_primal(q, k, v, o, o_lo, lse, do, scale)
 
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold_vmap(_PrimalGrad.apply, info, in_dims, *args)
-
 
 class _TangentGrad(_KernelGrad):
     """(dQ, dK, dV, dQ̇, dK̇, dV̇) of ⟨G, Ȯ⟩: ``_backward.backward_tangent``."""
@@ -156,7 +152,3 @@ class _TangentGrad(_KernelGrad):
     @staticmethod
     def forward(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g, scale):
         return _backward.backward_tangent(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g, scale)
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold_vmap(_TangentGrad.apply, info, in_dims, *args)
