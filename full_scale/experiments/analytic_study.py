@@ -70,7 +70,7 @@ class WallClock(Callback):
             raise ValueError(f"call_seconds: expected > 0 or None, got {call_seconds}")
         self.marks = [m for m in marks if m > already]  # earlier marks were checkpointed by earlier calls
         self.already, self.call_seconds, self.on_save = already, call_seconds, on_save
-        self.start, self.trained, self.saved, self.stopping, self.reached_budget = None, already, [], False, False
+        self.start, self.trained, self.saved, self.stopping = None, already, [], False
 
     def on_step(self, run) -> None:
         now = time.perf_counter()
@@ -88,13 +88,12 @@ class WallClock(Callback):
                 if self.on_save is not None:
                     self.on_save(self)
                 return
-            self.reached_budget = True
-        if self.reached_budget or (self.call_seconds is not None and now - self.start >= self.call_seconds):
+        if not self.marks or (self.call_seconds is not None and now - self.start >= self.call_seconds):
             self.stopping = True
             os.kill(os.getpid(), signal.SIGTERM)
 
     def state(self) -> dict:
-        return {"trained_s": self.trained, "budget_reached": self.reached_budget or not self.marks}
+        return {"trained_s": self.trained, "budget_reached": not self.marks}  # the last mark is the budget
 
 
 def _commit() -> str | None:
