@@ -58,6 +58,13 @@ def _draw(ax, xs, entries, report) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_vs_step(report: dict, path: Path) -> Path:
     nfe = [str(n) for n in report["nfe"]]
     fig, axes = plt.subplots(1, len(nfe), figsize=(5.5 * len(nfe), 4.5), squeeze=False)
@@ -68,10 +75,7 @@ def plot_vs_step(report: dict, path: Path) -> Path:
         ax.set_title(f"{n} step(s), w = {report['bed']['guidance']}")
     axes[0][0].set_ylabel("distance to the exact (guided) law")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_vs_nfe(report: dict, path: Path) -> Path:
@@ -84,10 +88,7 @@ def plot_vs_nfe(report: dict, path: Path) -> Path:
     ax.set_xlabel("number of jumps N")
     ax.set_title(f"step {last['step']}, w = {report['bed']['guidance']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_terms(report: dict, path: Path) -> Path:
@@ -115,10 +116,7 @@ def plot_terms(report: dict, path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.suptitle(f"theorem terms at step {last['step']} (w = {report['bed']['guidance']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def make_figures(report: dict, out: Path) -> list[Path]:
