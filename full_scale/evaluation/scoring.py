@@ -231,8 +231,11 @@ def reference_stats(ref: str | os.PathLike, model, *, batch_size: int = 200) -> 
 def reference_images(ref: str | os.PathLike, needed_by: str) -> ImageSet:
     """The images of ``ref``, which ``needed_by`` (e.g. "--prc") needs: statistics alone do not do."""
     path = Path(ref)
-    if path.is_file() and (path.suffix == ".pkl" or (path.suffix == ".npz" and "arr_0.npy" not in
-                                                     zipfile.ZipFile(path).namelist())):
+    stats_only = path.suffix == ".pkl"
+    if path.suffix == ".npz" and path.is_file():
+        with zipfile.ZipFile(path) as zf:  # closed again: only the listing is needed
+            stats_only = "arr_0.npy" not in zf.namelist()
+    if path.is_file() and stats_only:
         raise ValueError(f"ref: {needed_by} needs the reference images (an ADM .npz with arr_0 such as ADM's "
                          f"reference batch VIRTUAL_imagenet256_labeled.npz, a folder of images, or a folder of .npz "
                          f"batches), but {path} holds only statistics")
