@@ -152,6 +152,15 @@ def test_the_gpu_study_runs_at_tiny_size_over_two_calls(tmp_path):
     assert again["train_summary"] is None and again["rows"] == v["rows"]
 
 
+def test_a_run_that_reaches_its_step_count_before_the_budget_is_verified(tmp_path):
+    v = analytic_study.main(["--out", str(tmp_path), "--preset", "analytic-tiny", "--variants", "guided",
+                             "--train-seconds", "3600", "--checkpoints", "1", "--samples", "16", "--nfe", "1",
+                             "--theorem", "none", "--theorem-samples", "2", "--sens-samples", "2", "--lip-probes", "2",
+                             "--pot-samples", "16", "--set", "train.steps=3"])["variants"]["guided"]
+    assert v["train_summary"]["stopped_by"] == "steps" and v["trained_s"] < 3600
+    assert v["status"] == "verified" and {r["step"] for r in v["rows"]} == {3}
+
+
 def test_verification_noise_is_independent_of_the_mixture():
     """The verifier's noise stream and the parameters' stream differ even when --seed equals data.analytic_seed (a
     plain manual_seed for both made x1_i = 2 m_i)."""

@@ -138,6 +138,8 @@ def run_variant(name: str, out: Path, *, preset: str, overrides: list[str], trai
     summary = train(cfg, run_dir, callbacks=[clock]) if not state["budget_reached"] else None
     train_wall = time.perf_counter() - started
     state = clock.state()
+    if summary is not None and summary["stopped_by"] == "steps":  # the preset's step count came before the budget
+        state["budget_reached"] = True
     clock_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(clock_path, json.dumps(state))
     entry = {"variant": name, "overrides": VARIANTS[name] + overrides, "train_summary": summary,
