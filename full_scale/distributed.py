@@ -63,9 +63,22 @@ def agree(d: Dist, *flags: bool) -> list[bool]:
 
 
 def teardown(d: Dist) -> None:
-    """End the process group that :func:`setup` started (a no-op for one process)."""
+    """End the process group that :func:`setup` started (a no-op for one process).
+
+    Before torch 2.8 (pytorch/pytorch#154976) the Python ``ProcessGroup`` object was freed with the GIL held, and
+    freeing it joins gloo's worker threads. A worker thread that has just finished a collective may still hold the
+    last reference to that collective's tensors after Python has dropped them; freeing those tensors needs the GIL,
+    so the join never returned (a hang in ``destroy_process_group``, about 1 run in 5 of a two-process gloo test on
+    torch 2.4). The backends (``ProcessGroupGloo``, ``ProcessGroupNCCL``) are Python objects that release the GIL
+    before they are freed, so a reference to each is held across ``destroy_process_group`` and dropped last: the
+    threads are joined there, without the GIL.
+    """
     if d.distributed and dist.is_initialized():
+        pg = dist.group.WORLD
+        backends = [pg._get_backend(device) for device in pg._device_types]
+        del pg
         dist.destroy_process_group()
+        del backends
 
 
 def chunk(n: int, rank: int, world: int) -> tuple[int, int]:
