@@ -78,6 +78,10 @@ def test_paired_rmse_and_mean_gap_intervals():
     assert up.lo <= true_rmse <= up.hi and up.det == pytest.approx(0.01)
     gap = mean_gap(y, z)
     assert gap.lo <= 0.3 <= gap.hi
+    # D ≫ n with a small gap (the GPU study's case): the interval must still contain its value and the true gap
+    y, z = torch.randn(300, 2000, generator=g, dtype=F64), torch.randn(300, 2000, generator=g, dtype=F64)
+    gap = mean_gap(y + 0.05, z)  # ‖E y − E z‖ = 0.05·√2000 ≈ 2.24 against tr Cov(d)/n ≈ 13.3
+    assert gap.lo <= gap.value <= gap.hi and gap.lo <= 0.05 * math.sqrt(2000) <= gap.hi
     with pytest.raises(ValueError, match="z_err"):
         paired_rmse(y, z, torch.zeros(3))
     with pytest.raises(ValueError, match="y and z"):

@@ -81,13 +81,13 @@ def plot_vs_step(report: dict, path: Path) -> Path:
 def plot_vs_nfe(report: dict, path: Path) -> Path:
     last = report["checkpoints"][-1]
     nfe = report["nfe"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     _draw(ax, nfe, [last["nfe"][str(n)] for n in nfe], report)
     ax.set_xscale("log", base=2)
     ax.set_xticks(nfe, [str(n) for n in nfe])
     ax.set_xlabel("number of jumps N")
     ax.set_title(f"step {last['step']}, w = {report['bed']['guidance']}")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the curves fill the axes
     return _save(fig, path)
 
 
