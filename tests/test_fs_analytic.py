@@ -156,8 +156,9 @@ def test_a_run_that_reaches_its_step_count_before_the_budget_is_verified(tmp_pat
     v = analytic_study.main(["--out", str(tmp_path), "--preset", "analytic-tiny", "--variants", "guided",
                              "--train-seconds", "3600", "--checkpoints", "1", "--samples", "16", "--nfe", "1",
                              "--theorem", "none", "--theorem-samples", "2", "--sens-samples", "2", "--lip-probes", "2",
-                             "--pot-samples", "16", "--set", "train.steps=3"])["variants"]["guided"]
+                             "--pot-samples", "16", "--set", "train.steps=3", "--commit", "abc1234"])["variants"]["guided"]
     assert v["train_summary"]["stopped_by"] == "steps" and v["trained_s"] < 3600
+    assert json.loads((tmp_path / "study.json").read_text())["commit"] == "abc1234"
     assert v["status"] == "verified" and {r["step"] for r in v["rows"]} == {3}
 
 

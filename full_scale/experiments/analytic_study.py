@@ -183,6 +183,9 @@ def main(argv=None) -> dict:
                    help="checkpoints at which the theorem's terms are computed")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every variant")
+    p.add_argument("--commit", default=None,
+                   help="commit recorded in study.json (default: git rev-parse HEAD; pass it where the code runs from "
+                        "a copy whose .git is absent or not the code's)")
     a = p.parse_args(argv)
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -199,7 +202,7 @@ def main(argv=None) -> dict:
     study_path = out / "study.json"
     study = json.loads(study_path.read_text()) if study_path.is_file() else {"variants": {}}
     study.update({"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-                  "commit": _commit(), "preset": a.preset, "torch": torch.__version__})
+                  "commit": a.commit or _commit(), "preset": a.preset, "torch": torch.__version__})
     for name in variants:
         study["variants"][name] = run_variant(name, out, preset=a.preset, overrides=a.set,
                                               train_seconds=a.train_seconds, checkpoints=a.checkpoints,
