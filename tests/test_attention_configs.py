@@ -7,7 +7,8 @@ every list in ``kernels._config.TUNED`` is pinned (``kernels._config.pinned``), 
 ⟨G1, O⟩ + ⟨G2, Ȯ⟩ are compared with float64 autograd of the plain formula on the same rounded inputs.
 
 * On a GPU, with each configuration's real block sizes, warps and stages, one configuration at a time (the other
-  kernels at their defaults), so that one that does not fit is named: Triton's OutOfResources is reported and
+  kernels at their defaults; one test per kernel, so that ``pytest -n`` compiles them in parallel), so that one that
+  does not fit is named: Triton's OutOfResources is reported and
   skipped, as the autotuner skips it. bf16 at D = 72 (DiT-XL/2's head size, a 128-wide tile: the largest register
   and shared-memory use, and what training autotunes over); fp32 at D = 16 (the IEEE-dot path) only with --runslow.
   Compiling is what costs: ahead of time for sm_90 on this project's 2-core CPU (shared with other jobs), the 40
@@ -95,24 +96,28 @@ def _describe(config) -> str:
                      f"stages={config.num_stages}"])
 
 
-def _rounds():
-    """Lists of (kernel, configuration) pinned together: one at a time on a GPU; under the interpreter, round i pins
-    configuration i (modulo the list's length) of every list."""
-    pairs = [(name, c) for name, configs in sorted(_config.TUNED.items()) for c in configs]
+# On a GPU one test per kernel, so that `pytest -n` compiles the kernels' configurations in parallel
+KERNELS = sorted(_config.TUNED) if DEVICE == "cuda" else ["all"]
+
+
+def _rounds(kernel):
+    """Lists of (kernel, configuration) pinned together: on a GPU, each configuration of ``kernel`` alone; under the
+    interpreter (``kernel == "all"``), round i pins configuration i (modulo the list's length) of every list."""
     if DEVICE == "cuda":
-        return [[p] for p in pairs]
+        return [[(kernel, c)] for c in _config.TUNED[kernel]]
     longest = max(len(configs) for configs in _config.TUNED.values())
     return [[(name, configs[i % len(configs)]) for name, configs in sorted(_config.TUNED.items())]
             for i in range(longest)]
 
 
 @pytest.mark.skipif(_config.AUTOTUNE, reason="KERNELS_AUTOTUNE=1: autotuned kernels take no pinned configuration")
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_every_configuration_matches_float64(dtype):
+def test_every_configuration_matches_float64(dtype, kernel):
     x, ref = _case(dtype)
     fn = lambda q, k, v: attention(q, k, v, backend="triton")  # noqa: E731
-    launched, skipped, bad = {name: 0 for name in _config.TUNED}, [], {}
-    for pins in _rounds():
+    launched, skipped, bad = {name: 0 for name in (_config.TUNED if kernel == "all" else [kernel])}, [], {}
+    for pins in _rounds(kernel):
         label = "; ".join(f"{name} {_describe(c)}" for name, c in pins)
         with contextlib.ExitStack() as stack:
             for name, c in pins:
