@@ -103,14 +103,18 @@ def compare(seed, b, h, sq, sk, d, dtype, scale, magnitude, condition=False):
     return errs, dl_path_condition(rounded, g1, g2, alpha, ref, FLOOR[dtype])
 
 
-@settings(max_examples=24, deadline=None)
+# The dtype is a parameter, not drawn, so that `pytest -n` spreads a GPU's kernel compilations over processes
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=8, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
     bh=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
     sq=st.sampled_from([1, 7, 16, 23]),
     sk=st.sampled_from([2, 9, 16, 21]),  # S_k = 1 makes four gradients exactly zero: tested separately below
     d=st.sampled_from([16, 24, 64, 72]),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
     scale_factor=st.sampled_from([None, 0.5, 2.0]),
     magnitude=st.floats(0.25, 2.0),
 )
@@ -149,14 +153,14 @@ def test_single_key_closed_form(dtype):
         assert got[name].abs().max().item() <= 8 * u * 10, name
 
 
-@settings(max_examples=16, deadline=None)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=6, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
     bh=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
     sq=st.sampled_from([1, 7, 23]),
     sk=st.sampled_from([9, 21, 40]),
     d=st.sampled_from([16, 24, 64]),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
     offset=st.floats(1.0, 4.0),
 )
 def test_key_gradients_sum_to_zero(seed, bh, sq, sk, d, dtype, offset):
