@@ -8,8 +8,7 @@ every list in ``kernels._config.TUNED`` is pinned (``kernels._config.pinned``), 
 
 * On a GPU, with each configuration's real block sizes, warps and stages, one configuration at a time (the other
   kernels at their defaults; one test per kernel, so that ``pytest -n`` compiles them in parallel), so that one that
-  does not fit is named: Triton's OutOfResources is reported and
-  skipped, as the autotuner skips it. bf16 at D = 72 (DiT-XL/2's head size, a 128-wide tile: the largest register
+  does not fit is named: Triton's OutOfResources is reported and skipped, as the autotuner skips it. bf16 at D = 72 (DiT-XL/2's head size, a 128-wide tile: the largest register
   and shared-memory use, and what training autotunes over); fp32 at D = 16 (the IEEE-dot path) only with --runslow.
   Compiling is what costs: ahead of time for sm_90 on this project's 2-core CPU (shared with other jobs), the 40
   kernel variants (33 configurations; the query-side kernel with and without the tangent) took 117 s in bf16 at the
@@ -116,8 +115,9 @@ def _rounds(kernel):
 def test_every_configuration_matches_float64(dtype, kernel):
     x, ref = _case(dtype)
     fn = lambda q, k, v: attention(q, k, v, backend="triton")  # noqa: E731
-    launched, skipped, bad = {name: 0 for name in (_config.TUNED if kernel == "all" else [kernel])}, [], {}
-    for pins in _rounds(kernel):
+    rounds = _rounds(kernel)
+    launched, skipped, bad = {name: 0 for pins in rounds for name, _ in pins}, [], {}
+    for pins in rounds:
         label = "; ".join(f"{name} {_describe(c)}" for name, c in pins)
         with contextlib.ExitStack() as stack:
             for name, c in pins:
