@@ -19,7 +19,8 @@ called from eager code, PyTorch #128711); ``triton`` = the same with the Triton 
 the DiT's hand-written tangent (``train.jvp: manual``, ``DiT.forward_and_ds``), eager; ``manual-compile`` = the same
 with every block compiled (``DiT.compile_blocks``), the trainer's default on CUDA; ``…-ckpt`` adds activation
 checkpointing, ``…-expandable`` ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, ``…-ddpsplit`` lets Dynamo's
-DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.ddp_split_graphs: true``). Ratios are
+DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.ddp_split_graphs: true``),
+``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``). Ratios are
 against ``baseline`` of the same model, batch and GPU count in the same invocation.
 
 Model FLOPs of one step, per image (2 FLOPs per multiply-add; :func:`forward_flops` gives L, the linear and patch
@@ -46,6 +47,7 @@ Any ``--set section.key=value`` is applied to every run (e.g. a tiny model for t
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -73,7 +75,8 @@ from full_scale.model import DiTConfig  # noqa: E402
 
 class Variant(NamedTuple):
     """The trainer settings of one variant (model.attention_backend, train.jvp, train.compile,
-    train.activation_checkpointing, train.ddp_split_graphs) and extra environment of the trainer process."""
+    train.activation_checkpointing, train.ddp_split_graphs), further ``section.key=value`` overrides, and extra
+    environment of the trainer process."""
 
     backend: str
     jvp: str = "manual"
@@ -81,6 +84,7 @@ class Variant(NamedTuple):
     checkpointing: bool = False
     ddp_split: bool = False
     env: dict = {}
+    sets: tuple = ()
 
 
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
@@ -92,6 +96,7 @@ VARIANTS = {
     "manual-compile-ckpt": Variant("triton", compile=True, checkpointing=True),
     "manual-compile-expandable": Variant("triton", compile=True, env=EXPANDABLE),
     "manual-compile-ddpsplit": Variant("triton", compile=True, ddp_split=True),
+    "manual-compile-foreach": Variant("triton", compile=True, sets=("train.fused_adamw=false",)),
 }
 # Dense bf16 peak of the datasheets (TFLOP/s); a card not listed gets no MFU.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
@@ -149,8 +154,10 @@ def kernel_category(name: str) -> str:
 
 def profile_summary(prof, steps: int, top: int = 25) -> dict:
     """Device time per step of the profiled steps: total over kernels, by :func:`kernel_category`, top kernels."""
+    # user annotations (the profiler's and the trainer's phases) are listed as device events too
+    marked = {e.name for e in prof.events() if getattr(e, "is_user_annotation", False)}
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
-               and not e.key.startswith(ANNOTATIONS)]  # user annotations are listed as device events too
+               and not e.key.startswith(ANNOTATIONS) and e.key not in marked]
     total = sum(e.self_device_time_total for e in kernels) / 1e3 / steps
     cats: dict[str, float] = {}
     for e in kernels:
@@ -160,6 +167,80 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
     return {"steps": steps, "kernel_ms_per_step": total, "ms_per_step_by_category": cats,
             "top": [{"kernel": e.key[:120], "ms_per_step": e.self_device_time_total / 1e3 / steps,
                      "calls_per_step": e.count / steps} for e in ranked]}
+
+
+def idle_gaps(kernels: list[tuple[float, float]], host_ops: list[tuple[str, float, float]],
+              phases: list[tuple[str, float, float]], steps: int, top: int = 12) -> dict:
+    """Where the GPU waited, from a profile's intervals (µs): device work ``kernels`` (start, end), the host's
+    top-level operators ``host_ops`` (name, start, end; any thread) and the trainer's annotated ``phases``.
+
+    Idle time is the part of [first kernel start, last kernel end] that no kernel covers. Each idle interval is
+    split over the phases it overlaps (the rest is "outside the annotated phases") and charged to every host
+    operator running during it (operators of different threads may overlap, so these may sum to more than the
+    idle time; idle time no operator covers is "no operator (Python, or waiting on the host)"). Per step: divided
+    by ``steps``. The ``top`` largest intervals are listed with their phase and operators."""
+    if not kernels:
+        return {"idle_ms_per_step": None}
+    merged: list[list[float]] = []
+    for a, b in sorted(kernels):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    gaps = [(merged[i][1], merged[i + 1][0]) for i in range(len(merged) - 1)]
+    ops = sorted(host_ops, key=lambda o: o[1])
+    starts = [o[1] for o in ops]
+    longest = max((o[2] - o[1] for o in ops), default=0.0)
+
+    def overlapping(items, a, b):
+        return [(name, min(b, e) - max(a, s)) for name, s, e in items if s < b and e > a]
+
+    by_phase: dict[str, float] = {}
+    by_op: dict[str, float] = {}
+    listed = []
+    for a, b in gaps:
+        rest = b - a
+        for name, ov in overlapping(phases, a, b):
+            by_phase[name] = by_phase.get(name, 0.0) + ov
+            rest -= ov
+        by_phase["outside the annotated phases"] = by_phase.get("outside the annotated phases", 0.0) + max(rest, 0.0)
+        hi = bisect.bisect_left(starts, b)
+        lo = bisect.bisect_left(starts, a - longest)
+        running = overlapping(ops[lo:hi], a, b)
+        covered = sorted((max(a, s), min(b, e)) for _, s, e in ops[lo:hi] if s < b and e > a)
+        union, end = 0.0, a
+        for s, e in covered:
+            union += max(0.0, e - max(s, end))
+            end = max(end, e)
+        for name, ov in running:
+            by_op[name] = by_op.get(name, 0.0) + ov
+        by_op["no operator (Python, or waiting on the host)"] = (
+            by_op.get("no operator (Python, or waiting on the host)", 0.0) + (b - a) - union)
+        listed.append({"ms": (b - a) / 1e3, "phases": sorted({n for n, _ in overlapping(phases, a, b)}),
+                       "ops": [n for n, _ in sorted(running, key=lambda x: -x[1])[:4]]})
+    per_step = lambda d: {k: v / 1e3 / steps for k, v in sorted(d.items(), key=lambda kv: -kv[1])}  # noqa: E731
+    idle = sum(b - a for a, b in gaps)
+    return {"window_ms_per_step": (merged[-1][1] - merged[0][0]) / 1e3 / steps,
+            "idle_ms_per_step": idle / 1e3 / steps, "idle_intervals_per_step": len(gaps) / steps,
+            "idle_ms_per_step_by_phase": per_step(by_phase),
+            "idle_ms_per_step_by_host_op": dict(list(per_step(by_op).items())[:top]),
+            "largest": sorted(listed, key=lambda g: -g["ms"])[:top]}
+
+
+def profile_gaps(prof, steps: int) -> dict:
+    """:func:`idle_gaps` of a ``torch.profiler`` run: kernels and copies are its CUDA events that are not user
+    annotations; host operators are CPU events without a parent operator (a user annotation does not count as
+    one); phases are the user annotations other than the profiler's own step markers."""
+    events = prof.events()
+    annotation = lambda e: getattr(e, "is_user_annotation", False) or e.name.startswith(ANNOTATIONS)  # noqa: E731
+    kernels = [(e.time_range.start, e.time_range.end) for e in events
+               if e.device_type == torch.autograd.DeviceType.CUDA and not annotation(e)]
+    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    phases = [(e.name, e.time_range.start, e.time_range.end) for e in host
+              if annotation(e) and not e.name.startswith("ProfilerStep")]
+    top_level = [(e.name, e.time_range.start, e.time_range.end) for e in host
+                 if not annotation(e) and (e.cpu_parent is None or annotation(e.cpu_parent))]
+    return idle_gaps(kernels, top_level, phases, steps)
 
 
 class ProfilerSteps(Callback):
@@ -196,7 +277,8 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     if prof is not None:
         prof.stop()
         if status == "ok":
-            (Path(run_dir) / "profile.json").write_text(json.dumps(profile_summary(prof, profile_steps)))
+            summary = {**profile_summary(prof, profile_steps), "idle": profile_gaps(prof, profile_steps)}
+            (Path(run_dir) / "profile.json").write_text(json.dumps(summary))
     cuda = torch.cuda.is_available()
     record = {"rank": rank, "status": status, "error": error,
               "device_name": torch.cuda.get_device_name() if cuda else "cpu",
@@ -212,7 +294,7 @@ def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, varia
     """The trainer configuration of one run: preset, model name, --set overrides, then the benchmark's own keys
     (the variant's switches, synthetic data, one logged step per micro-batch, no Lipschitz probe, no checkpoint)."""
     v = VARIANTS[variant]
-    cfg = load_config(preset, [f"model.name={model}", *sets])
+    cfg = load_config(preset, [f"model.name={model}", *v.sets, *sets])
     # Loader workers on GPUs; none on the CPU, where forked workers of two gloo ranks hung the smoke test at times.
     return cfg.override({
         "model.attention_backend": v.backend, "train.jvp": v.jvp, "train.compile": v.compile,
@@ -535,7 +617,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", default=20, type=int, help="timed steps after the warm-up")
     ap.add_argument("--warmup", default=6, type=int, help="steps left out of the statistics (autotuning, allocator)")
     ap.add_argument("--profile", default=0, type=int, metavar="STEPS",
-                    help="after the timed steps, profile STEPS more (CUDA kernels by class, top kernels) into the JSON")
+                    help="after the timed steps, profile STEPS more into the JSON: CUDA kernels by class, top "
+                         "kernels, and GPU idle time by trainer phase and by the host operator running then")
     ap.add_argument("--timeout", default=600.0, type=float, help="seconds per run before it is killed")
     ap.add_argument("--seeds", default=3, type=int, help="seeds per configuration for --loss-check")
     ap.add_argument("--loss-check", default=0, type=int, metavar="STEPS",
@@ -610,6 +693,12 @@ def main(argv=None) -> dict:
             cats = ", ".join(f"{k} {v:.1f}" for k, v in by_class)
             print(f"profile {r['model']} b{r['batch_per_gpu']} g{r['gpus']} {r['variant']}: kernels "
                   f"{p['kernel_ms_per_step']:.1f} ms of a {1e3 * r['sec_per_step']:.1f} ms step ({cats})")
+            idle = p.get("idle", {})
+            if idle.get("idle_ms_per_step") is not None:
+                phases = ", ".join(f"{k} {v:.1f}" for k, v in idle["idle_ms_per_step_by_phase"].items())
+                ops = ", ".join(f"{k} {v:.1f}" for k, v in list(idle["idle_ms_per_step_by_host_op"].items())[:6])
+                print(f"  GPU idle {idle['idle_ms_per_step']:.1f} ms per step in {idle['idle_intervals_per_step']:.0f} "
+                      f"intervals; by phase: {phases}; host operators then: {ops}")
     return result
 
 

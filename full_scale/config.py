@@ -119,6 +119,7 @@ class TrainConfig:
     compile: bool | str = "auto"      # torch.compile of each block: auto (on CUDA) | true | false
     activation_checkpointing: bool = False  # recompute each block in the backward: less memory, one more forward
     ddp_split_graphs: bool = False    # let Dynamo split compiled blocks at DDP bucket boundaries (slower here)
+    fused_adamw: bool | str = "auto"  # AdamW as one fused kernel: auto (on CUDA) | true | false (foreach kernels)
     precision: str = "auto"           # auto (bf16 autocast on GPUs, fp32 on the CPU) | bf16 | fp32
     nan_policy: str = "skip"          # a non-finite loss or gradient: skip the step | stop the run
     max_nan_skips: int = 20           # stop after this many skipped steps in a row
@@ -142,6 +143,7 @@ class TrainConfig:
         _choice("train.time_sampler", self.time_sampler, tuple(sorted(SAMPLERS)))
         _choice("train.jvp", self.jvp, ("manual", "functorch"))
         _choice("train.compile", self.compile, ("auto", True, False))
+        _choice("train.fused_adamw", self.fused_adamw, ("auto", True, False))
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _choice("train.nan_policy", self.nan_policy, ("skip", "stop"))
         _at_least("train.max_nan_skips", self.max_nan_skips, 0)

@@ -54,12 +54,15 @@ def setup(*, backend: str | None = None, timeout: timedelta | None = None) -> Di
     return Dist(rank=rank, world_size=world, device=device)
 
 
-def agree(d: Dist, *flags: bool) -> list[bool]:
-    """Each flag OR-ed over all ranks (one all-reduce)."""
-    t = torch.tensor([float(f) for f in flags], device=d.device)
+def agree(d: Dist, *flags: bool | torch.Tensor) -> list[bool]:
+    """Each flag OR-ed over all ranks (one all-reduce) and read on the host once. A flag is a bool or a 0-d tensor
+    on ``d.device`` (read without a host copy of its own, so the flags of a step cost one synchronisation; a Python
+    bool becomes a fill on the device, not a blocking host-to-device copy)."""
+    t = torch.stack([f.to(torch.float32) if torch.is_tensor(f) else torch.full((), float(f), device=d.device)
+                     for f in flags])
     if d.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t]
+    return [v > 0 for v in t.tolist()]
 
 
 def teardown(d: Dist) -> None:

@@ -106,8 +106,9 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
     student = StudentStep(model, manual_jvp=cfg.train.jvp == "manual")
     if d.distributed:
         student = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    fused = cfg.train.fused_adamw is True or (cfg.train.fused_adamw == "auto" and d.device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                                  weight_decay=cfg.train.weight_decay)
+                                  weight_decay=cfg.train.weight_decay, fused=fused or None)
     return Run(cfg=cfg, out=out, dist=d, model=model, target_ema=target_ema, eval_ema=eval_ema, student=student,
                optimizer=optimizer, sampler=make_time_sampler(cfg.train.time_sampler),
                guidance=cfg.guidance.cfg(model.null_class),

@@ -9,7 +9,9 @@ or, from Python, ``train(load_config("tiny-digits"), "runs/digits")``.
 One step: each rank draws its micro-batches, times (t, s, s′) and noise; the student's f, ∂_s f (one JVP) and
 u_θ(x_{s′}) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP
 from outside, and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
-(both of its velocities in one call); AdamW steps on the averaged gradient; both EMAs follow. DDP uses NCCL on GPUs
+(both of its velocities in one call); AdamW steps on the averaged gradient (one fused kernel on CUDA,
+``train.fused_adamw``); both EMAs follow. The step's health flags (non-finite loss or gradient, SIGTERM) are read in
+one host synchronisation, and batches come from pinned memory on CUDA, so the copy does not wait for the GPU. DDP uses NCCL on GPUs
 and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent (``train.jvp: manual``;
 ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target is compiled
 (``train.compile``); ``train.activation_checkpointing`` trades a forward for memory. The run directory holds
@@ -80,13 +82,16 @@ class StepSums:
 
 # ---- data ----------------------------------------------------------------------------------------------------------
 
-def micro_batches(dataset, size: int, epoch: int, position: int, num_workers: int):
-    """Endless (epoch, position, x, y): position counts the micro-batches consumed in the epoch (for resume)."""
+def micro_batches(dataset, size: int, epoch: int, position: int, num_workers: int, pin_memory: bool = False):
+    """Endless (epoch, position, x, y): position counts the micro-batches consumed in the epoch (for resume).
+    ``pin_memory`` (on CUDA) lets the copy to the GPU run without waiting for the GPU's queue: a copy from pageable
+    memory synchronises the stream first."""
     if len(dataset) < size:
         raise ValueError(f"train.micro_batch: {size} exceeds this rank's {len(dataset)} items per epoch")
     while True:
         dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=size, drop_last=True, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=size, drop_last=True, num_workers=num_workers,
+                                             pin_memory=pin_memory)
         for i, (x, y) in enumerate(loader):
             if i >= position:
                 yield epoch, i + 1, x, y
@@ -121,7 +126,7 @@ def accumulate_gradients(run: Run, data, phase: Phase = record_function) -> Step
         bad.append(~torch.isfinite(per_example))
         sums += torch.stack([per_example.sum(), terms.terminal_per_example.sum(), terms.fm_per_example.sum(),
                              dfds.detach().pow(2).mean(dim=tuple(range(1, dfds.ndim))).sum(),
-                             torch.tensor(float(run.micro), device=device)]).double()
+                             torch.full((), float(run.micro), device=device)]).double()  # no host copy
     return StepSums(sums, torch.cat(times, dim=1), torch.cat(bad))
 
 
@@ -221,7 +226,8 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                          "compile": use_compile(cfg, d.device), "activation_checkpointing": run.model.checkpoint_blocks,
                          "parameters": sum(p.numel() for p in run.model.parameters()),
                          "resumed_from": str(resumed_from or "")})
-        data = micro_batches(dataset, run.micro, run.epoch, run.position, cfg.data.num_workers)
+        data = micro_batches(dataset, run.micro, run.epoch, run.position, cfg.data.num_workers,
+                             pin_memory=d.device.type == "cuda")
         callbacks = [LipschitzProbe(), SampleGrid(), *callbacks]
         for cb in callbacks:
             cb.on_start(run, dataset)
@@ -236,8 +242,9 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                 step = accumulate_gradients(run, data)
                 grads = [p.grad for p in run.model.parameters() if p.grad is not None]
                 grad_norm = total_norm(grads)
-                nonfinite, stopping = agree(d, bool(step.bad.any()), stop.requested)  # gradients are averaged
-                nonfinite = nonfinite or not bool(torch.isfinite(grad_norm))
+                # the step's one host synchronisation (the gradients, hence their norm, are averaged over ranks)
+                bad_loss, bad_grad, stopping = agree(d, step.bad.any(), ~torch.isfinite(grad_norm), stop.requested)
+                nonfinite = bad_loss or bad_grad
                 run.step += 1
                 if nonfinite:
                     nan_run += 1

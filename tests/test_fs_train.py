@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from full_scale import checkpoint, pipeline, train
 from full_scale.config import GuidanceConfig
+from full_scale.distributed import Dist, agree
 from full_scale.metrics import read_metrics
 from full_scale.model.dit import DiT, dit_config
 from full_scale.run import StudentStep
@@ -155,6 +156,28 @@ def test_nan_policy(tmp_path, monkeypatch, policy):
     event = [r for r in read_metrics(tmp_path) if r.get("event") == "nonfinite"][0]
     assert event["step"] == 2 and event["policy"] == policy and event["n_nonfinite_examples"] == 1
     assert event["t"] == [pytest.approx(float(seen[1].t[1]))] and event["s"] == [pytest.approx(float(seen[1].s[1]))]
+
+
+def test_fused_adamw_trains_like_the_foreach_one(tmp_path):
+    """train.fused_adamw=true (the CUDA default) on the CPU: the same losses as the foreach AdamW to float32
+    rounding, and the checkpoint says which one ran."""
+    runs = {}
+    for fused in (False, True):
+        out = tmp_path / str(fused)
+        train.main(["--out", str(out), "--steps", "3", "--set", f"train.fused_adamw={str(fused).lower()}"] + TINY)
+        opt = torch.load(checkpoint.latest(out) / "optimizer.pt", weights_only=True)
+        assert bool(opt["param_groups"][0]["fused"]) is fused
+        runs[fused] = losses(out)
+    assert runs[False].keys() == runs[True].keys() == {1, 2, 3}
+    assert runs[False][1] == runs[True][1]  # before any update
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    assert runs[True][3] != runs[True][2]  # the fused optimizer moved the weights
+
+
+def test_agree_reads_tensor_and_bool_flags_in_one_step():
+    d = Dist()
+    assert agree(d, torch.tensor(True), False, ~torch.isfinite(torch.tensor(float("nan"))), True,
+                 torch.tensor(False)) == [True, False, True, True, False]
 
 
 def test_configuration_errors(tmp_path):

@@ -197,3 +197,28 @@ def test_loss_check_runs_one_and_two_processes_per_seed(tmp_path):
     assert all(len(c) == 4 and np.isfinite(c).all() for c in lc["loss_1gpu"] + lc["loss_2gpu"])
     assert lc["loss_1gpu"][0] != lc["loss_1gpu"][1]  # the seeds differ
     assert json.loads(out.read_text())["loss_check"]["max_abs_t"] == lc["max_abs_t"]
+
+
+def test_idle_gaps_of_hand_made_intervals():
+    """Kernels busy on [0, 10], [5, 20] (overlapping), [30, 40], [41, 50] µs: idle 10 µs (20–30) and 1 µs (40–41).
+    The phase "AdamW" covers 25–45 and the host runs "aten::item" on 18–27 and, on another thread, "aten::copy_"
+    on 26–28: AdamW 5 + 1 µs, outside 5 (20–25); item 7, copy_ 2, no operator 2 (28–30) + 1 (40–41)."""
+    kernels = [(0.0, 10.0), (5.0, 20.0), (30.0, 40.0), (41.0, 50.0)]
+    ops = [("aten::item", 18.0, 27.0), ("aten::copy_", 26.0, 28.0), ("aten::mm", 0.0, 3.0)]
+    phases = [("AdamW", 25.0, 45.0)]
+    got = bench.idle_gaps(kernels, ops, phases, steps=2)
+    assert got["window_ms_per_step"] == pytest.approx(50.0 / 1e3 / 2)
+    assert got["idle_ms_per_step"] == pytest.approx(11.0 / 1e3 / 2)
+    assert got["idle_intervals_per_step"] == 1.0
+    assert got["idle_ms_per_step_by_phase"] == pytest.approx(
+        {"AdamW": 6.0 / 2e3, "outside the annotated phases": 5.0 / 2e3})
+    assert got["idle_ms_per_step_by_host_op"] == pytest.approx(
+        {"aten::item": 7.0 / 2e3, "aten::copy_": 2.0 / 2e3, "no operator (Python, or waiting on the host)": 3.0 / 2e3})
+    assert got["largest"][0] == {"ms": pytest.approx(0.010), "phases": ["AdamW"], "ops": ["aten::item", "aten::copy_"]}
+    assert bench.idle_gaps([], ops, phases, steps=1) == {"idle_ms_per_step": None}
+
+
+def test_a_variant_sets_its_config_keys():
+    cfg = bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile-foreach", [])
+    assert cfg.train.fused_adamw is False and cfg.train.compile is True
+    assert bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile", []).train.fused_adamw == "auto"
