@@ -5,8 +5,10 @@ Times, on one CUDA card, at each (B, H, S, D):
   sdpa_default_fwd_bwd  the same with PyTorch's default backend choice (cuDNN where it applies);
   math_jvp_bwd    PyTorch math SDPA under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩;
   ours_fwd_jvp    kernels.attention under torch.func.jvp (O and Ȯ, no grad);
-  ours_jvp_bwd    kernels.attention under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩;
-plus our separate kernel launches (fwd, tangent, primal backward, tangent backward) for the profile.
+  ours_jvp_bwd    kernels.attention under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩ (two backward passes);
+  ours_explicit_jvp_bwd  kernels.attention_jvp (explicit tangents) + autograd of the same (one fused backward pass);
+plus our separate kernel launches (fwd, tangent, primal backward, tangent backward, fused backward) for the profile
+(the fused ones are in the JSON rows, not in the printed table).
 FLOP counts (units of B·H·S²·D, docs/KERNEL.md): 4 plain forward, 10 plain backward, 12 forward + JVP,
 42 backward through O and Ȯ. Peak extra memory = peak allocated during one call minus what was allocated before.
 
@@ -25,13 +27,14 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import attention  # noqa: E402
+from kernels import attention, attention_jvp  # noqa: E402
 from kernels import _backward, _forward  # noqa: E402
 from kernels.testing import jvp_with_grads, relative_errors  # noqa: E402
 
 SHAPES = [(64, 18, 256, 64), (32, 18, 1024, 64), (1, 24, 4096, 128), (1, 24, 16384, 128), (64, 16, 256, 72)]
 UNITS = {"sdpa_fwd_bwd": 14, "sdpa_default_fwd_bwd": 14, "math_jvp_bwd": 54, "ours_fwd_jvp": 12, "ours_jvp_bwd": 54,
-         "k_fwd": 4, "k_tangent": 8, "k_bwd_primal": 10, "k_bwd_tangent": 32}
+         "ours_explicit_jvp_bwd": 54,
+         "k_fwd": 4, "k_tangent": 8, "k_bwd_primal": 10, "k_bwd_tangent": 32, "k_bwd_fused": 42}
 
 
 def bench(fn):
@@ -121,11 +124,15 @@ def run_shape(shape, dtype, skip_math_above, profile=False):
         "math_jvp_bwd": lambda: jvp_bwd(math_fn),
         "ours_fwd_jvp": ours_fwd_jvp,
         "ours_jvp_bwd": lambda: jvp_bwd(ours),
+        "ours_explicit_jvp_bwd": lambda: torch.autograd.grad(attention_jvp(*leaves, backend="triton"), leaves,
+                                                             (g1, g2)),
         "k_fwd": lambda: _forward.forward(qc, kc, vc, scale),
         "k_tangent": lambda: _forward.tangent(qc, kc, vc, o, o_lo, lse, tq, tk, tv, scale),
         "k_bwd_primal": lambda: _backward.backward_primal(qc, kc, vc, o, o_lo, lse, g1, scale),
         "k_bwd_tangent": lambda: _backward.backward_tangent(qc, kc, vc, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g2,
                                                             scale),
+        "k_bwd_fused": lambda: _backward.backward_fused(qc, kc, vc, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g1, g2,
+                                                        scale),
     }
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile

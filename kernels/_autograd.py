@@ -4,15 +4,21 @@
 ``_Attention`` computes O (and the base-2 log-sum-exp, and for fp16/bf16 O's low part, ``_forward``) and
 back-propagates through O. Its ``jvp`` returns Ȯ through ``_AttentionTangent``, whose forward runs the tangent kernel
 and whose backward is the backward through Ȯ, so a loss that depends on Ȯ sends gradients to q, k, v and to the
-tangents q̇, k̇, v̇.
+tangents q̇, k̇, v̇. On this path (``torch.func.jvp`` of ``attention``) autograd calls the two backward passes
+separately: 7 + 18 block products.
+
+``_AttentionWithTangent`` (``attention_jvp``, explicit tangents) computes O and Ȯ in one Function, so its backward
+receives (dO, dȮ) together and runs the fused backward (``_backward.backward_fused``: 21 block products, one
+pre-pass, one key-side and one query-side launch), or the single pass of the one cotangent given.
 
 Kernels are launched only inside the ``forward`` of a Function: under ``torch.func`` transforms the ``jvp``,
 ``backward`` and ``vmap`` staticmethods see functorch's wrapped tensors, which have no memory a kernel can read, while
 a Function's ``forward`` gets them unwrapped. So ``jvp`` applies ``_AttentionTangent``, and each ``backward`` applies
-``_PrimalGrad`` or ``_TangentGrad``, whose ``forward`` launches the backward kernels (:func:`_kernel_grad`): that makes
-``torch.func.vjp`` and ``grad`` work through the kernels. Every Function also has a ``vmap`` rule (:func:`_fold_vmap`:
-the vmapped dimension joins the batch), so ``torch.vmap``, ``jacrev`` and ``jacfwd`` work too. Second derivatives
-through the backward kernels are not implemented: they raise.
+``_PrimalGrad``, ``_TangentGrad`` or ``_FusedGrad``, whose ``forward`` launches the backward kernels
+(:func:`_kernel_grad`): that makes ``torch.func.vjp`` and ``grad`` work through the kernels. Every Function also has a
+``vmap`` rule (:func:`_fold_vmap`: the vmapped dimension joins the batch), so ``torch.vmap``, ``jacrev`` and
+``jacfwd`` work too. Second derivatives through the backward kernels are not implemented: they raise; so do
+forward-mode derivatives of ``_AttentionWithTangent`` (a tangent of Ȯ is a second derivative of attention).
 """
 import torch
 
@@ -23,7 +29,8 @@ def _fold_vmap(apply, info, in_dims, *args):
     """vmap rule shared by the Functions: the vmapped dimension (size V) joins the leading one and the Function is
     applied once to the result (``apply``: its own ``apply``, so transforms outside the vmap still see it), one launch
     for all V: (V, B, H, S, D) → (V·B, H, S, D) and row statistics (V, B·H, S) → (V·B·H, S); an input not
-    vmapped is repeated V times; an empty low part (fp32) stays empty. Outputs come back with V in front."""
+    vmapped is repeated V times; an empty low part (fp32) stays empty; a non-tensor argument (None, the scale) is
+    passed as it is. Outputs come back with V in front, a None output (``_FusedGrad``'s missing gradients) as None."""
     size = info.batch_size
     folded = []
     for a, dim in zip(args, in_dims):
@@ -32,8 +39,9 @@ def _fold_vmap(apply, info, in_dims, *args):
             a = a.reshape(size * a.shape[1], *a.shape[2:]).contiguous()
         folded.append(a)
     outs = apply(*folded)
-    unfolded = tuple(o.reshape(size, -1, *o.shape[1:]) if o.numel() else o.new_empty(size, 0) for o in outs)
-    return unfolded, (0,) * len(unfolded)
+    unfolded = tuple(None if o is None else o.reshape(size, -1, *o.shape[1:]) if o.numel() else o.new_empty(size, 0)
+                     for o in outs)
+    return unfolded, tuple(None if o is None else 0 for o in unfolded)
 
 
 class _Folded(torch.autograd.Function):
@@ -107,8 +115,46 @@ class _AttentionTangent(_Folded):
         return dq, dk, dv, None, None, None, dtq, dtk, dtv, None
 
 
+class _AttentionWithTangent(_Folded):
+    """(O, Ȯ, O_lo, lse, Ȯ_lo, μ)(q, k, v, q̇, k̇, v̇): the forward and tangent kernels in one Function, for explicit
+    tangents (``attention_jvp``). Its backward gets both upstream gradients (dO, dȮ) at once and runs the fused
+    backward, ``_backward.backward_fused`` (docs/KERNEL.md §3): the gradients of ⟨dO, O⟩ + ⟨dȮ, Ȯ⟩ to all six
+    inputs in one pass instead of the two of ``_Attention`` and ``_AttentionTangent``. O_lo, lse, Ȯ_lo and μ are
+    not differentiable."""
+
+    @staticmethod
+    def forward(q, k, v, tq, tk, tv, scale):
+        o, o_lo, lse = _forward.forward(q, k, v, scale)
+        to, to_lo, mu = _forward.tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale)
+        return o, to, o_lo, lse, to_lo, mu
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, tq, tk, tv, scale = inputs
+        o, to, o_lo, lse, to_lo, mu = output
+        ctx.scale = scale
+        ctx.set_materialize_grads(False)  # an unused O or Ȯ sends None, not zeros: the fused pass drops its terms
+        ctx.mark_non_differentiable(o_lo, lse, to_lo, mu)
+        ctx.save_for_backward(q, k, v, tq, tk, tv, o, o_lo, lse, to, to_lo, mu)
+
+    @staticmethod
+    def backward(ctx, do, g, _do_lo, _dlse, _dto_lo, _dmu):
+        if do is None and g is None:
+            return (None,) * 7
+        q, k, v, tq, tk, tv, o, o_lo, lse, to, to_lo, mu = ctx.saved_tensors
+        grads = _kernel_grad(_FusedGrad, q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo,
+                             None if do is None else do.contiguous(), None if g is None else g.contiguous(), ctx.scale)
+        return (*grads, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_FORWARD_OF_TANGENT)
+
+
 _SECOND_ORDER = ("kernels.attention: second derivatives through the Triton backward are not implemented "
                  "(backend='reference' has them)")
+_FORWARD_OF_TANGENT = ("kernels.attention_jvp: forward-mode derivatives of (O, Ȯ) are not implemented in the Triton "
+                       "backend (Ȯ's would be second derivatives of attention; backend='reference' has them)")
 
 
 def _kernel_grad(function, *args):
@@ -152,3 +198,12 @@ class _TangentGrad(_KernelGrad):
     @staticmethod
     def forward(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g, scale):
         return _backward.backward_tangent(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, g, scale)
+
+
+class _FusedGrad(_KernelGrad):
+    """(dQ, dK, dV, dQ̇, dK̇, dV̇) of ⟨dO, O⟩ + ⟨G, Ȯ⟩ in one pass, dO or G possibly None (then (dQ̇, dK̇, dV̇) are
+    None without G): ``_backward.backward_fused``."""
+
+    @staticmethod
+    def forward(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, do, g, scale):
+        return _backward.backward_fused(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, do, g, scale)

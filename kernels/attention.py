@@ -4,7 +4,7 @@ import math
 import torch
 
 from . import _config
-from ._autograd import _Attention, _AttentionTangent
+from ._autograd import _Attention, _AttentionWithTangent
 from .reference import attention_reference, attention_reference_jvp
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -92,11 +92,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
 
 @torch.compiler.disable
 def _triton_attention_jvp(q, k, v, tq, tk, tv, scale):
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o, o_lo, lse = _Attention.apply(q, k, v, scale)
-    to, _to_lo, _mu = _AttentionTangent.apply(q, k, v, o.detach(), o_lo.detach(), lse.detach(),
-                                              tq.to(q.dtype).contiguous(), tk.to(q.dtype).contiguous(),
-                                              tv.to(q.dtype).contiguous(), scale)
+    # One Function for O and Ȯ, so that its backward gets dO and dȮ together and runs one fused pass.
+    o, to, *_stats = _AttentionWithTangent.apply(*(x.to(q.dtype).contiguous() for x in (q, k, v, tq, tk, tv)), scale)
     return o, to
 
 
@@ -105,10 +102,12 @@ def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.T
     """(O, Ȯ) for explicit tangents q̇, k̇, v̇, without ``torch.func.jvp``: the same function and derivative as
     ``torch.func.jvp(attention, (q, k, v), (tq, tk, tv))`` (docs/THEORY.md §9), for callers that carry tangents by hand.
 
-    Reverse mode flows through both outputs to all six inputs (Triton: ``_Attention``'s backward through O and
-    ``_AttentionTangent``'s backward through Ȯ; reference: autograd through the closed form
-    :func:`~kernels.reference.attention_reference_jvp`). The Triton call is kept out of compiled regions (a graph
-    break), like :func:`attention`; the reference is plain operators and may be compiled.
+    Reverse mode flows through both outputs to all six inputs (Triton: one Function for O and Ȯ whose backward
+    receives both upstream gradients and runs one fused pass through O and Ȯ, docs/KERNEL.md §3, where
+    ``torch.func.jvp`` of :func:`attention` runs two; reference: autograd through the closed form
+    :func:`~kernels.reference.attention_reference_jvp`). Forward-mode derivatives of the Triton (O, Ȯ) raise (Ȯ's
+    are second derivatives of attention); the reference has them. The Triton call is kept out of compiled regions
+    (a graph break), like :func:`attention`; the reference is plain operators and may be compiled.
     """
     _check(q, k, v, backend)
     for name, t, x in (("tq", tq, q), ("tk", tk, k), ("tv", tv, v)):

@@ -19,16 +19,29 @@ class AttentionDerivatives:
 NAMES = ("O", "tO", "dq", "dk", "dv", "dtq", "dtk", "dtv")
 
 
-def jvp_with_grads(fn, primals, tangents, g1, g2, dtype=None) -> AttentionDerivatives:
-    """Run ``torch.func.jvp(fn, primals, tangents)`` and back-propagate ⟨G1, O⟩ + ⟨G2, Ȯ⟩ to all six inputs.
+def with_grads(fn, inputs, g1, g2, dtype=None) -> AttentionDerivatives:
+    """(O, Ȯ) = ``fn(q, k, v, q̇, k̇, v̇)`` (``attention_jvp``'s signature) and the gradients of ⟨G1, O⟩ + ⟨G2, Ȯ⟩
+    with respect to all six inputs.
 
-    Inputs are cast to ``dtype`` (default: unchanged) and made leaves; the loss is accumulated in float64.
+    Inputs are cast to ``dtype`` (default: unchanged) and made leaves; the loss is accumulated in float64. G1 or G2
+    None leaves its term out of the loss, so that output's backward receives no gradient at all (not zeros); a
+    gradient that autograd leaves undefined (an input the loss does not reach) is returned as zeros.
     """
-    leaves = [x.detach().to(dtype or x.dtype).requires_grad_() for x in (*primals, *tangents)]
-    o, to = torch.func.jvp(fn, tuple(leaves[:3]), tuple(leaves[3:]))
-    loss = (o.double() * g1.double()).sum() + (to.double() * g2.double()).sum()
-    grads = torch.autograd.grad(loss, leaves)
-    return AttentionDerivatives(o.detach(), to.detach(), tuple(g.detach() for g in grads))
+    if g1 is None and g2 is None:
+        raise ValueError("with_grads: G1 and G2 are both None (no loss to differentiate)")
+    leaves = [x.detach().to(dtype or x.dtype).requires_grad_() for x in inputs]
+    o, to = fn(*leaves)
+    loss = sum((y.double() * g.double()).sum() for y, g in ((o, g1), (to, g2)) if g is not None)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return AttentionDerivatives(o.detach(), to.detach(),
+                                tuple(torch.zeros_like(x) if g is None else g.detach() for g, x in zip(grads, leaves)))
+
+
+def jvp_with_grads(fn, primals, tangents, g1, g2, dtype=None) -> AttentionDerivatives:
+    """:func:`with_grads` of ``torch.func.jvp(fn, primals, tangents)``: O, Ȯ and the gradients of
+    ⟨G1, O⟩ + ⟨G2, Ȯ⟩ to the primals and the tangents."""
+    return with_grads(lambda q, k, v, tq, tk, tv: torch.func.jvp(fn, (q, k, v), (tq, tk, tv)), (*primals, *tangents),
+                      g1, g2, dtype)
 
 
 def relative_errors(result: AttentionDerivatives, reference: AttentionDerivatives, floor: float = 0.0) -> dict:

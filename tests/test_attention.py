@@ -1,4 +1,5 @@
-"""kernels.attention against a float64 reference: O, Ȯ and all six gradients (issue 3, docs/THEORY.md §9).
+"""kernels.attention and kernels.attention_jvp (fused backward) against a float64 reference: O, Ȯ and all six
+gradients (issue 3, docs/THEORY.md §9).
 
 Runs the Triton kernels on the CPU through TRITON_INTERPRET=1 (set below before `kernels` is imported when no GPU
 is present). The reference is torch.func.jvp + torch.autograd of the plain formula softmax(α q kᵀ) v in float64 on
@@ -37,8 +38,8 @@ if not torch.cuda.is_available():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from kernels import attention, attention_jvp  # noqa: E402
-from kernels.testing import NAMES, jvp_with_grads, relative_errors  # noqa: E402
+from kernels import attention, attention_jvp, attention_reference_jvp  # noqa: E402
+from kernels.testing import NAMES, jvp_with_grads, relative_errors, with_grads  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FLOOR = {torch.float32: 0.02, torch.float16: 0.25, torch.bfloat16: 0.25}
@@ -84,23 +85,36 @@ def draw_inputs(seed, b, h, sq, sk, d, magnitude):
     return [q * magnitude, k * magnitude, v, tq, tk, tv], g1, g2
 
 
-def compare(seed, b, h, sq, sk, d, dtype, scale, magnitude, condition=False):
+def compare(seed, b, h, sq, sk, d, dtype, scale, magnitude, condition=False, explicit=False, cotangents="both"):
     """Relative errors of the Triton path in ``dtype`` against float64 on the same rounded inputs; with ``condition``,
-    also the dL-path gradients' rounding scales (:func:`dl_path_condition`)."""
+    also the dL-path gradients' rounding scales (:func:`dl_path_condition`).
+
+    ``explicit``: the path of ``attention_jvp`` (one Function for O and Ȯ, fused backward) against float64 autograd
+    of :func:`~kernels.reference.attention_reference_jvp`, with the loss ⟨G1, O⟩ + ⟨G2, Ȯ⟩ (``cotangents="both"``),
+    ⟨G1, O⟩ alone ("O") or ⟨G2, Ȯ⟩ alone ("tO"): a term left out sends no gradient at all into the backward. Else
+    ``torch.func.jvp`` of ``attention`` (two backward passes) against that of the reference, both terms."""
     inputs, g1, g2 = draw_inputs(seed, b, h, sq, sk, d, magnitude)
+    g1, g2 = (None if cotangents not in ("both", name) else x for name, x in (("O", g1), ("tO", g2)))
+    alpha = 1.0 / math.sqrt(d) if scale is None else scale
     rounded = [x.to(dtype).double() for x in inputs]
-    ref = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="reference"), rounded[:3], rounded[3:],
-                         g1, g2)
     dev = [x.to(DEVICE) for x in inputs]
-    out = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="triton"), dev[:3], dev[3:],
-                         g1.to(DEVICE), g2.to(DEVICE), dtype=dtype)
+    g1_dev, g2_dev = (None if x is None else x.to(DEVICE) for x in (g1, g2))
+    if explicit:
+        ref = with_grads(lambda *x: attention_reference_jvp(*x, alpha), rounded, g1, g2)
+        out = with_grads(lambda *x: attention_jvp(*x, scale, backend="triton"), dev, g1_dev, g2_dev, dtype=dtype)
+    else:
+        ref = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="reference"), rounded[:3], rounded[3:],
+                             g1, g2)
+        out = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="triton"), dev[:3], dev[3:], g1_dev,
+                             g2_dev, dtype=dtype)
     for name, x in zip(("O", "tO"), (out.o, out.to)):
         assert x.dtype == dtype and x.shape == (b, h, sq, d), name
     errs = relative_errors(out, ref, floor=FLOOR[dtype])
     if not condition:
         return errs
-    alpha = 1.0 / math.sqrt(d) if scale is None else scale
-    return errs, dl_path_condition(rounded, g1, g2, alpha, ref, FLOOR[dtype])
+    zero = torch.zeros_like(rounded[0])
+    return errs, dl_path_condition(rounded, zero if g1 is None else g1, zero if g2 is None else g2, alpha, ref,
+                                   FLOOR[dtype])
 
 
 # The dtype is a parameter, not drawn, so that `pytest -n` spreads a GPU's kernel compilations over processes
@@ -127,10 +141,38 @@ def test_matches_float64_reference(seed, bh, sq, sk, d, dtype, scale_factor, mag
     assert not bad, f"(error, bound) over bound: {bad} (all: {errs}; dL-path rounding scales: {condition})"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cotangents", ["O", "tO", "both"])
+@settings(max_examples=6, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    bh=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
+    sq=st.sampled_from([1, 7, 16, 23, 37]),
+    sk=st.sampled_from([2, 9, 16, 21, 40]),
+    d=st.sampled_from([16, 24, 64, 72]),
+    scale_factor=st.sampled_from([None, 0.5, 2.0]),
+    magnitude=st.floats(0.25, 2.0),
+)
+def test_fused_backward_matches_float64_reference(seed, bh, sq, sk, d, dtype, cotangents, scale_factor, magnitude):
+    """``attention_jvp``'s backward (docs/KERNEL.md §3: one pass through O and Ȯ together when both receive a
+    gradient, the single pass of the one that does otherwise) against float64 autograd of the closed form
+    ``attention_reference_jvp``: all six gradients of ⟨G1, O⟩ + ⟨G2, Ȯ⟩, of ⟨G1, O⟩ alone and of ⟨G2, Ȯ⟩ alone
+    (with ⟨G1, O⟩ alone, dq̇, dk̇ and dv̇ must come back zero). The bounds of :func:`test_matches_float64_reference`; lengths up to three
+    16-wide blocks, ragged, S_q ≠ S_k."""
+    scale = None if scale_factor is None else scale_factor / math.sqrt(d)
+    errs, condition = compare(seed, *bh, sq, sk, d, dtype, scale, magnitude, condition=True, explicit=True,
+                              cotangents=cotangents)
+    bounds = {n: tolerance(dtype, n, condition.get(n, 0.0)) for n in errs}
+    bad = {n: (e, bounds[n]) for n, e in errs.items() if not e < bounds[n]}
+    assert not bad, f"(error, bound) over bound: {bad} (all: {errs}; dL-path rounding scales: {condition})"
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["func_jvp", "attention_jvp"])
 @pytest.mark.parametrize("d", [16, 72, 128])
-def test_head_dims_fp32(d):
-    """Edge head dims: the smallest (16), the padded DiT-XL/2 one (72 → 128 tile) and the largest (128)."""
-    errs = compare(1, 1, 2, 18, 21, d, torch.float32, None, 1.0)
+def test_head_dims_fp32(d, explicit):
+    """Edge head dims: the smallest (16), the padded DiT-XL/2 one (72 → 128 tile) and the largest (128); through
+    both backward paths (two passes, fused)."""
+    errs = compare(1, 1, 2, 18, 21, d, torch.float32, None, 1.0, explicit=explicit)
     assert max(errs.values()) < tolerance(torch.float32, "O"), errs
 
 

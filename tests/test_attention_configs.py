@@ -4,22 +4,27 @@
 The test session launches one configuration per kernel (KERNELS_AUTOTUNE=0, set by tests/conftest.py; see
 kernels/_config.py), so the others, which the autotuner may pick in training, are checked here: each configuration of
 every list in ``kernels._config.TUNED`` is pinned (``kernels._config.pinned``), and O, Ȯ and the six gradients of
-⟨G1, O⟩ + ⟨G2, Ȯ⟩ are compared with float64 autograd of the plain formula on the same rounded inputs.
+⟨G1, O⟩ + ⟨G2, Ȯ⟩ are compared with float64 autograd of the plain formula on the same rounded inputs, along both
+backward paths: ``torch.func.jvp`` of ``attention`` (the passes through O and through Ȯ, each kernel's single-pass
+variant) and ``attention_jvp`` (the fused pass: the key-side tangent kernel and the query-side kernel with PRIMAL on).
 
 * On a GPU, with each configuration's real block sizes, warps and stages, one configuration at a time (the other
   kernels at their defaults; one test per kernel, so that ``pytest -n`` compiles them in parallel), so that one that
   does not fit is named: Triton's OutOfResources is reported and skipped, as the autotuner skips it. bf16 at D = 72 (DiT-XL/2's head size, a 128-wide tile: the largest register
   and shared-memory use, and what training autotunes over); fp32 at D = 16 (the IEEE-dot path) only with --runslow.
   Compiling is what costs: ahead of time for sm_90 on this project's 2-core CPU (shared with other jobs), the 40
-  kernel variants (33 configurations; the query-side kernel with and without the tangent) took 117 s in bf16 at the
-  128-wide tile and 145 s in fp32 at the 16-wide one; fp32 at the 128-wide tile took 4–33 s per forward variant, and
+  kernel variants of the two-pass backward (33 configurations; the query-side kernel with and without the tangent)
+  took 117 s in bf16 at the 128-wide tile and 145 s in fp32 at the 16-wide one (the fused pass adds 15 variants, the
+  key-side tangent kernel's 8 configurations and the query-side kernel's 7 with PRIMAL on; not compiled on a GPU
+  yet); fp32 at the 128-wide tile took 4–33 s per forward variant, and
   its 128×128 forward needs 256 KiB of shared memory, more than an H100 has. S_q = 150, S_k = 203: a partial last
   block and at least two blocks for every block size (32, 64, 128), so every loop runs more than once. Bounds:
   tests/gpu/test_attention_gpu.py's.
 * Under the interpreter (which honours BLOCK_M, BLOCK_N and SPLIT and ignores warps and stages), fp32 at D = 24,
   S_q = 70, S_k = 45: ragged for every block size, loops of one to three blocks. There every program costs time,
   and the default configuration's 16-wide blocks make many, so all lists are pinned together, round i launching
-  configuration i (modulo the list's length) of each: 8 rounds instead of 33 runs, each with few programs. Bound:
+  configuration i (modulo the list's length) of each: 8 rounds instead of 33 runs (two paths each), each with few
+  programs. Bound:
   tests/test_attention.py's fp32 bound (errors measured ≈ 4e-7).
 """
 import contextlib
@@ -34,8 +39,8 @@ if not torch.cuda.is_available():
 
 from triton.runtime.errors import OutOfResources  # noqa: E402
 
-from kernels import _config, attention  # noqa: E402
-from kernels.testing import jvp_with_grads, relative_errors  # noqa: E402
+from kernels import _config, attention, attention_jvp  # noqa: E402
+from kernels.testing import jvp_with_grads, relative_errors, with_grads  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
@@ -99,6 +104,10 @@ def _describe(config) -> str:
 KERNELS = sorted(_config.TUNED) if DEVICE == "cuda" else ["all"]
 
 
+# The key-side kernel of the pass through O alone: the fused pass does not launch it.
+TWO_PASSES_ONLY = {"_kv_kernel"}
+
+
 def _rounds(kernel):
     """Lists of (kernel, configuration) pinned together: on a GPU, each configuration of ``kernel`` alone; under the
     interpreter (``kernel == "all"``), round i pins configuration i (modulo the list's length) of every list."""
@@ -115,24 +124,30 @@ def _rounds(kernel):
 def test_every_configuration_matches_float64(dtype, kernel):
     x, ref = _case(dtype)
     fn = lambda q, k, v: attention(q, k, v, backend="triton")  # noqa: E731
+    paths = {"two passes": lambda: jvp_with_grads(fn, x[:3], x[3:6], x[6], x[7], dtype=dtype),
+             "fused": lambda: with_grads(lambda *a: attention_jvp(*a, backend="triton"), x[:6], x[6], x[7],
+                                         dtype=dtype)}
+    if kernel in TWO_PASSES_ONLY:
+        del paths["fused"]
     rounds = _rounds(kernel)
-    launched, skipped, bad = {name: 0 for pins in rounds for name, _ in pins}, [], {}
+    launched, skipped, bad = {(name, path): 0 for pins in rounds for name, _ in pins for path in paths}, [], {}
     for pins in rounds:
         label = "; ".join(f"{name} {_describe(c)}" for name, c in pins)
         with contextlib.ExitStack() as stack:
             for name, c in pins:
                 stack.enter_context(_config.pinned(_config.TUNED[name], c))
-            try:
-                out = jvp_with_grads(fn, x[:3], x[3:6], x[6], x[7], dtype=dtype)
-            except OutOfResources as e:  # only on a GPU; the autotuner skips such a configuration too
-                skipped.append(f"{label}: {e}")
-                continue
-        for name, _ in pins:
-            launched[name] += 1
-        errs = relative_errors(out, ref)
-        print(f"{dtype} {label}: largest error {max(errs.values()):.1e}")  # for the record (pytest -rP)
-        if not max(errs.values()) < BOUND[dtype]:
-            bad[label] = errs
+            for path, run in paths.items():
+                try:
+                    out = run()
+                except OutOfResources as e:  # only on a GPU; the autotuner skips such a configuration too
+                    skipped.append(f"{label}, {path}: {e}")
+                    continue
+                for name, _ in pins:
+                    launched[name, path] += 1
+                errs = relative_errors(out, ref)
+                print(f"{dtype} {label}, {path}: largest error {max(errs.values()):.1e}")  # for the record (-rP)
+                if not max(errs.values()) < BOUND[dtype]:
+                    bad[f"{label}, {path}"] = errs
     for line in skipped:
         print("does not fit, skipped:", line)
     assert not bad, f"{dtype}: configurations over the bound {BOUND[dtype]}: {bad}"

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 import torch.autograd.forward_ad as fwAD  # noqa: E402
 
 from kernels import attention, attention_jvp  # noqa: E402
-from kernels.testing import jvp_with_grads  # noqa: E402
+from kernels.testing import jvp_with_grads, with_grads  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, SQ, SK, D = 1, 2, 19, 21, 24  # lengths not multiples of the interpreter's 16-wide blocks
@@ -22,6 +22,10 @@ ATOL = 2e-5
 
 def triton_attn(q, k, v):
     return attention(q, k, v, backend="triton")
+
+
+def triton_attn_jvp(q, k, v, tq, tk, tv):
+    return attention_jvp(q, k, v, tq, tk, tv, backend="triton")
 
 
 def rand(*shape, seed):
@@ -101,6 +105,94 @@ def test_gradients_add_over_the_two_cotangents():
     second = jvp_with_grads(triton_attn, primals, tangents, zero, g2).grads
     for a, b, c in zip(both, first, second):
         torch.testing.assert_close(a, b + c, rtol=1e-5, atol=ATOL)
+
+
+def test_fused_backward_equals_the_sum_of_the_two_single_passes():
+    """attention_jvp's backward with both cotangents (one fused pass) equals the pass through O with G1 alone plus
+    the pass through Ȯ with G2 alone (each of those is the fused Function's fallback when the other output gets no
+    gradient), to float32 rounding."""
+    inputs = (*qkv(5), *qkv(15))
+    g1, g2 = rand(B, H, SQ, D, seed=31), rand(B, H, SQ, D, seed=32)
+    both = with_grads(triton_attn_jvp, inputs, g1, g2).grads
+    first = with_grads(triton_attn_jvp, inputs, g1, None).grads
+    second = with_grads(triton_attn_jvp, inputs, None, g2).grads
+    for a, b, c in zip(both, first, second):
+        torch.testing.assert_close(a, b + c, rtol=1e-5, atol=ATOL)
+
+
+class _LaunchLog:
+    """Records the backward kernels launched (name and PRIMAL/TANGENT flags), delegating every launch."""
+
+    FLAGS = ("PRIMAL", "TANGENT")
+
+    def __init__(self, monkeypatch):
+        from kernels import _backward
+
+        self.launches = []
+        for name in ("_row_sums_kernel", "_kv_kernel", "_kv_tangent_kernel", "_q_kernel"):
+            monkeypatch.setattr(_backward, name, self._recording(name, getattr(_backward, name)))
+
+    def _recording(self, name, kernel):
+        log = self.launches
+
+        class Recording:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    log.append((name, *(f for f in _LaunchLog.FLAGS if kwargs.get(f))))
+                    return kernel[grid](*args, **kwargs)
+                return launch
+        return Recording()
+
+
+PRE_PASS, FUSED = ("_row_sums_kernel", "PRIMAL", "TANGENT"), ("_kv_tangent_kernel", "PRIMAL")
+PASS_O = [("_row_sums_kernel", "PRIMAL"), ("_kv_kernel",), ("_q_kernel", "PRIMAL")]
+PASS_TO = [("_row_sums_kernel", "TANGENT"), ("_kv_tangent_kernel",), ("_q_kernel", "TANGENT")]
+
+
+@pytest.mark.parametrize("mode", ["backward", "func_grad"])
+@pytest.mark.parametrize("cotangents, expected", [
+    ("both", [PRE_PASS, FUSED, ("_q_kernel", "PRIMAL", "TANGENT")]),
+    ("O", PASS_O),
+    ("tO", PASS_TO),
+])
+def test_attention_jvp_backward_launches_one_pass(monkeypatch, mode, cotangents, expected):
+    """A plain ``backward()`` through ``attention_jvp`` (the kernels called directly) and ``torch.func.grad`` of it
+    (through the ``_FusedGrad`` Function) launch one pass: the fused pre-pass, key-side and query-side kernels when
+    O and Ȯ both get a gradient, the single pass of the one that does otherwise; never the two single passes."""
+    inputs = [x.clone().requires_grad_(mode == "backward") for x in (*qkv(3), *qkv(13))]
+    g1, g2 = rand(B, H, SQ, D, seed=40), rand(B, H, SQ, D, seed=41)
+
+    def loss(*x):
+        o, to = triton_attn_jvp(*x)
+        return {"both": (o * g1).sum() + (to * g2).sum(), "O": (o * g1).sum(), "tO": (to * g2).sum()}[cotangents]
+
+    log = _LaunchLog(monkeypatch)
+    if mode == "backward":
+        loss(*inputs).backward()
+        grads = [x.grad for x in inputs]
+    else:
+        grads = torch.func.grad(loss, argnums=tuple(range(6)))(*inputs)
+    assert log.launches == expected
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[:3])
+
+
+def test_fused_backward_without_any_cotangent_is_refused():
+    from kernels import _backward
+
+    q, k, v = qkv(0)
+    with pytest.raises(ValueError, match="dO and G are both None"):
+        _backward.backward_fused(q, k, v, q, q[:0], None, None, q, k, v, q, q[:0], None, None, 0.2)
+
+
+def test_func_jvp_backward_still_runs_the_two_single_passes(monkeypatch):
+    """``torch.func.jvp`` of ``attention`` keeps O's and Ȯ's backward in two Functions (kernels/_autograd.py): two
+    passes. This documents the path that is not fused (docs/KERNEL.md §1)."""
+    g1, g2 = rand(B, H, SQ, D, seed=42), rand(B, H, SQ, D, seed=43)
+    leaves = [x.clone().requires_grad_() for x in (*qkv(4), *qkv(14))]
+    o, to = torch.func.jvp(triton_attn, tuple(leaves[:3]), tuple(leaves[3:]))
+    log = _LaunchLog(monkeypatch)
+    ((o * g1).sum() + (to * g2).sum()).backward()
+    assert sorted(log.launches) == sorted(PASS_O + PASS_TO)
 
 
 def test_forward_ad_matches_func_jvp_including_gradients():
@@ -237,9 +329,11 @@ def test_cpu_tensors_without_interpreter_raise(monkeypatch):
         attention(q, k, v, backend="triton")
 
 
-def test_split_and_fused_key_side_backward_agree():
+@pytest.mark.parametrize("explicit", [False, True], ids=["func_jvp", "attention_jvp"])
+def test_split_and_one_program_key_side_backward_agree(explicit):
     """The tangent KV kernel's two layouts (one program for dK, dK̇, dV, dV̇, or two programs per key block) agree,
-    launched with the same block sizes, warps and stages (kernels._config.pinned; lengths of two blocks each)."""
+    launched with the same block sizes, warps and stages (kernels._config.pinned; lengths of two blocks each), in the
+    pass through Ȯ (``torch.func.jvp``'s second pass) and in the fused pass through O and Ȯ (``attention_jvp``)."""
     from kernels import _config
 
     if _config.AUTOTUNE:
@@ -247,16 +341,18 @@ def test_split_and_fused_key_side_backward_agree():
     configs = _config.TUNED["_kv_tangent_kernel"]
     layout = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
     split_config = next(c for c in configs if c.kwargs["SPLIT"])
-    fused_config = next(c for c in configs if not c.kwargs["SPLIT"] and layout(c) == layout(split_config))
+    one_config = next(c for c in configs if not c.kwargs["SPLIT"] and layout(c) == layout(split_config))
     sq, sk = split_config.kwargs["BLOCK_M"] + 13, split_config.kwargs["BLOCK_N"] + 6
-    primals = rand(B, H, sq, D, seed=11), rand(B, H, sk, D, seed=12), rand(B, H, sk, D, seed=13)
-    tangents = rand(B, H, sq, D, seed=21), rand(B, H, sk, D, seed=22), rand(B, H, sk, D, seed=23)
+    inputs = (rand(B, H, sq, D, seed=11), rand(B, H, sk, D, seed=12), rand(B, H, sk, D, seed=13),
+              rand(B, H, sq, D, seed=21), rand(B, H, sk, D, seed=22), rand(B, H, sk, D, seed=23))
     g1, g2 = rand(B, H, sq, D, seed=70), rand(B, H, sq, D, seed=71)
+    run = ((lambda: with_grads(triton_attn_jvp, inputs, g1, g2)) if explicit
+           else (lambda: jvp_with_grads(triton_attn, inputs[:3], inputs[3:], g1, g2)))
     with _config.pinned(configs, split_config):
-        split = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
-    with _config.pinned(configs, fused_config):
-        fused = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
-    for a, b in zip(split.grads, fused.grads):
+        split = run()
+    with _config.pinned(configs, one_config):
+        one = run()
+    for a, b in zip(split.grads, one.grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels import attention  # noqa: E402
+from kernels import attention, attention_jvp  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = dict(rtol=2e-5, atol=2e-5)  # fp32 kernels against float64 math on the same inputs
@@ -97,3 +97,53 @@ def test_second_derivatives_through_the_kernels_say_they_are_not_implemented():
         torch.autograd.grad(gq.sum(), k)
     with pytest.raises(RuntimeError, match="second derivatives through the Triton backward are not implemented"):
         torch.func.hessian(lambda q: tri(q, k.detach(), v.detach()).sum())(q.detach())
+
+
+def tri_jvp(*x):
+    return attention_jvp(*x, backend="triton")
+
+
+def ref_jvp(*x):
+    return attention_jvp(*(a.double() for a in x), backend="reference")
+
+
+@settings(max_examples=8, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16), n=st.integers(1, 3))
+def test_explicit_tangent_call_under_vjp_grad_and_vmap(shape, seed, n):
+    """attention_jvp's one Function for O and Ȯ (fused backward) under torch.func: ``vjp`` with both cotangents,
+    ``grad`` of a loss of Ȯ alone and of O alone (the backward then gets None for the other output), ``vmap`` of the
+    call and ``vmap`` of such a ``grad`` (the backward Function's vmap rule with None gradients: dq̇, dk̇, dv̇ = 0)."""
+    x, g = inputs(shape, seed, n=8)[:6], inputs(shape, seed + 1, n=8)[6:]
+    x64, g64 = [a.double() for a in x], [a.double() for a in g]
+    out, pull = torch.func.vjp(tri_jvp, *x)
+    out64, pull64 = torch.func.vjp(ref_jvp, *x64)
+    close(out, out64)
+    close(pull(tuple(g)), pull64(tuple(g64)))
+    every = tuple(range(6))
+    for i in (0, 1):
+        loss = lambda f, gi: lambda *a: (f(*a)[i] * gi).sum()  # noqa: E731
+        close(torch.func.grad(loss(tri_jvp, g[i]), argnums=every)(*x),
+              torch.func.grad(loss(ref_jvp, g64[i]), argnums=every)(*x64))
+    scaled = torch.stack([x[0] * (j + 1) for j in range(n)])  # a vmapped q; the rest shared
+    dims = (0, *(None,) * 5)
+    close(torch.vmap(tri_jvp, in_dims=dims)(scaled, *x[1:]),
+          tuple(torch.stack(o) for o in zip(*(ref_jvp(q, *x64[1:]) for q in scaled.double()))))
+    o_loss = lambda *a: (tri_jvp(*a)[0] * g[0]).sum()  # noqa: E731
+    got = torch.vmap(torch.func.grad(o_loss, argnums=every), in_dims=dims)(scaled, *x[1:])
+    for j, q in enumerate(scaled.double()):
+        want = torch.func.grad(lambda *a: (ref_jvp(*a)[0] * g64[0]).sum(), argnums=every)(q, *x64[1:])
+        close(tuple(a[j] for a in got), want)
+        assert all(a[j].abs().max() == 0 for a in got[3:])
+
+
+def test_derivatives_of_the_explicit_tangent_call_that_are_not_implemented_say_so():
+    """Forward mode through attention_jvp (Ȯ's tangent is a second derivative of attention) and a second backward
+    through its fused backward raise clear errors."""
+    x = inputs((1, 1, 5, 7, 16), 0, n=6)
+    with pytest.raises(RuntimeError, match="forward-mode derivatives of \\(O, Ȯ\\) are not implemented"):
+        torch.func.jvp(lambda q: tri_jvp(q, *x[1:]), (x[0],), (x[0],))
+    leaves = [a.requires_grad_() for a in x]
+    o, to = tri_jvp(*leaves)
+    (gq,) = torch.autograd.grad((o * to).sum(), leaves[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivatives through the Triton backward are not implemented"):
+        torch.autograd.grad(gq.sum(), leaves[1])

@@ -23,8 +23,8 @@ if not torch.cuda.is_available():
     # This module is collected before tests/test_attention*.py; `kernels` must see the interpreter flag at import.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels import attention  # noqa: E402
-from kernels.testing import jvp_with_grads, relative_errors  # noqa: E402
+from kernels import attention, attention_jvp  # noqa: E402
+from kernels.testing import jvp_with_grads, relative_errors, with_grads  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2.5e-2}
@@ -38,17 +38,21 @@ def _inputs(b, h, sq, sk, d, seed=0, magnitude=1.0):
 
 
 def _check(b, h, sq, sk, d, dtype, scale=None, magnitude=1.0, seed=0):
+    """Both backward paths: ``torch.func.jvp`` of ``attention`` (two passes) and ``attention_jvp`` (fused)."""
     primals, tangents, g1, g2 = _inputs(b, h, sq, sk, d, seed, magnitude)
     cast = [x.to(dtype).double() for x in (*primals, *tangents)]  # the reference sees the same rounded inputs
     ref = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="reference"), cast[:3], cast[3:], g1, g2)
-    out = jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="triton"), primals, tangents, g1, g2,
-                         dtype=dtype)
-    errs = relative_errors(out, ref)
-    print(f"{dtype} B{b} H{h} Sq{sq} Sk{sk} D{d}: largest error {max(errs.values()):.1e}")  # for the record
-    for x in out.as_list():
-        assert torch.isfinite(x).all()
-    bad = {n: e for n, e in errs.items() if not e < TOL[dtype]}
-    assert not bad, f"{dtype} B{b} H{h} Sq{sq} Sk{sk} D{d}: errors {errs}"
+    outs = {"two passes": jvp_with_grads(lambda q, k, v: attention(q, k, v, scale, backend="triton"), primals,
+                                         tangents, g1, g2, dtype=dtype),
+            "fused": with_grads(lambda *x: attention_jvp(*x, scale, backend="triton"), (*primals, *tangents), g1, g2,
+                                dtype=dtype)}
+    errs = {path: relative_errors(out, ref) for path, out in outs.items()}
+    for path, out in outs.items():
+        print(f"{dtype} B{b} H{h} Sq{sq} Sk{sk} D{d}, {path}: largest error {max(errs[path].values()):.1e}")
+        for x in out.as_list():
+            assert torch.isfinite(x).all()
+    bad = {path: {n: e for n, e in e_path.items() if not e < TOL[dtype]} for path, e_path in errs.items()}
+    assert not any(bad.values()), f"{dtype} B{b} H{h} Sq{sq} Sk{sk} D{d}: errors {errs}"
     return errs
 
 
