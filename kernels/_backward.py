@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
+from ._config import INTERPRET, SMALL, cdiv, cfg, head_block, launch_meta, seq_bucket, tuned
 from ._forward import LOG2E, _load_hi_lo, _load_rows, _store_rows, has_low_part, low_part_arg
 
 _ROW_BLOCK = 64
@@ -256,7 +256,7 @@ def _row_sums(o, o_lo, do, to, to_lo, g):
     rows = lambda: torch.empty(o.shape[:-1], device=o.device, dtype=torch.float32).view(-1, o.shape[2])  # noqa: E731
     delta = rows()
     r = None if g is None else rows()
-    _row_sums_kernel[(triton.cdiv(n_rows, _ROW_BLOCK),)](
+    _row_sums_kernel[(cdiv(n_rows, _ROW_BLOCK),)](
         o if do is None else do, o if g is None else g, o, low_part_arg(o, o_lo),
         o if to is None else to, o if to is None else low_part_arg(to, to_lo), delta, delta if r is None else r,
         n_rows, head_dim, HEAD_BLOCK=head_block(head_dim), ROWS=_ROW_BLOCK, LOW=has_low_part(o.dtype),
@@ -276,14 +276,14 @@ def _launch(q, k, v, tq, tk, tv, do, g, lse, mu, delta, r, scale, primal, tangen
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if tangent:
         dtq, dtk, dtv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]) * (2 if m["SPLIT"] else 1), *bh_grid)  # noqa: E731
+        kv_grid = lambda m: (cdiv(seq_k, m["BLOCK_N"]) * (2 if m["SPLIT"] else 1), *bh_grid)  # noqa: E731
         _kv_tangent_kernel[kv_grid](q, k, v, tq, tk, tv, do, g, lse, mu, delta, r, dk, dv, dtk, dtv, *args, **meta,
                                     PRIMAL=primal, **launch_meta(_KV_TANGENT_CONFIGS, fp32))
     else:
         dtq = dq
-        kv_grid = lambda m: (triton.cdiv(seq_k, m["BLOCK_N"]), *bh_grid)  # noqa: E731
+        kv_grid = lambda m: (cdiv(seq_k, m["BLOCK_N"]), *bh_grid)  # noqa: E731
         _kv_kernel[kv_grid](q, k, v, do, lse, delta, dk, dv, *args, **meta, **launch_meta(_KV_CONFIGS, fp32))
-    q_grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), *bh_grid)  # noqa: E731
+    q_grid = lambda m: (cdiv(seq_q, m["BLOCK_M"]), *bh_grid)  # noqa: E731
     _q_kernel[q_grid](q, k, v, tq, tk, tv, do, g, lse, mu, delta, r, dq, dtq, *args, **meta, PRIMAL=primal,
                       TANGENT=tangent, **launch_meta(_Q_CONFIGS, fp32))
     return (dq, dk, dv, dtq, dtk, dtv) if tangent else (dq, dk, dv)

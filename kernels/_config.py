@@ -35,21 +35,32 @@ INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16}
 MAX_GRID_Y = 65535
 
 
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for integers, b > 0: ``triton.cdiv``'s value in plain Python. Host code calls this, not
+    ``triton.cdiv``, a constexpr function that costs ~2 µs a host call (Triton 3.9, CPU), several per attention call."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ≥ n, for n ≥ 1: ``triton.next_power_of_2``'s value in plain Python (see ``cdiv``)."""
+    return 1 << (n - 1).bit_length()
+
+
 def grid_bh(n_bh: int) -> tuple[int, int]:
     """(y, z) grid extents for ``n_bh`` = B·H programs per row block: y ≤ MAX_GRID_Y and y·z ≥ n_bh. A program
     finds its head as bh = z_i·y + y_i (``tl.num_programs(1)`` is y) and returns at once when bh ≥ n_bh."""
     y = min(n_bh, MAX_GRID_Y)
-    return y, triton.cdiv(n_bh, y)
+    return y, cdiv(n_bh, y)
 
 
 def head_block(head_dim: int) -> int:
     """Padded head dimension: the next power of two, at least 16 (``tl.dot`` needs K ≥ 16)."""
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, next_power_of_2(head_dim))
 
 
 def seq_bucket(seq_len: int) -> int:
     """Autotuning bucket of a sequence length (next power of two, at least 128)."""
-    return max(128, triton.next_power_of_2(seq_len))
+    return max(128, next_power_of_2(seq_len))
 
 
 def tuned(configs, extra_key=()):

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._config import INTERPRET, SMALL, cfg, head_block, launch_meta, seq_bucket, tuned
+from ._config import INTERPRET, SMALL, cdiv, cfg, head_block, launch_meta, seq_bucket, tuned
 
 LOG2E = 1.4426950408889634
 
@@ -151,7 +151,7 @@ def _common(q, k, configs):
                 PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 **launch_meta(configs, q.dtype == torch.float32))
     bucket = seq_bucket(max(seq_q, seq_k))
-    grid = lambda m: (triton.cdiv(seq_q, m["BLOCK_M"]), *_config.grid_bh(batch * heads))  # noqa: E731
+    grid = lambda m: (cdiv(seq_q, m["BLOCK_M"]), *_config.grid_bh(batch * heads))  # noqa: E731
     return batch, heads, seq_q, seq_k, head_dim, bucket, meta, grid
 
 

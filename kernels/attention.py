@@ -93,7 +93,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
 @torch.compiler.disable
 def _triton_attention_jvp(q, k, v, tq, tk, tv, scale):
     # One Function for O and Ȯ, so that its backward gets dO and dȮ together and runs one fused pass.
-    o, to, *_stats = _AttentionWithTangent.apply(*(x.to(q.dtype).contiguous() for x in (q, k, v, tq, tk, tv)), scale)
+    dtype = q.dtype
+    o, to, *_stats = _AttentionWithTangent.apply(
+        *((x if x.dtype == dtype else x.to(dtype)).contiguous() for x in (q, k, v, tq, tk, tv)), scale)
     return o, to
 
 

@@ -420,3 +420,67 @@ def test_closed_form_reference_jvp_equals_func_jvp_of_the_reference_in_float64()
     grads = torch.autograd.grad((o * g1).sum() + (to * g2).sum(), leaves)
     for a, b in zip([o, to, *grads], [ref.o, ref.to, *ref.grads]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_functions_skip_the_per_call_signature_binding(monkeypatch):
+    """Our Functions' ``apply`` (kernels/_autograd.py ``_Folded``) does not go through
+    ``torch.autograd.Function.apply``, which binds every call's arguments to ``forward``'s signature (host time), on
+    any path: plain autograd, ``torch.func.jvp`` (and its backward), ``forward_ad``, ``attention_jvp`` under
+    ``torch.func.grad`` (the backward's ``_FusedGrad``) and ``vmap``. If a PyTorch version moved the internals it
+    calls, it falls back to ``Function.apply`` and this fails."""
+    from kernels import _autograd
+
+    through_function_apply = []
+    original = torch.autograd.Function.__dict__["apply"].__func__
+
+    def recording(cls, *args, **kwargs):
+        through_function_apply.append(cls.__name__)
+        return original(cls, *args, **kwargs)
+
+    q, k, v = (x.requires_grad_() for x in qkv(20))
+    tq, tk, tv = qkv(21)
+    g1, g2 = rand(B, H, SQ, D, seed=22), rand(B, H, SQ, D, seed=23)
+    monkeypatch.setattr(torch.autograd.Function, "apply", classmethod(recording))
+    torch.autograd.grad(triton_attn(q, k, v), (q, k, v), g1)
+    o, to = torch.func.jvp(triton_attn, (q, k, v), (tq, tk, tv))
+    torch.autograd.grad((o, to), (q, k, v), (g1, g2))
+    with fwAD.dual_level():
+        fwAD.unpack_dual(triton_attn(fwAD.make_dual(q, tq), k, v))
+    torch.func.grad(lambda *x: (triton_attn_jvp(*x)[1] * g2).sum(), argnums=(0, 3))(q.detach(), k, v, tq, tk, tv)
+    torch.vmap(triton_attn, in_dims=(0, None, None))(torch.stack([q.detach(), tq]), k, v)
+    ours = {name for name, x in vars(_autograd).items() if isinstance(x, type) and issubclass(x, _autograd._Folded)}
+    assert not ours & set(through_function_apply), through_function_apply
+    monkeypatch.setattr(_autograd, "_custom_function_call", None)  # the fallback does go through it
+    triton_attn(q, k, v)
+    assert through_function_apply[-1] == "_Attention"
+
+
+def test_function_apply_fallback_gives_the_same_derivatives(monkeypatch):
+    """With the PyTorch internals behind ``_Folded.apply``'s fast path absent, ``torch.autograd.Function.apply``
+    itself runs, with the same results: ``torch.func.jvp`` + gradients, and ``vjp`` (its pullback called outside the
+    transform, on functorch's dead wrappers)."""
+    from kernels import _autograd
+
+    primals, tangents = qkv(24), qkv(25)
+    g1, g2 = rand(B, H, SQ, D, seed=26), rand(B, H, SQ, D, seed=27)
+    fast = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
+    fast_pull = torch.func.vjp(triton_attn, *primals)[1](g1)
+    monkeypatch.setattr(_autograd, "_custom_function_call", None)
+    slow = jvp_with_grads(triton_attn, primals, tangents, g1, g2)
+    slow_pull = torch.func.vjp(triton_attn, *primals)[1](g1)
+    for a, b in zip((*fast.as_list(), *fast_pull), (*slow.as_list(), *slow_pull)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_host_side_cdiv_and_next_power_of_2_equal_triton():
+    """kernels._config's plain-Python ``cdiv`` and ``next_power_of_2`` (host code calls them instead of Triton's
+    constexpr functions, which cost ~2 µs a call) give Triton's values."""
+    import triton
+
+    from kernels import _config
+
+    for n in range(1, 1100):
+        assert _config.next_power_of_2(n) == triton.next_power_of_2(n), n
+        for b in (1, 7, 16, 32, 64, 128, 65535):
+            assert _config.cdiv(n, b) == triton.cdiv(n, b), (n, b)
+    assert _config.cdiv(65535**2, 65535) == 65535 and _config.next_power_of_2(2**40 + 1) == 2**41
