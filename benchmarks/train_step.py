@@ -134,7 +134,7 @@ def peak_tflops(device_name: str) -> float | None:
 # ----------------------------------------------------------------------------------------------------------- worker
 
 ANNOTATIONS = ("ProfilerStep", "Optimizer.", "DistributedDataParallel.", "nccl:")
-ATTENTION_KERNELS = ("_fwd_kernel", "_tangent_kernel", "_rowdot_kernel", "_kv_kernel", "_kv_tangent_kernel",
+ATTENTION_KERNELS = ("_fwd_kernel", "_tangent_kernel", "_row_sums_kernel", "_kv_kernel", "_kv_tangent_kernel",
                      "_q_kernel")
 
 

@@ -222,3 +222,13 @@ def test_a_variant_sets_its_config_keys():
     cfg = bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile-foreach", [])
     assert cfg.train.fused_adamw is False and cfg.train.compile is True
     assert bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile", []).train.fused_adamw == "auto"
+
+
+def test_every_triton_kernel_of_the_package_counts_as_attention():
+    """The profile's "attention" class names our kernels one by one; a kernel added or renamed in kernels/ must be
+    listed, or its time lands in "other" (as the fused backward's row pre-pass once did)."""
+    import re
+    root = Path(__file__).resolve().parents[1] / "kernels"
+    names = {m for f in root.glob("*.py") for m in re.findall(r"^def (_\w+_kernel)\(", f.read_text(), re.M)}
+    assert names and names <= set(bench.ATTENTION_KERNELS), names - set(bench.ATTENTION_KERNELS)
+    assert all(bench.kernel_category(n) == "attention" for n in names)
