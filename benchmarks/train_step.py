@@ -20,7 +20,9 @@ the DiT's hand-written tangent (``train.jvp: manual``, ``DiT.forward_and_ds``), 
 with every block compiled (``DiT.compile_blocks``), the trainer's default on CUDA; ``…-ckpt`` adds activation
 checkpointing, ``…-expandable`` ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, ``…-ddpsplit`` lets Dynamo's
 DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.ddp_split_graphs: true``),
-``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``). Ratios are
+``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``), ``…-cudagraphs`` and
+``…-autotune`` compile the blocks with ``mode="reduce-overhead"`` (CUDA graphs) and ``"max-autotune-no-cudagraphs"``
+(``train.compile_mode``). Ratios are
 against ``baseline`` of the same model, batch and GPU count in the same invocation.
 
 Model FLOPs of one step, per image (2 FLOPs per multiply-add; :func:`forward_flops` gives L, the linear and patch
@@ -97,6 +99,8 @@ VARIANTS = {
     "manual-compile-expandable": Variant("triton", compile=True, env=EXPANDABLE),
     "manual-compile-ddpsplit": Variant("triton", compile=True, ddp_split=True),
     "manual-compile-foreach": Variant("triton", compile=True, sets=("train.fused_adamw=false",)),
+    "manual-compile-cudagraphs": Variant("triton", compile=True, sets=("train.compile_mode=reduce-overhead",)),
+    "manual-compile-autotune": Variant("triton", compile=True, sets=("train.compile_mode=max-autotune-no-cudagraphs",)),
 }
 # Dense bf16 peak of the datasheets (TFLOP/s); a card not listed gets no MFU.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}

@@ -117,6 +117,7 @@ class TrainConfig:
     time_sampler: str = "gap"         # a key of tvm_theory.time_samplers.SAMPLERS (gap = the paper's gap*)
     jvp: str = "manual"               # ∂_s F: manual (the DiT's hand-written tangent) | functorch (torch.func.jvp)
     compile: bool | str = "auto"      # torch.compile of each block: auto (on CUDA) | true | false
+    compile_mode: str = "default"     # the blocks' torch.compile mode: default | reduce-overhead (CUDA graphs) | …
     activation_checkpointing: bool = False  # recompute each block in the backward: less memory, one more forward
     ddp_split_graphs: bool = False    # let Dynamo split compiled blocks at DDP bucket boundaries (slower here)
     fused_adamw: bool | str = "auto"  # AdamW as one fused kernel: auto (on CUDA) | true | false (foreach kernels)
@@ -144,6 +145,8 @@ class TrainConfig:
         _choice("train.jvp", self.jvp, ("manual", "functorch"))
         _choice("train.compile", self.compile, ("auto", True, False))
         _choice("train.fused_adamw", self.fused_adamw, ("auto", True, False))
+        _choice("train.compile_mode", self.compile_mode,
+                ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"))
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _choice("train.nan_policy", self.nan_policy, ("skip", "stop"))
         _at_least("train.max_nan_skips", self.max_nan_skips, 0)

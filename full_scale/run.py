@@ -101,8 +101,8 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
         # per-block graphs DDP's reducer already overlaps the all-reduce at block granularity, and the split made
         # 2-GPU DiT-XL/2 steps 470–620 ms instead of 400 ms (benchmarks/RESULTS.md).
         torch._dynamo.config.optimize_ddp = cfg.train.ddp_split_graphs
-        model.compile_blocks(dynamic=False)
-        target_ema.compile_blocks(dynamic=False)
+        model.compile_blocks(dynamic=False, mode=cfg.train.compile_mode)
+        target_ema.compile_blocks(dynamic=False, mode=cfg.train.compile_mode)
     student = StudentStep(model, manual_jvp=cfg.train.jvp == "manual")
     if d.distributed:
         student = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None)

@@ -174,6 +174,19 @@ def test_fused_adamw_trains_like_the_foreach_one(tmp_path):
     assert runs[True][3] != runs[True][2]  # the fused optimizer moved the weights
 
 
+def test_compile_mode_reaches_both_compiled_models(tmp_path, monkeypatch):
+    """train.compile_mode is passed to the student's and the target's compile_blocks (compilation itself is for CUDA:
+    here it is recorded, not run)."""
+    import full_scale.run
+    seen = []
+    monkeypatch.setattr(full_scale.run, "use_compile", lambda cfg, device: True)
+    monkeypatch.setattr(DiT, "compile_blocks", lambda self, **options: seen.append(options))
+    train.main(["--out", str(tmp_path), "--steps", "1", "--set", "train.compile_mode=reduce-overhead"] + TINY)
+    assert seen == [{"dynamic": False, "mode": "reduce-overhead"}] * 2
+    with pytest.raises(ValueError, match="train.compile_mode: expected default, reduce-overhead"):
+        train.main(["--out", str(tmp_path / "b"), "--set", "train.compile_mode=fast"] + TINY)
+
+
 def test_agree_reads_tensor_and_bool_flags_in_one_step():
     d = Dist()
     assert agree(d, torch.tensor(True), False, ~torch.isfinite(torch.tensor(float("nan"))), True,
