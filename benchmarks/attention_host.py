@@ -45,8 +45,6 @@ from pathlib import Path
 
 CASES = ("attention", "attention_jvp", "func_jvp", "forward_ad")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-FORWARD_KERNELS = ("_fwd_kernel", "_tangent_kernel")
-BACKWARD_KERNELS = ("_row_sums_kernel", "_kv_kernel", "_kv_tangent_kernel", "_q_kernel")
 
 
 def parse_args(argv=None):
@@ -120,8 +118,7 @@ def stubbed(stub="kernels"):
         return backward_fused(q, k, v, o, o_lo, lse, mu, tq, tk, tv, to, to_lo, None, g, scale)
 
     if stub == "kernels":
-        patches = [(_forward, n, _NoLaunch()) for n in FORWARD_KERNELS]
-        patches += [(_backward, n, _NoLaunch()) for n in BACKWARD_KERNELS]
+        patches = [(module, n, _NoLaunch()) for module in (_forward, _backward) for n in module.KERNELS]
     elif stub == "launchers":
         patches = [(_forward, "forward", forward), (_forward, "tangent", tangent),
                    (_backward, "backward_primal", backward_primal), (_backward, "backward_fused", backward_fused),

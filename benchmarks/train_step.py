@@ -73,6 +73,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from full_scale.callbacks import Callback  # noqa: E402
 from full_scale.config import Config, load_config  # noqa: E402
 from full_scale.model import DiTConfig  # noqa: E402
+from kernels import _backward, _forward  # noqa: E402
 
 
 class Variant(NamedTuple):
@@ -138,8 +139,7 @@ def peak_tflops(device_name: str) -> float | None:
 # ----------------------------------------------------------------------------------------------------------- worker
 
 ANNOTATIONS = ("ProfilerStep", "Optimizer.", "DistributedDataParallel.", "nccl:")
-ATTENTION_KERNELS = ("_fwd_kernel", "_tangent_kernel", "_row_sums_kernel", "_kv_kernel", "_kv_tangent_kernel",
-                     "_q_kernel")
+ATTENTION_KERNELS = _forward.KERNELS + _backward.KERNELS
 
 
 def kernel_category(name: str) -> str:

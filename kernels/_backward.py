@@ -29,6 +29,7 @@ from ._config import INTERPRET, SMALL, cdiv, cfg, head_block, launch_meta, seq_b
 from ._forward import LOG2E, _load_hi_lo, _load_rows, _store_rows, has_low_part, low_part_arg
 
 _ROW_BLOCK = 64
+KERNELS = ("_row_sums_kernel", "_kv_kernel", "_kv_tangent_kernel", "_q_kernel")  # launched here, by name
 _KV_CONFIGS = [cfg(32, 64, 4, 2), cfg(64, 64, 4, 2), cfg(32, 128, 8, 2), cfg(64, 128, 8, 2), cfg(64, 64, 4, 3),
                cfg(*SMALL)]
 _KV_TANGENT_CONFIGS = [cfg(32, 64, 4, 2, SPLIT=True), cfg(32, 64, 4, 2, SPLIT=False), cfg(64, 64, 4, 2, SPLIT=True),

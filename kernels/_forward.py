@@ -21,6 +21,7 @@ from . import _config
 from ._config import INTERPRET, SMALL, cdiv, cfg, head_block, launch_meta, seq_bucket, tuned
 
 LOG2E = 1.4426950408889634
+KERNELS = ("_fwd_kernel", "_tangent_kernel")  # the kernels this module launches, by name (benchmarks)
 
 _FWD_CONFIGS = [cfg(128, 64, 8, 2), cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 128, 8, 2),
                 cfg(*SMALL)]

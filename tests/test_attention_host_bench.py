@@ -38,7 +38,7 @@ def test_cli_writes_a_median_and_spread_per_case(tmp_path, capsys, stub):
         assert len(r["rounds_ms"]) == 3 and all(math.isfinite(x) and x > 0 for x in r["rounds_ms"])
         assert r["q25_ms"] <= r["median_ms"] <= r["q75_ms"] and r["iqr_ms"] == pytest.approx(r["q75_ms"] - r["q25_ms"])
     assert _forward._fwd_kernel.__class__.__name__ != "_NoLaunch"  # restored
-    assert all(not isinstance(getattr(_backward, n), bench._NoLaunch) for n in bench.BACKWARD_KERNELS)
+    assert all(not isinstance(getattr(_backward, n), bench._NoLaunch) for n in _backward.KERNELS)
 
 
 def test_help_and_bad_arguments():
@@ -62,8 +62,8 @@ def test_stubs_launch_nothing_and_keep_shapes(monkeypatch, stub):
             return refuse
 
     with bench.stubbed(stub):
-        for module, names in ((_forward, bench.FORWARD_KERNELS), (_backward, bench.BACKWARD_KERNELS)):
-            for name in names:
+        for module in (_forward, _backward):
+            for name in module.KERNELS:
                 if stub == "launchers":  # the launchers are stubbed: the kernels behind them must not be reached
                     monkeypatch.setattr(module, name, Refuse())
         q, tq = (torch.randn(2, 1, 6, 16, requires_grad=True) for _ in range(2))  # S_q = 6, S_k = 7

@@ -225,10 +225,12 @@ def test_a_variant_sets_its_config_keys():
 
 
 def test_every_triton_kernel_of_the_package_counts_as_attention():
-    """The profile's "attention" class names our kernels one by one; a kernel added or renamed in kernels/ must be
-    listed, or its time lands in "other" (as the fused backward's row pre-pass once did)."""
+    """The profile's "attention" class names our kernels one by one, from each kernel module's ``KERNELS``; a kernel
+    added or renamed there must be listed, or its time lands in "other" (as the fused backward's row pre-pass once
+    did)."""
     import re
-    root = Path(__file__).resolve().parents[1] / "kernels"
-    names = {m for f in root.glob("*.py") for m in re.findall(r"^def (_\w+_kernel)\(", f.read_text(), re.M)}
-    assert names and names <= set(bench.ATTENTION_KERNELS), names - set(bench.ATTENTION_KERNELS)
-    assert all(bench.kernel_category(n) == "attention" for n in names)
+    from kernels import _backward, _forward
+    for module in (_forward, _backward):
+        names = set(re.findall(r"^def (_\w+_kernel)\(", Path(module.__file__).read_text(), re.M))
+        assert names == set(module.KERNELS), module.__name__
+    assert all(bench.kernel_category(n) == "attention" for n in _forward.KERNELS + _backward.KERNELS)
