@@ -72,11 +72,16 @@ def batch_geometry(cfg: Config, world_size: int) -> tuple[int, int]:
     return micro, global_batch // (world_size * micro)
 
 
+def on_for(setting: bool | str, device: torch.device) -> bool:
+    """A true/false/auto switch's value on ``device``: auto means on for CUDA."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
+
+
 def use_compile(cfg: Config, device: torch.device) -> bool:
     if cfg.train.compile is True and device.type != "cuda":
         raise ValueError("train.compile: compiled blocks are for CUDA; on the CPU inductor's vectorized code gave "
                          "wrong gradients for them (torch 2.13, benchmarks/RESULTS.md); use train.compile=false")
-    return cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda")
+    return on_for(cfg.train.compile, device)
 
 
 def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
@@ -106,9 +111,9 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
     student = StudentStep(model, manual_jvp=cfg.train.jvp == "manual")
     if d.distributed:
         student = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    fused = cfg.train.fused_adamw is True or (cfg.train.fused_adamw == "auto" and d.device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                                  weight_decay=cfg.train.weight_decay, fused=fused or None)
+                                  weight_decay=cfg.train.weight_decay,
+                                  fused=on_for(cfg.train.fused_adamw, d.device) or None)
     return Run(cfg=cfg, out=out, dist=d, model=model, target_ema=target_ema, eval_ema=eval_ema, student=student,
                optimizer=optimizer, sampler=make_time_sampler(cfg.train.time_sampler),
                guidance=cfg.guidance.cfg(model.null_class),
