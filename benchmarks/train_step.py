@@ -196,32 +196,28 @@ def idle_gaps(kernels: list[tuple[float, float]], host_ops: list[tuple[str, floa
     starts = [o[1] for o in ops]
     longest = max((o[2] - o[1] for o in ops), default=0.0)
 
-    def overlapping(items, a, b):
-        return [(name, min(b, e) - max(a, s)) for name, s, e in items if s < b and e > a]
+    def clipped(items, a, b):  # (name, start, end) of the items overlapping [a, b], cut to it
+        return [(name, max(a, s), min(b, e)) for name, s, e in items if s < b and e > a]
 
+    outside, no_op = "outside the annotated phases", "no operator (Python, or waiting on the host)"
     by_phase: dict[str, float] = {}
     by_op: dict[str, float] = {}
     listed = []
     for a, b in gaps:
-        rest = b - a
-        for name, ov in overlapping(phases, a, b):
-            by_phase[name] = by_phase.get(name, 0.0) + ov
-            rest -= ov
-        by_phase["outside the annotated phases"] = by_phase.get("outside the annotated phases", 0.0) + max(rest, 0.0)
-        hi = bisect.bisect_left(starts, b)
-        lo = bisect.bisect_left(starts, a - longest)
-        running = overlapping(ops[lo:hi], a, b)
-        covered = sorted((max(a, s), min(b, e)) for _, s, e in ops[lo:hi] if s < b and e > a)
+        in_phases = clipped(phases, a, b)
+        running = clipped(ops[bisect.bisect_left(starts, a - longest):bisect.bisect_left(starts, b)], a, b)
+        for name, s, e in in_phases:
+            by_phase[name] = by_phase.get(name, 0.0) + e - s
+        by_phase[outside] = by_phase.get(outside, 0.0) + max(b - a - sum(e - s for _, s, e in in_phases), 0.0)
         union, end = 0.0, a
-        for s, e in covered:
+        for _, s, e in sorted(running, key=lambda o: o[1]):
             union += max(0.0, e - max(s, end))
             end = max(end, e)
-        for name, ov in running:
-            by_op[name] = by_op.get(name, 0.0) + ov
-        by_op["no operator (Python, or waiting on the host)"] = (
-            by_op.get("no operator (Python, or waiting on the host)", 0.0) + (b - a) - union)
-        listed.append({"ms": (b - a) / 1e3, "phases": sorted({n for n, _ in overlapping(phases, a, b)}),
-                       "ops": [n for n, _ in sorted(running, key=lambda x: -x[1])[:4]]})
+        for name, s, e in running:
+            by_op[name] = by_op.get(name, 0.0) + e - s
+        by_op[no_op] = by_op.get(no_op, 0.0) + (b - a) - union
+        listed.append({"ms": (b - a) / 1e3, "phases": sorted({n for n, _, _ in in_phases}),
+                       "ops": [n for n, s, e in sorted(running, key=lambda o: o[1] - o[2])[:4]]})
     per_step = lambda d: {k: v / 1e3 / steps for k, v in sorted(d.items(), key=lambda kv: -kv[1])}  # noqa: E731
     idle = sum(b - a for a, b in gaps)
     return {"window_ms_per_step": (merged[-1][1] - merged[0][0]) / 1e3 / steps,
