@@ -11,10 +11,11 @@ u_θ(x_{s′}) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` f
 from outside, and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
 (both of its velocities in one call); AdamW steps on the averaged gradient (one fused kernel on CUDA,
 ``train.fused_adamw``); both EMAs follow. The step's health flags (non-finite loss or gradient, SIGTERM) are read in
-one host synchronisation, and batches come from pinned memory on CUDA, so the copy does not wait for the GPU. DDP uses NCCL on GPUs
-and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent (``train.jvp: manual``;
-``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target is compiled
-(``train.compile``); ``train.activation_checkpointing`` trades a forward for memory. The run directory holds
+one host synchronisation, and batches come from pinned memory on CUDA, so the copy does not wait for the GPU.
+DDP uses NCCL on GPUs and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent
+(``train.jvp: manual``; ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target
+is compiled (``train.compile``, ``train.compile_mode``); ``train.activation_checkpointing`` trades a forward for
+memory. The run directory holds
 ``config.yaml`` (resolved), ``metrics.jsonl`` and ``checkpoints/``; a run restarted with the same ``--out`` resumes
 exactly from its latest checkpoint.
 
