@@ -171,3 +171,28 @@ def test_verification_noise_is_independent_of_the_mixture():
     x1 = torch.randn(32, 4096, generator=stream(cfg.data.analytic_seed, "noise"), dtype=torch.float64)
     cos = (x1 @ means.T) / (x1.norm(dim=1, keepdim=True) * means.norm(dim=1))
     assert float(cos.abs().max()) < 0.1
+
+
+def test_a_bound_far_above_the_sandwich_is_marked_at_the_edge_not_stretching_the_axis():
+    """plots._draw: (a)_N of 2.7e18 (the unguided study's, with a local L of ~50) stays off the axis, written beside
+    its marker at the top edge, while a value within OFF_SCALE of the distances is drawn where it is."""
+    import matplotlib.pyplot as plt
+
+    from full_scale.verify import plots
+
+    def entry(upper, bound_a):
+        v = {"value": upper, "lo": upper - 0.1, "hi": upper + 0.1}
+        return {"sandwich": {"upper": v, "pot": upper - 5, "sliced": {"value": 0.2},
+                             "lower_gelbrich": {"value": upper - 10}, "lower_mean": {"value": 3.0}},
+                "theorem": {"bounds": {"bound_a": {"value": bound_a}}, "sensitivity_directional": {"bound": 20.0}}}
+
+    report = {"floors": {"pot_floor": 23.0, "sliced_floor": {"value": 0.04}, "gelbrich_floor": {"value": 8.8}},
+              "references": {"gaussian_fit": {"upper": {"value": 38.6}}, "class_means": {"upper": {"value": 32.2}}}}
+    fig, ax = plt.subplots()
+    plots._draw(ax, [1, 2], [entry(36.0, 2.7e18), entry(37.0, 400.0)], report)
+    bottom, top = ax.get_ylim()
+    assert 400.0 < top < plots.OFF_SCALE * 38.6  # the in-range bound is inside, the huge one does not set the scale
+    assert [a.get_text() for a in ax.texts] == ["2.7e+18"]
+    line = next(l for l in ax.get_lines() if l.get_label().startswith("(a)_N"))
+    assert "above the axis" in line.get_label() and line.get_ydata()[0] < top and line.get_ydata()[1] == 400.0
+    plt.close(fig)

@@ -41,20 +41,39 @@ def _value(v):
     return v["value"] if isinstance(v, dict) else v
 
 
+OFF_SCALE = 1e3  # a bound more than this factor above the measured distances is marked at the top edge
+
+
 def _draw(ax, xs, entries, report) -> None:
+    """The SERIES against ``xs`` on a log axis. The axis spans the measured distances (upper bound, references) and
+    every value within ``OFF_SCALE`` times their largest; a value above that — (a)_N with a large local L reaches
+    1e18 — is drawn at the top edge with its value written beside it, so that it does not flatten the sandwich."""
+    hi = [e["sandwich"]["upper"]["hi"] for e in entries]
+    refs = [report["references"][key]["upper"]["value"] for _, key, _ in REFS]
+    limit = OFF_SCALE * max(hi + refs)
+    series = []
     for label, get, style in SERIES:
         ys = [get(e) for e in entries]
-        if all(y is None for y in ys):
-            continue
-        ax.plot(xs, [np.nan if y is None or y <= 0 else y for y in ys], label=label, **style)
+        if not all(y is None for y in ys):
+            series.append((label, np.array([np.nan if y is None or y <= 0 else y for y in ys], dtype=float), style))
+    shown = [y for _, ys, _ in series for y in ys if y <= limit]
+    edge = 2.0 * max(shown + hi + refs)
+    for label, ys, style in series:
+        over = ys > limit
+        if over.any():
+            label += " (above the axis: value written)"
+        ax.plot(xs, np.where(over, edge, ys), label=label, **style)
+        for x, y in zip(np.asarray(xs)[over], ys[over]):
+            ax.annotate(f"{y:.1e}", (x, edge), textcoords="offset points", xytext=(0, -12), ha="center",
+                        fontsize=7, color=style.get("color"))
     lo = [e["sandwich"]["upper"]["lo"] for e in entries]
-    hi = [e["sandwich"]["upper"]["hi"] for e in entries]
     ax.fill_between(xs, np.maximum(lo, 1e-12), hi, color="k", alpha=0.15, lw=0)
     for label, key, color in FLOORS:
         ax.axhline(_value(report["floors"][key]), color=color, ls=":", lw=1, label=label)
-    for label, key, color in REFS:
-        ax.axhline(report["references"][key]["upper"]["value"], color=color, ls="-.", lw=1.2, label=label)
+    for (label, _, color), ref in zip(REFS, refs):
+        ax.axhline(ref, color=color, ls="-.", lw=1.2, label=label)
     ax.set_yscale("log")
+    ax.set_ylim(top=1.5 * edge)
     ax.grid(alpha=0.3, which="both")
 
 
