@@ -19,6 +19,11 @@ dO Vᵀ joins G V̇ᵀ, Pᵀ dO joins dV, δ joins δ̇ in the pre-pass. Block p
 of B·H·S²·D, docs/KERNEL.md §1): through O 4 + 3 = 7, through Ȯ 10 + 8 = 18, through both 12 + 9 = 21 (the key-side
 kernel's SPLIT layout recomputes more: 13 and 15 instead of 10 and 12). The tests check these formulas against
 float64 autograd of the plain formula.
+
+Every (S, D) operand and accumulator is a (head, tail) pair of column tiles (``_forward``'s helpers,
+``_config.head_split``): dots over D (the logits, T, G Vᵀ, dO Vᵀ, G V̇ᵀ) add the two tiles' dots, the gradients are
+accumulated per tile, the row sums add per tile. Without a tail (TAIL_BLOCK = 0) the kernels are the single padded
+tile's.
 """
 import torch
 import triton

@@ -12,6 +12,13 @@ O_hi + O_lo equals the fp32 accumulator to about u² (u the unit roundoff). The 
 shift invariance); from the rounded O alone δ is off by ~u|dO||O|, which the gradients of nearly cancelling sums
 (QK-norm weights: Σ_j dK_j = 0 exactly) amplify to O(1) relative errors in bf16 (issue 10). The low part costs one
 more half-precision tensor per saved O or Ȯ; for fp32 inputs there is none.
+
+Head dimension: Triton tiles are powers of two, so rows of D columns are held as a head tile of HEAD_BLOCK columns
+and, for a D that the split fits better than padding (``_config.head_split``: 72 → 64 + 16), a tail tile of
+TAIL_BLOCK columns masked to < D. The helpers below load, store and zero such (head, tail) pairs, contract two pairs
+over D (the sum of the head and the tail dot: ``_dot_d``), multiply by a pair (one dot per tile: ``_dot_rows``) and
+sum products over D (``_rowsum_d``). TAIL_BLOCK = 0 (a power-of-two D, or one the padding fits as well) generates
+no tail code: the second element of a pair is then an unread placeholder.
 """
 import torch
 import triton
