@@ -2,9 +2,10 @@
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) ``@triton.autotune`` does not work and ``bf16`` dots are unreliable, so a
 fixed small configuration is used and every operand is upcast to fp32 inside the kernels. On a GPU each kernel is
-autotuned over a handful of configurations keyed on the padded head dimension, the dtype (Triton adds the dtypes of
-tensor arguments to the key) and a power-of-two bucket of the sequence length; batch size and head count are runtime
-values, so a new batch size never recompiles. See docs/KERNEL.md.
+autotuned over a handful of configurations keyed on the head dimension's column tiles (``head_split``: one padded
+power-of-two tile, or a head and a tail tile), the dtype (Triton adds the dtypes of tensor arguments to the key) and a
+power-of-two bucket of the sequence length; batch size and head count are runtime values, so a new batch size never
+recompiles. See docs/KERNEL.md.
 """
 import contextlib
 import os
@@ -58,6 +59,28 @@ def head_block(head_dim: int) -> int:
     return max(16, next_power_of_2(head_dim))
 
 
+def head_split(head_dim: int) -> tuple[int, int]:
+    """(HEAD_BLOCK, TAIL_BLOCK): the two power-of-two column tiles that the kernels cover a head dimension D with.
+
+    The one place of the rule. The padded tile is ``head_block(D)`` = max(16, next_pow2(D)). The split is a head of
+    the largest power of two ≤ D (at least 16) and a tail of the next power of two ≥ D − head (at least 16; the tail
+    tile is masked to columns < D). It is used only when head + tail < the padded size; otherwise (and when D is a
+    power of two, D ≤ 16 or the rest D − head is ≤ 0) the tail is 0 and the head is the padded size, the single tile
+    the kernels used before the split. Tile sizes must be powers of two and ``tl.dot`` needs every dimension ≥ 16.
+
+    Examples: 72 → (64, 16), 80 tile columns instead of 128; 80 → (64, 16); 96 → (64, 32); 40 → (32, 16);
+    48 → (32, 16); 24 → (32, 0), since 16 + 16 is not smaller than 32; 112 → (128, 0); 64 → (64, 0);
+    128 → (128, 0). docs/KERNEL.md §5.
+    """
+    padded = head_block(head_dim)
+    head = max(16, 1 << (head_dim.bit_length() - 1))
+    rest = head_dim - head
+    tail = max(16, next_power_of_2(rest)) if rest > 0 else 0
+    if tail == 0 or head + tail >= padded:
+        return padded, 0
+    return head, tail
+
+
 def seq_bucket(seq_len: int) -> int:
     """Autotuning bucket of a sequence length (next power of two, at least 128)."""
     return max(128, next_power_of_2(seq_len))
@@ -67,13 +90,14 @@ def tuned(configs, extra_key=()):
     """Decorator: autotune over ``configs`` on the GPU, identity under the interpreter or with KERNELS_AUTOTUNE=0;
     records ``configs`` in ``TUNED`` under the kernel's name.
 
-    The key is ``HEAD_BLOCK``, ``SEQ_BUCKET`` (arguments of every kernel) and ``extra_key``.
+    The key is ``HEAD_BLOCK``, ``TAIL_BLOCK`` (``head_split``: configurations are tuned per split), ``SEQ_BUCKET``
+    (arguments of every kernel) and ``extra_key``.
     """
     def decorate(fn):
         TUNED[fn.__name__] = configs
         if not AUTOTUNE:
             return fn
-        return triton.autotune(configs=configs, key=["HEAD_BLOCK", "SEQ_BUCKET", *extra_key])(fn)
+        return triton.autotune(configs=configs, key=["HEAD_BLOCK", "TAIL_BLOCK", "SEQ_BUCKET", *extra_key])(fn)
     return decorate
 
 

@@ -12,13 +12,20 @@ O_hi + O_lo equals the fp32 accumulator to about u² (u the unit roundoff). The 
 shift invariance); from the rounded O alone δ is off by ~u|dO||O|, which the gradients of nearly cancelling sums
 (QK-norm weights: Σ_j dK_j = 0 exactly) amplify to O(1) relative errors in bf16 (issue 10). The low part costs one
 more half-precision tensor per saved O or Ȯ; for fp32 inputs there is none.
+
+Head dimension: Triton tiles are powers of two, so rows of D columns are held as a head tile of HEAD_BLOCK columns
+and, for a D that the split fits better than padding (``_config.head_split``: 72 → 64 + 16), a tail tile of
+TAIL_BLOCK columns masked to < D. The helpers below load, store and zero such (head, tail) pairs, contract two pairs
+over D (the sum of the head and the tail dot: ``_dot_d``), multiply by a pair (one dot per tile: ``_dot_rows``) and
+sum products over D (``_rowsum_d``). TAIL_BLOCK = 0 (a power-of-two D, or one the padding fits as well) generates
+no tail code: the second element of a pair is then an unread placeholder.
 """
 import torch
 import triton
 import triton.language as tl
 
 from . import _config
-from ._config import INTERPRET, SMALL, cdiv, cfg, head_block, launch_meta, seq_bucket, tuned
+from ._config import INTERPRET, SMALL, cdiv, cfg, head_split, launch_meta, seq_bucket, tuned
 
 LOG2E = 1.4426950408889634
 KERNELS = ("_fwd_kernel", "_tangent_kernel")  # the kernels this module launches, by name (benchmarks)
@@ -30,8 +37,8 @@ _JVP_CONFIGS = [cfg(128, 64, 8, 2), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(12
 
 
 @triton.jit
-def _load_rows(base, offs_s, offs_d, seq, head_dim, HEAD_BLOCK: tl.constexpr, UPCAST: tl.constexpr):
-    """Load a (len(offs_s), HEAD_BLOCK) tile of a contiguous (S, D) matrix, zero outside it."""
+def _load_tile(base, offs_s, offs_d, seq, head_dim, UPCAST: tl.constexpr):
+    """Load the (len(offs_s), len(offs_d)) tile of a contiguous (S, D) matrix, zero outside it."""
     mask = (offs_s[:, None] < seq) & (offs_d[None, :] < head_dim)
     x = tl.load(base + offs_s[:, None] * head_dim + offs_d[None, :], mask=mask, other=0.0)
     if UPCAST:
@@ -40,32 +47,104 @@ def _load_rows(base, offs_s, offs_d, seq, head_dim, HEAD_BLOCK: tl.constexpr, UP
 
 
 @triton.jit
-def _store_rows(base, x, offs_s, offs_d, seq, head_dim):
+def _store_tile(base, x, offs_s, offs_d, seq, head_dim):
     mask = (offs_s[:, None] < seq) & (offs_d[None, :] < head_dim)
     tl.store(base + offs_s[:, None] * head_dim + offs_d[None, :], x.to(base.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _store_hi_lo(base, base_lo, x, offs_s, offs_d, seq, head_dim, LOW: tl.constexpr):
-    """Store fp32 ``x`` in the output dtype and, if LOW, its rounding residual x − round(x) at ``base_lo``."""
-    _store_rows(base, x, offs_s, offs_d, seq, head_dim)
-    if LOW:
-        _store_rows(base_lo, x - x.to(base.dtype.element_ty).to(tl.float32), offs_s, offs_d, seq, head_dim)
+# Rows of an (S, D) matrix are held as a pair of column tiles (x, x2): the head, columns [0, HEAD_BLOCK), and if
+# TAIL_BLOCK > 0 the tail, columns [HEAD_BLOCK, HEAD_BLOCK + TAIL_BLOCK) masked to < D (``_config.head_split``).
+# Without a tail, x2 is only a placeholder (the head tile, or the accumulator's initial value) that no instruction
+# reads, so the compiled kernel is the single padded tile's.
 
 
 @triton.jit
-def _load_hi_lo(base, base_lo, offs_s, offs_d, seq, head_dim, HEAD_BLOCK: tl.constexpr, LOW: tl.constexpr):
-    """fp32 tile of a tensor stored by :func:`_store_hi_lo`: hi + lo if LOW, else hi."""
-    x = _load_rows(base, offs_s, offs_d, seq, head_dim, HEAD_BLOCK, True)
+def _load_rows(base, offs_s, seq, head_dim, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """The (head, tail) pair of rows ``offs_s`` of a contiguous (S, D) matrix, zero outside it."""
+    x = _load_tile(base, offs_s, tl.arange(0, HEAD_BLOCK), seq, head_dim, UPCAST)
+    if TAIL_BLOCK > 0:
+        x2 = _load_tile(base, offs_s, HEAD_BLOCK + tl.arange(0, TAIL_BLOCK), seq, head_dim, UPCAST)
+    else:
+        x2 = x
+    return x, x2
+
+
+@triton.jit
+def _store_rows(base, x, x2, offs_s, seq, head_dim, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr):
+    """Store the pair (x, x2) as rows ``offs_s`` of a contiguous (S, D) matrix (inside it only)."""
+    _store_tile(base, x, offs_s, tl.arange(0, HEAD_BLOCK), seq, head_dim)
+    if TAIL_BLOCK > 0:
+        _store_tile(base, x2, offs_s, HEAD_BLOCK + tl.arange(0, TAIL_BLOCK), seq, head_dim)
+
+
+@triton.jit
+def _zeros_rows(ROWS: tl.constexpr, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr):
+    """A pair of fp32 zero tiles of ROWS rows (an accumulator)."""
+    x = tl.zeros([ROWS, HEAD_BLOCK], tl.float32)
+    if TAIL_BLOCK > 0:
+        x2 = tl.zeros([ROWS, TAIL_BLOCK], tl.float32)
+    else:
+        x2 = x
+    return x, x2
+
+
+@triton.jit
+def _dot_d(a, a2, b, b2, acc, TAIL_BLOCK: tl.constexpr, PREC: tl.constexpr):
+    """a bᵀ (+ acc, which may be None) for pairs a, b: the product contracted over D, the head tiles' dot plus the
+    tail tiles' dot."""
+    acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    if TAIL_BLOCK > 0:
+        acc = tl.dot(a2, tl.trans(b2), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _dot_rows(p, b, b2, acc, acc2, TAIL_BLOCK: tl.constexpr, PREC: tl.constexpr):
+    """(acc, acc2) + p (b, b2): a product with D columns, one dot per tile (p already in b's dtype)."""
+    acc = tl.dot(p, b, acc, input_precision=PREC)
+    if TAIL_BLOCK > 0:
+        acc2 = tl.dot(p, b2, acc2, input_precision=PREC)
+    return acc, acc2
+
+
+@triton.jit
+def _rowsum_d(a, a2, b, b2, TAIL_BLOCK: tl.constexpr):
+    """rowsum(a∘b) over D for pairs a, b: the head tiles' row sums plus the tail tiles'."""
+    s = tl.sum(a * b, 1)
+    if TAIL_BLOCK > 0:
+        s += tl.sum(a2 * b2, 1)
+    return s
+
+
+@triton.jit
+def _store_hi_lo(base, base_lo, x, x2, offs_s, seq, head_dim, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr,
+                 LOW: tl.constexpr):
+    """Store the fp32 pair (x, x2) in the output dtype and, if LOW, its rounding residual x − round(x) at
+    ``base_lo``."""
+    _store_rows(base, x, x2, offs_s, seq, head_dim, HEAD_BLOCK, TAIL_BLOCK)
     if LOW:
-        x += _load_rows(base_lo, offs_s, offs_d, seq, head_dim, HEAD_BLOCK, True)
-    return x
+        _store_rows(base_lo, x - x.to(base.dtype.element_ty).to(tl.float32),
+                    x2 - x2.to(base.dtype.element_ty).to(tl.float32), offs_s, seq, head_dim, HEAD_BLOCK, TAIL_BLOCK)
+
+
+@triton.jit
+def _load_hi_lo(base, base_lo, offs_s, seq, head_dim, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr,
+                LOW: tl.constexpr):
+    """fp32 pair of a tensor stored by :func:`_store_hi_lo`: hi + lo if LOW, else hi."""
+    x, x2 = _load_rows(base, offs_s, seq, head_dim, HEAD_BLOCK, TAIL_BLOCK, True)
+    if LOW:
+        lo, lo2 = _load_rows(base_lo, offs_s, seq, head_dim, HEAD_BLOCK, TAIL_BLOCK, True)
+        x += lo
+        if TAIL_BLOCK > 0:
+            x2 += lo2
+    return x, x2
 
 
 @tuned(_FWD_CONFIGS)
 @triton.jit
 def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
-                HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """Online-softmax forward for one query block: O = softmax(αQKᵀ)V (and O_lo if LOW) and lse₂ per row."""
     pid_m = tl.program_id(0)
@@ -74,18 +153,17 @@ def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUC
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_BLOCK)
     q_base = bh * seq_q * head_dim
     k_base = bh * seq_k * head_dim
-    q = _load_rows(Q + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+    q, q2 = _load_rows(Q + q_base, offs_m, seq_q, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_BLOCK], tl.float32)
+    acc, acc2 = _zeros_rows(BLOCK_M, HEAD_BLOCK, TAIL_BLOCK)
     for start_n in range(0, seq_k, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        v = _load_rows(V + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        k, k2 = _load_rows(K + k_base, cols, seq_k, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
+        v, v2 = _load_rows(V + k_base, cols, seq_k, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
+        s = _dot_d(q, q2, k, k2, None, TAIL_BLOCK, PREC) * qk_scale
         if start_n + BLOCK_N > seq_k:  # only the ragged last key block needs the mask
             s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -93,17 +171,20 @@ def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUC
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        if TAIL_BLOCK > 0:
+            acc2 = acc2 * alpha[:, None] + tl.dot(p.to(v2.dtype), v2, input_precision=PREC)
         m_i = m_new
     acc = acc / l_i[:, None]
-    _store_hi_lo(O + q_base, O_LO + q_base, acc, offs_m, offs_d, seq_q, head_dim, LOW)
+    acc2 = acc2 / l_i[:, None]
+    _store_hi_lo(O + q_base, O_LO + q_base, acc, acc2, offs_m, seq_q, head_dim, HEAD_BLOCK, TAIL_BLOCK, LOW)
     tl.store(LSE + bh * seq_q + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_q)
 
 
 @tuned(_JVP_CONFIGS)
 @triton.jit
 def _tangent_kernel(Q, K, V, O, O_LO, LSE, TQ, TK, TV, TO, TO_LO, MU, qk_scale, scale, seq_q, seq_k, head_dim,
-                    SEQ_BUCKET, n_bh, HEAD_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+                    SEQ_BUCKET, n_bh, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """Tangent of attention for one query block, given the saved lse: μ = Σ_j P T and Ȯ = Σ_j P(T V + V̇) − μ O
     (O = O_hi + O_lo if LOW; Ȯ's low part stored likewise).
 
@@ -115,40 +196,40 @@ def _tangent_kernel(Q, K, V, O, O_LO, LSE, TQ, TK, TV, TO, TO_LO, MU, qk_scale, 
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_BLOCK)
     q_base = bh * seq_q * head_dim
     k_base = bh * seq_k * head_dim
-    q = _load_rows(Q + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
-    tq = _load_rows(TQ + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, UPCAST)
+    q, q2 = _load_rows(Q + q_base, offs_m, seq_q, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
+    tq, tq2 = _load_rows(TQ + q_base, offs_m, seq_q, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
     lse = tl.load(LSE + bh * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
     mu = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_BLOCK], tl.float32)
+    acc, acc2 = _zeros_rows(BLOCK_M, HEAD_BLOCK, TAIL_BLOCK)
     for start_n in range(0, seq_k, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        tk = _load_rows(TK + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        v = _load_rows(V + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        tv = _load_rows(TV + k_base, cols, offs_d, seq_k, head_dim, HEAD_BLOCK, UPCAST)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        k, k2 = _load_rows(K + k_base, cols, seq_k, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
+        tk, tk2 = _load_rows(TK + k_base, cols, seq_k, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
+        v, v2 = _load_rows(V + k_base, cols, seq_k, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
+        tv, tv2 = _load_rows(TV + k_base, cols, seq_k, head_dim, HEAD_BLOCK, TAIL_BLOCK, UPCAST)
+        s = _dot_d(q, q2, k, k2, None, TAIL_BLOCK, PREC) * qk_scale
         if start_n + BLOCK_N > seq_k:  # only the ragged last key block needs the mask
             s = tl.where(cols[None, :] < seq_k, s, float("-inf"))
         p = tl.exp2(s - lse[:, None])
-        t = tl.dot(tq, tl.trans(k), input_precision=PREC)
-        t = tl.dot(q, tl.trans(tk), t, input_precision=PREC) * scale
+        t = _dot_d(tq, tq2, k, k2, None, TAIL_BLOCK, PREC)
+        t = _dot_d(q, q2, tk, tk2, t, TAIL_BLOCK, PREC) * scale
         pt = p * t
         mu += tl.sum(pt, 1)
-        acc = tl.dot(pt.to(v.dtype), v, acc, input_precision=PREC)
-        acc = tl.dot(p.to(v.dtype), tv, acc, input_precision=PREC)
-    o = _load_hi_lo(O + q_base, O_LO + q_base, offs_m, offs_d, seq_q, head_dim, HEAD_BLOCK, LOW)
-    acc = acc - mu[:, None] * o
-    _store_hi_lo(TO + q_base, TO_LO + q_base, acc, offs_m, offs_d, seq_q, head_dim, LOW)
+        acc, acc2 = _dot_rows(pt.to(v.dtype), v, v2, acc, acc2, TAIL_BLOCK, PREC)
+        acc, acc2 = _dot_rows(p.to(v.dtype), tv, tv2, acc, acc2, TAIL_BLOCK, PREC)
+    o, o2 = _load_hi_lo(O + q_base, O_LO + q_base, offs_m, seq_q, head_dim, HEAD_BLOCK, TAIL_BLOCK, LOW)
+    _store_hi_lo(TO + q_base, TO_LO + q_base, acc - mu[:, None] * o, acc2 - mu[:, None] * o2, offs_m, seq_q,
+                 head_dim, HEAD_BLOCK, TAIL_BLOCK, LOW)
     tl.store(MU + bh * seq_q + offs_m, mu, mask=offs_m < seq_q)
 
 
 def _common(q, k, configs):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
-    meta = dict(HEAD_BLOCK=head_block(head_dim), UPCAST=INTERPRET,
+    head, tail = head_split(head_dim)
+    meta = dict(HEAD_BLOCK=head, TAIL_BLOCK=tail, UPCAST=INTERPRET,
                 PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 **launch_meta(configs, q.dtype == torch.float32))
     bucket = seq_bucket(max(seq_q, seq_k))

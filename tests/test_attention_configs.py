@@ -10,8 +10,10 @@ variant) and ``attention_jvp`` (the fused pass: the key-side tangent kernel and 
 
 * On a GPU, with each configuration's real block sizes, warps and stages, one configuration at a time (the other
   kernels at their defaults; one test per kernel, so that ``pytest -n`` compiles them in parallel), so that one that
-  does not fit is named: Triton's OutOfResources is reported and skipped, as the autotuner skips it. bf16 at D = 72 (DiT-XL/2's head size, a 128-wide tile: the largest register
-  and shared-memory use, and what training autotunes over); fp32 at D = 16 (the IEEE-dot path) only with --runslow.
+  does not fit is named: Triton's OutOfResources is reported and skipped, as the autotuner skips it. bf16 at D = 72
+  (DiT-XL/2's head size, what training autotunes over: a 64-wide and a 16-wide tile since kernels._config.head_split,
+  a 128-wide tile before, the largest register and shared-memory use); fp32 at D = 16 (the IEEE-dot path) only with
+  --runslow.
   Compiling is what costs: ahead of time for sm_90 on this project's 2-core CPU (shared with other jobs), the 40
   kernel variants of the two-pass backward (33 configurations; the query-side kernel with and without the tangent)
   took 117 s in bf16 at the 128-wide tile and 145 s in fp32 at the 16-wide one (the fused pass adds 15 variants, the
@@ -20,12 +22,12 @@ variant) and ``attention_jvp`` (the fused pass: the key-side tangent kernel and 
   its 128×128 forward needs 256 KiB of shared memory, more than an H100 has. S_q = 150, S_k = 203: a partial last
   block and at least two blocks for every block size (32, 64, 128), so every loop runs more than once. Bounds:
   tests/gpu/test_attention_gpu.py's.
-* Under the interpreter (which honours BLOCK_M, BLOCK_N and SPLIT and ignores warps and stages), fp32 at D = 24,
-  S_q = 70, S_k = 45: ragged for every block size, loops of one to three blocks. There every program costs time,
-  and the default configuration's 16-wide blocks make many, so all lists are pinned together, round i launching
-  configuration i (modulo the list's length) of each: 8 rounds instead of 33 runs (two paths each), each with few
-  programs. Bound:
-  tests/test_attention.py's fp32 bound (errors measured ≈ 4e-7).
+* Under the interpreter (which honours BLOCK_M, BLOCK_N and SPLIT and ignores warps and stages), fp32 at D = 40
+  (32 + 16 columns, kernels._config.head_split), S_q = 70, S_k = 45: ragged for every block size, loops of one to
+  three blocks. There every program costs time, and the default configuration's 16-wide blocks make many, so all
+  lists are pinned together, round i launching configuration i (modulo the list's length) of each: 8 rounds instead
+  of 33 runs (two paths each), each with few programs. Bound: tests/test_attention.py's fp32 bound (errors measured
+  ≈ 4e-7 at D = 24).
 """
 import contextlib
 import functools
@@ -48,7 +50,7 @@ if DEVICE == "cuda":
     BOUND = {torch.bfloat16: 2.5e-2, torch.float32: 1e-4}
     DTYPES = [torch.bfloat16, pytest.param(torch.float32, marks=pytest.mark.slow)]
 else:
-    CASES = {torch.float32: (70, 45, 24)}
+    CASES = {torch.float32: (70, 45, 40)}  # D = 40: a 32-wide head and a 16-wide tail tile
     BOUND = {torch.float32: 1e-5}
     DTYPES = [torch.float32]
 

@@ -6,6 +6,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -484,3 +486,38 @@ def test_host_side_cdiv_and_next_power_of_2_equal_triton():
         for b in (1, 7, 16, 32, 64, 128, 65535):
             assert _config.cdiv(n, b) == triton.cdiv(n, b), (n, b)
     assert _config.cdiv(65535**2, 65535) == 65535 and _config.next_power_of_2(2**40 + 1) == 2**41
+
+
+# kernels._config.head_split's docstring examples and the edges of its rule: D → (HEAD_BLOCK, TAIL_BLOCK).
+HEAD_SPLITS = {1: (16, 0), 8: (16, 0), 16: (16, 0), 17: (32, 0), 24: (32, 0), 32: (32, 0), 33: (32, 16),
+               40: (32, 16), 48: (32, 16), 49: (64, 0), 64: (64, 0), 65: (64, 16), 72: (64, 16), 80: (64, 16),
+               81: (64, 32), 96: (64, 32), 97: (128, 0), 112: (128, 0), 128: (128, 0)}
+
+
+@pytest.mark.parametrize("d, expected", HEAD_SPLITS.items())
+def test_head_split_examples(d, expected):
+    from kernels import _config
+
+    assert _config.head_split(d) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=st.integers(1, 128))
+def test_head_split_rule(d):
+    """The head is the largest power of two ≤ D (at least 16) and the tail the next power of two ≥ the rest (at
+    least 16), used only when the two tiles are narrower than the padded one (``head_block``); else one padded tile.
+    Every tile is a power of two ≥ 16 (``tl.dot``) and the tiles cover D."""
+    from kernels import _config
+
+    head, tail = _config.head_split(d)
+    padded = _config.head_block(d)
+    power_of_2_from_16 = lambda n: n >= 16 and n & (n - 1) == 0  # noqa: E731
+    assert power_of_2_from_16(head) and head + tail >= d
+    if tail:
+        assert power_of_2_from_16(tail) and head + tail < padded
+        assert head <= d < 2 * head and tail == max(16, _config.next_power_of_2(d - head))
+    else:
+        assert head == padded
+        largest = max(16, 1 << (d.bit_length() - 1))
+        rest = d - largest
+        assert rest <= 0 or largest + max(16, _config.next_power_of_2(rest)) >= padded
