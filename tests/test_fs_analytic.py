@@ -109,6 +109,8 @@ def test_analytic_tiny_trains_and_verifies_end_to_end(tmp_path):
             assert s["lower_mean"]["value"] <= s["upper"]["value"]
             assert th["n_steps"] == int(n) and len(th["profiles"]["A"]) == int(n)
             assert th["D_N"]["value"] > 0 and len(th["lipschitz"]["L_model"]) >= 3
+            sens = th["sensitivity_directional"]
+            assert sens["resolved"] == (sens["identity_rel"] <= 0.5)
     assert set(report["references"]) == {"gaussian_fit", "class_means"}
     for name in ("sandwich_vs_step.png", "sandwich_vs_nfe.png", "theorem_terms.png"):
         assert (tmp_path / "verify" / name).stat().st_size > 0
@@ -184,7 +186,8 @@ def test_a_bound_far_above_the_sandwich_is_marked_at_the_edge_not_stretching_the
         v = {"value": upper, "lo": upper - 0.1, "hi": upper + 0.1}
         return {"sandwich": {"upper": v, "pot": upper - 5, "sliced": {"value": 0.2},
                              "lower_gelbrich": {"value": upper - 10}, "lower_mean": {"value": 3.0}},
-                "theorem": {"bounds": {"bound_a": {"value": bound_a}}, "sensitivity_directional": {"bound": 20.0}}}
+                "theorem": {"bounds": {"bound_a": {"value": bound_a}},
+                            "sensitivity_directional": {"bound": 20.0, "identity_rel": 0.1}}}
 
     report = {"floors": {"pot_floor": 23.0, "sliced_floor": {"value": 0.04}, "gelbrich_floor": {"value": 8.8}},
               "references": {"gaussian_fit": {"upper": {"value": 38.6}}, "class_means": {"upper": {"value": 32.2}}}}
@@ -196,3 +199,40 @@ def test_a_bound_far_above_the_sandwich_is_marked_at_the_edge_not_stretching_the
     line = next(l for l in ax.get_lines() if l.get_label().startswith("(a)_N"))
     assert "above the axis" in line.get_label() and line.get_ydata()[0] < top and line.get_ydata()[1] == 400.0
     plt.close(fig)
+
+
+def test_an_unresolved_sensitivity_integral_is_left_out_of_figures_and_rows():
+    """The unguided study's sensitivity integral missed its own identity by 109-122% and fell below D_N, which the
+    exact inequality forbids: resolved_sensitivity drops it (and only it), the figure does not draw it, the study's
+    row says None beside the residual."""
+    import matplotlib.pyplot as plt
+
+    from full_scale.verify import SENS_IDENTITY_MAX, plots, resolved_sensitivity
+
+    def theorem(identity_rel):
+        return {"bounds": {"bound_a": {"value": 50.0}},
+                "sensitivity_directional": {"bound": 27.7, "identity_rel": identity_rel}}
+
+    assert resolved_sensitivity(theorem(0.33)) == 27.7
+    assert resolved_sensitivity(theorem(SENS_IDENTITY_MAX)) == 27.7
+    assert resolved_sensitivity(theorem(1.22)) is None
+    v = {"value": 36.0, "lo": 35.9, "hi": 36.1}
+    sandwich = {"upper": v, "pot": 29.2, "sliced": {"value": 0.2}, "lower_gelbrich": {"value": 22.0},
+                "lower_mean": {"value": 3.9}}
+    entries = [{"sandwich": sandwich, "theorem": theorem(0.02)}, {"sandwich": sandwich, "theorem": theorem(1.22)}]
+    report = {"floors": {"pot_floor": 23.0, "sliced_floor": {"value": 0.04}, "gelbrich_floor": {"value": 8.8}},
+              "references": {"gaussian_fit": {"upper": {"value": 38.6}}, "class_means": {"upper": {"value": 32.2}}},
+              "checkpoints": [{"step": 10, "nfe": {"1": entries[0], "2": entries[1]}}]}
+    fig, ax = plt.subplots()
+    plots._draw(ax, [1, 2], entries, report)
+    line = next(l for l in ax.get_lines() if l.get_label().startswith("sensitivity"))
+    assert line.get_ydata()[0] == 27.7 and np.isnan(line.get_ydata()[1])
+    assert "class means (upper)" in [l.get_label() for l in ax.get_lines()]  # no "bed": labelled as before
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    plots._draw(ax, [1, 2], entries, {**report, "bed": {"labels": None}})  # unconditional: the reference is p0's mean
+    assert "data mean (upper)" in [l.get_label() for l in ax.get_lines()]
+    plt.close(fig)
+    rows = analytic_study.summarize(report)
+    assert [r["sensitivity_directional"] for r in rows] == [27.7, None]
+    assert [r["sensitivity_identity_rel"] for r in rows] == [0.02, 1.22]

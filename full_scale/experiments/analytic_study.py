@@ -44,7 +44,7 @@ from ..config import load_config
 from ..metrics import read_metrics
 from ..run_folder import save
 from ..train import train
-from ..verify import to_json, verify
+from ..verify import resolved_sensitivity, to_json, verify
 
 VARIANTS = {
     "guided": ["guidance.mode=constant", "guidance.weight=2.0"],
@@ -105,7 +105,7 @@ def _commit() -> str | None:
 
 
 def summarize(report: dict) -> list[dict]:
-    """One row per (checkpoint, N): the sandwich in plain numbers."""
+    """One row per (checkpoint, N): the sandwich in plain numbers (the sensitivity integral None where unresolved)."""
     rows = []
     for c in report["checkpoints"]:
         for n, e in c["nfe"].items():
@@ -116,7 +116,8 @@ def summarize(report: dict) -> list[dict]:
             if "theorem" in e:
                 th = e["theorem"]
                 row.update({"bound_a_local": th["bounds"]["bound_a"]["value"],
-                            "sensitivity_directional": th["sensitivity_directional"]["bound"]})
+                            "sensitivity_directional": resolved_sensitivity(th),
+                            "sensitivity_identity_rel": th["sensitivity_directional"]["identity_rel"]})
             rows.append(row)
     return rows
 

@@ -2,7 +2,7 @@
 
 * ``sandwich_vs_step.png`` — per NFE, against the training step: the upper bound (paired RMSE, 95% band), exact POT W2
   (subsample) and sliced W2 with their floors (dotted), the lower bounds (Gelbrich beside its floor, the mean gap),
-  bound (a)_N with the local L and the directional sensitivity diagnostic when computed; the references' upper bounds
+  bound (a)_N with the local L and the directional sensitivity diagnostic when computed and resolved; the references' upper bounds
   (Gaussian fit, class means) as horizontal lines.
 * ``sandwich_vs_nfe.png`` — the same quantities against N at the last checkpoint.
 * ``theorem_terms.png`` — at the last checkpoint, per N: A_N(σ), B(σ), the local L(σ) of the model and of the true
@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from . import resolved_sensitivity  # noqa: E402
+
 SERIES = (  # (label, getter on an NFE entry, style)
     ("upper: paired RMSE", lambda e: e["sandwich"]["upper"]["value"], dict(color="k", lw=2, marker="o")),
     ("exact W2 (POT, subsample)", lambda e: e["sandwich"]["pot"], dict(color="tab:blue", marker="s")),
@@ -28,13 +30,14 @@ SERIES = (  # (label, getter on an NFE entry, style)
     ("(a)_N, local L (not a certificate)",
      lambda e: e["theorem"]["bounds"]["bound_a"]["value"] if "theorem" in e else None,
      dict(color="tab:red", ls="--", marker="x")),
-    ("sensitivity ∫‖∂ψ ρ‖ (diagnostic)",
-     lambda e: e["theorem"]["sensitivity_directional"]["bound"] if "theorem" in e else None,
+    ("sensitivity ∫‖∂ψ ρ‖ (diagnostic; where resolved)",
+     lambda e: resolved_sensitivity(e["theorem"]) if "theorem" in e else None,
      dict(color="tab:purple", ls="--", marker="+")),
 )
 FLOORS = (("POT floor", "pot_floor", "tab:blue"), ("sliced floor", "sliced_floor", "tab:cyan"),
           ("Gelbrich floor", "gelbrich_floor", "tab:green"))
 REFS = (("Gaussian fit (upper)", "gaussian_fit", "tab:brown"), ("class means (upper)", "class_means", "tab:gray"))
+UNLABELLED = {"class means (upper)": "data mean (upper)"}  # an unconditional run's "class_means" is p0's mean
 
 
 def _value(v):
@@ -70,8 +73,9 @@ def _draw(ax, xs, entries, report) -> None:
     ax.fill_between(xs, np.maximum(lo, 1e-12), hi, color="k", alpha=0.15, lw=0)
     for label, key, color in FLOORS:
         ax.axhline(_value(report["floors"][key]), color=color, ls=":", lw=1, label=label)
+    unlabelled = report.get("bed", {}).get("labels", "") is None
     for (label, _, color), ref in zip(REFS, refs):
-        ax.axhline(ref, color=color, ls="-.", lw=1.2, label=label)
+        ax.axhline(ref, color=color, ls="-.", lw=1.2, label=UNLABELLED.get(label, label) if unlabelled else label)
     ax.set_yscale("log")
     ax.set_ylim(top=1.5 * edge)
     ax.grid(alpha=0.3, which="both")
