@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import resolved_sensitivity  # noqa: E402
+from .resolved import resolved_sensitivity  # noqa: E402
 
 SERIES = (  # (label, getter on an NFE entry, style)
     ("upper: paired RMSE", lambda e: e["sandwich"]["upper"]["value"], dict(color="k", lw=2, marker="o")),
