@@ -59,7 +59,7 @@ from .. import checkpoint
 from ..config import Config
 from ..data.analytic import analytic_bed
 from ..sample import load_run
-from .resolved import SENS_IDENTITY_MAX, resolved_sensitivity  # noqa: F401 (re-exported)
+from .resolved import SENS_IDENTITY_MAX, resolved_sensitivity, sensitivity_resolved  # noqa: F401 (re-exported)
 
 SCHEMA = "full_scale.verify/1"
 
@@ -217,7 +217,7 @@ def theorem_terms(model, target: Target, n_steps: int, weight: float | None, *, 
     out["profiles"] = {"s": [[float(v) for v in p] for p in rep.pieces], "A": [[float(v) for v in a] for a in rep.A],
                        "B": [[float(v) for v in b] for b in rep.B], "L_local": [[float(v) for v in l] for l in rep.L]}
     out.update({"n_samples": n_th, "lipschitz": lip,
-                "sensitivity_directional": {**sens.to_dict(), "resolved": sens.identity_rel <= SENS_IDENTITY_MAX},
+                "sensitivity_directional": {**sens.to_dict(), "resolved": sensitivity_resolved(sens.identity_rel)},
                 "note": "(a)_N uses the model's LOCAL L (a lower estimate of the true constant): not a certificate; "
                         "B and the sensitivity profile use the true field (diagnostics)."})
     return out

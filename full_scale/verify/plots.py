@@ -2,8 +2,8 @@
 
 * ``sandwich_vs_step.png`` — per NFE, against the training step: the upper bound (paired RMSE, 95% band), exact POT W2
   (subsample) and sliced W2 with their floors (dotted), the lower bounds (Gelbrich beside its floor, the mean gap),
-  bound (a)_N with the local L and the directional sensitivity diagnostic when computed and resolved; the references' upper bounds
-  (Gaussian fit, class means) as horizontal lines.
+  bound (a)_N with the local L and the directional sensitivity diagnostic when computed and resolved; the
+  references' upper bounds (Gaussian fit, class means) as horizontal lines.
 * ``sandwich_vs_nfe.png`` — the same quantities against N at the last checkpoint.
 * ``theorem_terms.png`` — at the last checkpoint, per N: A_N(σ), B(σ), the local L(σ) of the model and of the true
   field, and the sensitivity profile ‖∂_xψ ρ‖ beside ‖ρ‖.
@@ -38,13 +38,11 @@ FLOORS = (("POT floor", "pot_floor", "tab:blue"), ("sliced floor", "sliced_floor
           ("Gelbrich floor", "gelbrich_floor", "tab:green"))
 REFS = (("Gaussian fit (upper)", "gaussian_fit", "tab:brown"), ("class means (upper)", "class_means", "tab:gray"))
 UNLABELLED = {"class means (upper)": "data mean (upper)"}  # an unconditional run's "class_means" is p0's mean
+OFF_SCALE = 1e3  # a bound more than this factor above the measured distances is marked at the top edge
 
 
 def _value(v):
     return v["value"] if isinstance(v, dict) else v
-
-
-OFF_SCALE = 1e3  # a bound more than this factor above the measured distances is marked at the top edge
 
 
 def _draw(ax, xs, entries, report) -> None:
@@ -73,7 +71,7 @@ def _draw(ax, xs, entries, report) -> None:
     ax.fill_between(xs, np.maximum(lo, 1e-12), hi, color="k", alpha=0.15, lw=0)
     for label, key, color in FLOORS:
         ax.axhline(_value(report["floors"][key]), color=color, ls=":", lw=1, label=label)
-    unlabelled = report.get("bed", {}).get("labels", "") is None
+    unlabelled = "bed" in report and report["bed"]["labels"] is None  # verify records labels=None when unconditional
     for (label, _, color), ref in zip(REFS, refs):
         ax.axhline(ref, color=color, ls="-.", lw=1.2, label=UNLABELLED.get(label, label) if unlabelled else label)
     ax.set_yscale("log")
