@@ -25,14 +25,14 @@ TANGENT_RULES = {
 
 
 @settings(max_examples=12)
-@given(rule=st.sampled_from(sorted(TANGENT_RULES)), rows=st.integers(1, 4), width=st.integers(2, 17),
-       magnitude=st.sampled_from([0.1, 1.0, 8.0]), seed=st.integers(0, 2 ** 16))
-def test_tangent_rules_equal_func_jvp(rule, rows, width, magnitude, seed):
+@given(rule=st.sampled_from(sorted(TANGENT_RULES)), rows=st.integers(1, 4), extra=st.integers(0, 2),
+       width=st.integers(2, 17), magnitude=st.sampled_from([0.1, 1.0, 8.0]), seed=st.integers(0, 2 ** 16))
+def test_tangent_rules_equal_func_jvp(rule, rows, extra, width, magnitude, seed):
     fn, tangent = TANGENT_RULES[rule]
     g = torch.Generator().manual_seed(seed)
-    x = magnitude * torch.randn(rows, width, generator=g, dtype=torch.float64)
+    x = magnitude * torch.randn(rows + extra, width, generator=g, dtype=torch.float64)
     xd = torch.randn(rows, width, generator=g, dtype=torch.float64)
-    _, ref = torch.func.jvp(fn, (x,), (xd,))
+    _, ref = torch.func.jvp(fn, (x[:rows],), (xd,))  # extra primal rows carry no tangent (dual.lead)
     torch.testing.assert_close(tangent(x, xd), ref, rtol=1e-10, atol=1e-12)
 
 
@@ -84,6 +84,46 @@ def test_forward_and_ds_equals_func_jvp_with_gradients(switches, heads, time_sca
             # atol relative to the tensor's scale: with time_scale 100 gradients reach 4e4 and float64 rounding
             # leaves ~3e-10 on their near-zero entries (per-tensor relative error ~1e-14).
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10 * max(1.0, float(b.abs().max())))
+
+
+@settings(max_examples=8)
+@given(switches=SWITCHES, rows=st.integers(1, 4), extra=st.integers(0, 3), beta=st.booleans(), labels=st.booleans())
+def test_forward_and_ds_with_tangent_rows_equals_separate_calls(switches, rows, extra, beta, labels):
+    """forward_and_ds(x, …, n_tangent=n) on n + extra rows: F of every row as the plain forward gives it, ∂_s F of
+    the first n as forward_and_ds of those rows alone, and the same gradients of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ (float64)."""
+    model = model64(**switches)
+    g = torch.Generator().manual_seed(rows * 7 + extra)
+    n = rows + extra
+    x = torch.randn(n, 2, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.rand(n, generator=g, dtype=torch.float64)
+    s = t * torch.rand(n, generator=g, dtype=torch.float64)
+    cond = {"y": torch.randint(0, 6, (n,), generator=g) if labels else None,
+            "beta": torch.rand(n, generator=g, dtype=torch.float64) if beta else None}
+    g1 = torch.randn(n, 2, 8, 8, generator=g, dtype=torch.float64)
+    g2 = torch.randn(rows, 2, 8, 8, generator=g, dtype=torch.float64)
+    params = list(model.parameters())
+
+    def first(c):
+        return {k: None if v is None else v[:rows] for k, v in c.items()}
+
+    value, ds = model.forward_and_ds(x, t, s, **cond, n_tangent=rows)
+    ours = [value, ds, *torch.autograd.grad((value * g1).sum() + (ds * g2).sum(), params)]
+    v1, ds1 = model.forward_and_ds(x[:rows], t[:rows], s[:rows], **first(cond))
+    rest = (model(x[rows:], t[rows:], s[rows:], **{k: None if v is None else v[rows:] for k, v in cond.items()})
+            if extra else x[:0])
+    loss = (v1 * g1[:rows]).sum() + (ds1 * g2).sum() + (rest * g1[rows:]).sum()
+    ref = [torch.cat([v1, rest]), ds1, *torch.autograd.grad(loss, params)]
+    assert ds.shape == (rows, 2, 8, 8) and ds1.abs().max() > 1e-3
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, float(b.abs().max())))
+
+
+@pytest.mark.parametrize("n_tangent", [0, 5, -1])
+def test_forward_and_ds_rejects_a_tangent_row_count_outside_the_batch(n_tangent):
+    model = model64()
+    x, t, s, y = inputs(model, n=4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="n_tangent"):
+        model.forward_and_ds(x, t, s, y, n_tangent=n_tangent)
 
 
 def test_layer_norm_tangent_gradient_matches_finite_differences():

@@ -5,7 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 from toy.models import MLP
 from nets import Conditional
-from tvm_theory.param import NetworkJump, displacement, displacement_and_ds, velocity
+from tvm_theory.param import (NetworkJump, displacement, displacement_and_ds, displacement_ds_and_velocity_of,
+                              guided_call_and_ds, takes_tangent_rows, velocity)
 
 
 
@@ -58,6 +59,41 @@ class _OwnTangent(Conditional):
 
     def forward_and_ds(self, x, t, s, y, beta):
         return torch.func.jvp(lambda s_: self(x, t, s_, y, beta), (s,), (torch.ones_like(s),))
+
+
+class _OwnTangentRows(Conditional):
+    """A network whose ``forward_and_ds`` takes ``n_tangent`` (as the DiT's does): ∂_s F of the first rows only."""
+
+    def forward_and_ds(self, x, t, s, y, beta=None, *, n_tangent=None):
+        value, ds = torch.func.jvp(lambda s_: self(x, t, s_, y, beta), (s,), (torch.ones_like(s),))
+        return value, ds[:n_tangent]
+
+
+@settings(max_examples=10, deadline=None)
+@given(w=st.floats(1.0, 4.0), scaled=st.booleans(), seed=st.integers(0, 2**16))
+def test_one_pass_student_equals_the_two_calls(w, scaled, seed):
+    """displacement_ds_and_velocity_of: one stacked call (a network that takes n_tangent) gives the f, ∂_s f and u of
+    the separate calls, values and gradients."""
+    torch.manual_seed(seed)
+    rows, plain = _OwnTangentRows(3), Conditional(3)
+    plain.load_state_dict(rows.state_dict())
+    x, x2, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    t, s, s2 = torch.rand(4) * 0.5 + 0.5, torch.rand(4) * 0.5, torch.rand(4)
+    wt = torch.full((4,), w)
+    assert takes_tangent_rows(rows) and not takes_tangent_rows(plain) and not takes_tangent_rows(_OwnTangent(3))
+    outs = []
+    for F in (rows, plain):
+        out = displacement_ds_and_velocity_of(F, x, t, s, x2, s2, wt, {"y": y}, scaled)
+        loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out)
+        outs.append([*out, *torch.autograd.grad(loss, list(F.parameters()))])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+
+
+def test_tangent_rows_need_a_network_that_takes_them():
+    x, t = torch.randn(4, 3), torch.rand(4)
+    with pytest.raises(TypeError, match="n_tangent"):
+        guided_call_and_ds(_OwnTangent(3), x, t, t, None, {"y": torch.zeros(4, dtype=torch.long)}, n_tangent=2)
 
 
 @settings(max_examples=10, deadline=None)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_same_shape, expand_like
-from .param import Network, displacement_and_ds_of, guided_call
+from .param import Network, displacement_ds_and_velocity_of, guided_call
 from .path import interpolate
 from .time_samplers import TimeSample
 
@@ -160,9 +160,8 @@ def student_forward(F: Network, batch: TVMBatch) -> StudentOutput:
 
     This is the function a distributed trainer calls inside its DDP-wrapped module's forward.
     """
-    cond = _cond(batch.y)
-    f, dfds = displacement_and_ds_of(F, batch.x_t, batch.t, batch.s, batch.w, cond, batch.scaled)
-    u_fm = guided_call(F, batch.x_fm, batch.s_fm, batch.s_fm, batch.w, cond, batch.scaled)  # u_θ(x_{s′}, s′)
+    f, dfds, u_fm = displacement_ds_and_velocity_of(F, batch.x_t, batch.t, batch.s, batch.x_fm, batch.s_fm, batch.w,
+                                                    _cond(batch.y), batch.scaled)
     return StudentOutput(f=f, dfds=dfds, u_fm=u_fm)
 
 

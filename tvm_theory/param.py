@@ -15,10 +15,13 @@ itself outputs the guided velocity, of size ~w (docs/THEORY.md §2). ``w=None`` 
 
 ∂_s F comes from ``torch.func.jvp``, unless the network has a method ``forward_and_ds(x, t, s, **cond)`` returning
 (F, ∂_s F) computed another way (the DiT carries its tangent by hand, ``full_scale.model.dit``); its tests check it
-against ``torch.func.jvp``.
+against ``torch.func.jvp``. If that method also takes a keyword ``n_tangent`` (then ∂_s F is computed for the first
+``n_tangent`` rows only, and the other rows get F alone), the training step's two student calls, (f, ∂_s f) at
+(x_t, t, s) and u at (x_{s′}, s′), run as one pass over both batches (:func:`displacement_ds_and_velocity_of`).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Protocol
 
 import torch
@@ -60,20 +63,30 @@ def displacement(F: Network, x: Tensor, t, s, w=None, *, scaled: bool = True, **
     return expand_like(s - t, x) * guided_call(F, x, t, s, w, cond, scaled)
 
 
-def guided_call_and_ds(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict,
-                       scaled: bool = True) -> tuple[Tensor, Tensor]:
-    """(G, ∂_s G) for G(s) = [w ·] F(x, t, s, [c, 1/w]) (w only when ``scaled``): one forward-mode JVP in s
-    (tangent 1 on s, 0 on x and t), or the network's own ``forward_and_ds``. t, s, w already validated (B,) tensors."""
+def takes_tangent_rows(F: Network) -> bool:
+    """Whether F has its own ``forward_and_ds`` that takes ``n_tangent`` (∂_s F for the first rows only)."""
     own = getattr(F, "forward_and_ds", None)
+    return own is not None and "n_tangent" in inspect.signature(own).parameters
+
+
+def guided_call_and_ds(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict,
+                       scaled: bool = True, n_tangent: int | None = None) -> tuple[Tensor, Tensor]:
+    """(G, ∂_s G) for G(s) = [w ·] F(x, t, s, [c, 1/w]) (w only when ``scaled``): one forward-mode JVP in s
+    (tangent 1 on s, 0 on x and t), or the network's own ``forward_and_ds``. t, s, w already validated (B,) tensors.
+    ``n_tangent``: ∂_s G of the first ``n_tangent`` rows only (G of all rows); needs :func:`takes_tangent_rows`."""
+    own = getattr(F, "forward_and_ds", None)
+    rows = {} if n_tangent is None else {"n_tangent": n_tangent}
+    if rows and not takes_tangent_rows(F):
+        raise TypeError("n_tangent: this network's forward_and_ds does not take n_tangent (or it has none)")
     if own is None:
         return torch.func.jvp(lambda s_: guided_call(F, x, t, s_, w, cond, scaled), (s,), (torch.ones_like(s),))
     if w is None:
-        return own(x, t, s, **cond)
-    value, ds = own(x, t, s, beta=1.0 / w, **cond)
+        return own(x, t, s, **cond, **rows)
+    value, ds = own(x, t, s, beta=1.0 / w, **cond, **rows)
     if not scaled:
         return value, ds
     we = expand_like(w, x)
-    return we * value, we * ds
+    return we * value, we[:ds.shape[0]] * ds
 
 
 def displacement_and_ds(F: Network, x: Tensor, t, s, w=None, *, scaled: bool = True, **cond
@@ -94,6 +107,28 @@ def displacement_and_ds_of(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tenso
     value, ds = guided_call_and_ds(F, x, t, s, w, cond, scaled)
     gap = expand_like(s - t, x)
     return gap * value, value + gap * ds
+
+
+def displacement_ds_and_velocity_of(F: Network, x: Tensor, t: Tensor, s: Tensor, x2: Tensor, s2: Tensor,
+                                    w: Tensor | None, cond: dict, scaled: bool = True
+                                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """(f_θ(x, t, s), ∂_s f_θ(x, t, s), u_θ(x2, s2)) with the same w and conditioning for both batches (the
+    student's part of the training loss, docs/THEORY.md §3). A network that :func:`takes_tangent_rows` gets one call
+    on the stacked rows [x; x2] at times [(t, s); (s2, s2)] with the tangent on the first B rows (one pass through its
+    layers, one weight gradient per layer); any other network gets the two calls. Inputs as for
+    :func:`displacement_and_ds_of`."""
+    if not takes_tangent_rows(F):
+        f, dfds = displacement_and_ds_of(F, x, t, s, w, cond, scaled)
+        return f, dfds, guided_call(F, x2, s2, s2, w, cond, scaled)
+    n = x.shape[0]
+
+    def stacked(a: Tensor | None) -> Tensor | None:
+        return None if a is None else torch.cat([a, a])
+
+    value, ds = guided_call_and_ds(F, torch.cat([x, x2]), torch.cat([t, s2]), torch.cat([s, s2]), stacked(w),
+                                   {k: stacked(v) for k, v in cond.items()}, scaled, n_tangent=n)
+    gap = expand_like(s - t, x)
+    return gap * value[:n], value[:n] + gap * ds, value[n:]
 
 
 def velocity(F: Network, x: Tensor, s, w=None, *, scaled: bool = True, **cond) -> Tensor:

@@ -189,8 +189,11 @@ class Attention(nn.Module):
         q, qd = dual.rms_norm_module(self.q_norm, q, qd)
         k, kd = dual.rms_norm_module(self.k_norm, k, kd)
         q, k, v, qd, kd, vd = (a.contiguous() for a in (q, k, v, qd, kd, vd))
-        o, od = attention_jvp(q, k, v, qd, kd, vd, backend=self.backend)
-        return dual.linear(self.proj, o.transpose(1, 2).reshape(B, T, D), od.transpose(1, 2).reshape(B, T, D))
+        n = qd.shape[0]  # rows past the tangent's are a plain forward (dual.lead)
+        o, od = attention_jvp(q[:n], k[:n], v[:n], qd, kd, vd, backend=self.backend)
+        if n < B:
+            o = torch.cat([o, attention(q[n:], k[n:], v[n:], backend=self.backend)])
+        return dual.linear(self.proj, o.transpose(1, 2).reshape(B, T, D), od.transpose(1, 2).reshape(n, T, D))
 
 
 class Modulation(nn.Module):
@@ -209,7 +212,7 @@ class Modulation(nn.Module):
 
     def jvp(self, c: Tensor, cd: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         out, out_d = dual.linear(self.linear, Fn.silu(c), dual.silu_tangent(c, cd))
-        out, out_d = out.view(c.shape[0], self.n, -1), out_d.view(c.shape[0], self.n, -1)
+        out, out_d = out.view(c.shape[0], self.n, -1), out_d.view(cd.shape[0], self.n, -1)
         if self.mod_norm:
             out, out_d = rms(out), dual.rms_tangent(out, out_d, RMS_EPS)
         return out.unbind(1), out_d.unbind(1)
@@ -432,12 +435,20 @@ class DiT(nn.Module):
         return self._unpatchify(self.final(h, c))
 
     def forward_and_ds(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
-                       beta: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                       beta: Tensor | None = None, *, n_tangent: int | None = None) -> tuple[Tensor, Tensor]:
         """(F_θ(x, t, s, y, β), ∂_s F_θ) with the tangent carried by hand through every layer (``full_scale.model.dual``);
         equal to ``torch.func.jvp`` of :meth:`forward` in s with tangent 1 (docs/THEORY.md §2). The token path starts
-        with a zero tangent (the patch embedding does not depend on s); ∂_s enters through c."""
+        with a zero tangent (the patch embedding does not depend on s); ∂_s enters through c.
+
+        ``n_tangent``: ∂_s F of the first ``n_tangent`` rows only, (n_tangent, C, H, W); the other rows are a plain
+        forward in the same pass (the training step's velocity call, ``tvm_theory.param.takes_tangent_rows``)."""
+        rows = x.shape[0]
+        n = rows if n_tangent is None else n_tangent
+        if not 1 <= n <= rows:
+            raise ValueError(f"n_tangent: expected 1 ≤ n_tangent ≤ {rows} (the batch), got {n_tangent}")
         h, (c, cd) = self._embed(x), self.condition_and_ds(t, s, y, beta)
-        hd = torch.zeros_like(h)
+        cd = cd[:n]
+        hd = h.new_zeros((n, *h.shape[1:]))
         for block in self.blocks:
             h, hd = self._call_block(self._run_block_jvp, block, h, hd, c, cd)
         out, out_d = self.final.jvp(h, hd, c, cd)
