@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._config import INTERPRET, SMALL, cdiv, cfg, head_split, launch_meta, seq_bucket, tuned
+from ._config import INTERPRET, SMALL, cdiv, cfg, head_split, launch_meta, seq_bucket, static_head_dim, tuned
 from ._forward import (LOG2E, _dot_d, _dot_rows, _load_hi_lo, _load_rows, _rowsum_d, _store_rows, _zeros_rows,
                        has_low_part, low_part_arg)
 
@@ -47,10 +47,12 @@ _Q_CONFIGS = [cfg(64, 64, 4, 2), cfg(128, 32, 8, 2), cfg(128, 64, 8, 2), cfg(64,
 
 @triton.jit
 def _row_sums_kernel(DO, G, O, O_LO, TO, TO_LO, DELTA, R, n_rows, head_dim, HEAD_BLOCK: tl.constexpr,
-                     TAIL_BLOCK: tl.constexpr, ROWS: tl.constexpr, LOW: tl.constexpr, PRIMAL: tl.constexpr,
-                     TANGENT: tl.constexpr):
+                     TAIL_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, LOW: tl.constexpr,
+                     PRIMAL: tl.constexpr, TANGENT: tl.constexpr):
     """The backward's row sums in fp32 for contiguous (n_rows, head_dim) tensors, O = O_hi + O_lo and
     Ȯ = Ȯ_hi + Ȯ_lo if LOW: DELTA = rowsum(dO∘O) if PRIMAL, + rowsum(G∘Ȯ) if TANGENT; R = rowsum(G∘O) if TANGENT."""
+    if HEAD_DIM > 0:  # D not a multiple of 16, compiled in: aligned vector loads (_config.static_head_dim)
+        head_dim = HEAD_DIM
     offs_r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     in_rows = offs_r < n_rows
     o, o2 = _load_hi_lo(O, O_LO, offs_r, n_rows, head_dim, HEAD_BLOCK, TAIL_BLOCK, LOW)
@@ -69,9 +71,11 @@ def _row_sums_kernel(DO, G, O, O_LO, TO, TO_LO, DELTA, R, n_rows, head_dim, HEAD
 @tuned(_KV_CONFIGS)
 @triton.jit
 def _kv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
-               HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               UPCAST: tl.constexpr, PREC: tl.constexpr):
+               HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Key-side gradients through O for one key block (rows = keys, columns = queries): dK, dV."""
+    if HEAD_DIM > 0:  # D not a multiple of 16, compiled in: aligned vector loads (_config.static_head_dim)
+        head_dim = HEAD_DIM
     pid_n = tl.program_id(0)
     bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
     if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
@@ -148,9 +152,9 @@ def _kv_tangent_loop(Q, TQ, DO, G, LSE, MU, DELTA, R, k, k2, v, v2, tk, tk2, tv,
 @triton.jit
 def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, DO, G, LSE, MU, DELTA, R, DK, DV, DTK, DTV,
                        qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
-                       HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
-                       PRIMAL: tl.constexpr):
+                       HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+                       PREC: tl.constexpr, PRIMAL: tl.constexpr):
     """Key-side gradients through Ȯ, and through O too if PRIMAL, for one key block: dK, dK̇, dV, dV̇
     (DELTA = δ̇, or δ + δ̇ if PRIMAL; R = r; DO is read only if PRIMAL).
 
@@ -158,6 +162,8 @@ def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, DO, G, LSE, MU, DELTA, R, DK, DV, DT
     (13 instead of 10 block products per step, 15 instead of 12 if PRIMAL) but half the accumulators per program,
     which avoids register spills at D = 128. The autotuner chooses.
     """
+    if HEAD_DIM > 0:  # D not a multiple of 16, compiled in: aligned vector loads (_config.static_head_dim)
+        head_dim = HEAD_DIM
     pid = tl.program_id(0)
     bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
     if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
@@ -198,11 +204,14 @@ def _kv_tangent_kernel(Q, K, V, TQ, TK, TV, DO, G, LSE, MU, DELTA, R, DK, DV, DT
 @triton.jit
 def _q_kernel(Q, K, V, TQ, TK, TV, DO, G, LSE, MU, DELTA, R, DQ, DTQ,
               qk_scale, scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
-              HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              PRIMAL: tl.constexpr, TANGENT: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+              HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, PRIMAL: tl.constexpr, TANGENT: tl.constexpr, UPCAST: tl.constexpr,
+              PREC: tl.constexpr):
     """Query-side gradients for one query block, recomputing P (and T) per key block: dQ through O if PRIMAL, dQ and
     dQ̇ through Ȯ if TANGENT, through both if both (at least one is set; DO is read only if PRIMAL, G, TQ, TK, TV,
     MU, R only if TANGENT; DELTA is δ, δ̇ or δ + δ̇ accordingly). Writes dQ (and dQ̇)."""
+    if HEAD_DIM > 0:  # D not a multiple of 16, compiled in: aligned vector loads (_config.static_head_dim)
+        head_dim = HEAD_DIM
     pid_m = tl.program_id(0)
     bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
     if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
@@ -266,8 +275,8 @@ def _row_sums(o, o_lo, do, to, to_lo, g):
     _row_sums_kernel[(cdiv(n_rows, _ROW_BLOCK),)](
         o if do is None else do, o if g is None else g, o, low_part_arg(o, o_lo),
         o if to is None else to, o if to is None else low_part_arg(to, to_lo), delta, delta if r is None else r,
-        n_rows, head_dim, HEAD_BLOCK=head, TAIL_BLOCK=tail, ROWS=_ROW_BLOCK, LOW=has_low_part(o.dtype),
-        PRIMAL=do is not None, TANGENT=g is not None)
+        n_rows, head_dim, HEAD_BLOCK=head, TAIL_BLOCK=tail, HEAD_DIM=static_head_dim(head_dim), ROWS=_ROW_BLOCK,
+        LOW=has_low_part(o.dtype), PRIMAL=do is not None, TANGENT=g is not None)
     return delta, r
 
 
@@ -278,7 +287,8 @@ def _launch(q, k, v, tq, tk, tv, do, g, lse, mu, delta, r, scale, primal, tangen
     seq_k = k.shape[2]
     fp32 = q.dtype == torch.float32
     head, tail = head_split(head_dim)
-    meta = dict(HEAD_BLOCK=head, TAIL_BLOCK=tail, UPCAST=INTERPRET, PREC="ieee" if fp32 else "tf32")
+    meta = dict(HEAD_BLOCK=head, TAIL_BLOCK=tail, HEAD_DIM=static_head_dim(head_dim), UPCAST=INTERPRET,
+                PREC="ieee" if fp32 else "tf32")
     args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, seq_bucket(max(seq_q, seq_k)), batch * heads)
     bh_grid = _config.grid_bh(batch * heads)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -81,6 +81,23 @@ def head_split(head_dim: int) -> tuple[int, int]:
     return head, tail
 
 
+def static_head_dim(head_dim: int) -> int:
+    """The kernels' HEAD_DIM constexpr: D itself when it is not a multiple of 16, else 0 (the kernels then read D from
+    their runtime argument ``head_dim``).
+
+    D is the row stride of every (S, D) operand and the bound of the column masks. Triton specializes an integer
+    argument that is a multiple of 16, so at D = 64 or 128 the compiler knows that rows start 32-byte aligned and that
+    the masks are constant over 16 columns: tiles are loaded as 16-byte vectors, asynchronously (cp.async) and
+    pipelined over num_stages. Any other D is to the compiler a stride of unknown alignment: each element is loaded on
+    its own (ld.global.b16), synchronously, through registers. At D = 72 that made ten times the load instructions,
+    no pipelining, 255 registers and spills in most kernels, and half of D = 64's throughput (docs/KERNEL.md §5). As
+    a compile-time constant, 72 = 8·9 gives 16-byte aligned bf16 rows and the vectorized, pipelined loads back.
+    D = 64 and 128 keep the runtime argument and compile to the same code as before; each other D compiles its own
+    kernels.
+    """
+    return head_dim if head_dim % 16 else 0
+
+
 def seq_bucket(seq_len: int) -> int:
     """Autotuning bucket of a sequence length (next power of two, at least 128)."""
     return max(128, next_power_of_2(seq_len))
@@ -90,14 +107,16 @@ def tuned(configs, extra_key=()):
     """Decorator: autotune over ``configs`` on the GPU, identity under the interpreter or with KERNELS_AUTOTUNE=0;
     records ``configs`` in ``TUNED`` under the kernel's name.
 
-    The key is ``HEAD_BLOCK``, ``TAIL_BLOCK`` (``head_split``: configurations are tuned per split), ``SEQ_BUCKET``
-    (arguments of every kernel) and ``extra_key``.
+    The key is ``HEAD_BLOCK``, ``TAIL_BLOCK`` (``head_split``: configurations are tuned per split), ``HEAD_DIM``
+    (``static_head_dim``: a D compiled in is a kernel of its own), ``SEQ_BUCKET`` (arguments of every kernel) and
+    ``extra_key``.
     """
     def decorate(fn):
         TUNED[fn.__name__] = configs
         if not AUTOTUNE:
             return fn
-        return triton.autotune(configs=configs, key=["HEAD_BLOCK", "TAIL_BLOCK", "SEQ_BUCKET", *extra_key])(fn)
+        return triton.autotune(configs=configs,
+                               key=["HEAD_BLOCK", "TAIL_BLOCK", "HEAD_DIM", "SEQ_BUCKET", *extra_key])(fn)
     return decorate
 
 

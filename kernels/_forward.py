@@ -18,14 +18,16 @@ and, for a D that the split fits better than padding (``_config.head_split``: 72
 TAIL_BLOCK columns masked to < D. The helpers below load, store and zero such (head, tail) pairs, contract two pairs
 over D (the sum of the head and the tail dot: ``_dot_d``), multiply by a pair (one dot per tile: ``_dot_rows``) and
 sum products over D (``_rowsum_d``). TAIL_BLOCK = 0 (a power-of-two D, or one the padding fits as well) generates
-no tail code: the second element of a pair is then an unread placeholder.
+no tail code: the second element of a pair is then an unread placeholder. D, the row stride and the columns' mask
+bound, is a runtime argument, except that a D which is not a multiple of 16 is compiled in (HEAD_DIM,
+``_config.static_head_dim``), so that the compiler knows the rows' alignment and loads tiles as aligned vectors.
 """
 import torch
 import triton
 import triton.language as tl
 
 from . import _config
-from ._config import INTERPRET, SMALL, cdiv, cfg, head_split, launch_meta, seq_bucket, tuned
+from ._config import INTERPRET, SMALL, cdiv, cfg, head_split, launch_meta, seq_bucket, static_head_dim, tuned
 
 LOG2E = 1.4426950408889634
 KERNELS = ("_fwd_kernel", "_tangent_kernel")  # the kernels this module launches, by name (benchmarks)
@@ -144,9 +146,11 @@ def _load_hi_lo(base, base_lo, offs_s, seq, head_dim, HEAD_BLOCK: tl.constexpr, 
 @tuned(_FWD_CONFIGS)
 @triton.jit
 def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUCKET, n_bh,
-                HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+                HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """Online-softmax forward for one query block: O = softmax(αQKᵀ)V (and O_lo if LOW) and lse₂ per row."""
+    if HEAD_DIM > 0:  # D not a multiple of 16, compiled in: aligned vector loads (_config.static_head_dim)
+        head_dim = HEAD_DIM
     pid_m = tl.program_id(0)
     bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
     if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
@@ -183,13 +187,16 @@ def _fwd_kernel(Q, K, V, O, O_LO, LSE, qk_scale, seq_q, seq_k, head_dim, SEQ_BUC
 @tuned(_JVP_CONFIGS)
 @triton.jit
 def _tangent_kernel(Q, K, V, O, O_LO, LSE, TQ, TK, TV, TO, TO_LO, MU, qk_scale, scale, seq_q, seq_k, head_dim,
-                    SEQ_BUCKET, n_bh, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+                    SEQ_BUCKET, n_bh, HEAD_BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+                    LOW: tl.constexpr):
     """Tangent of attention for one query block, given the saved lse: μ = Σ_j P T and Ȯ = Σ_j P(T V + V̇) − μ O
     (O = O_hi + O_lo if LOW; Ȯ's low part stored likewise).
 
     P = 2^{α log₂e S − lse₂} is exact (already normalized), so no rescaling is needed.
     """
+    if HEAD_DIM > 0:  # D not a multiple of 16, compiled in: aligned vector loads (_config.static_head_dim)
+        head_dim = HEAD_DIM
     pid_m = tl.program_id(0)
     bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
     if bh >= n_bh:  # the folded grid's last z slice may hold more programs than heads
@@ -229,7 +236,7 @@ def _common(q, k, configs):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     head, tail = head_split(head_dim)
-    meta = dict(HEAD_BLOCK=head, TAIL_BLOCK=tail, UPCAST=INTERPRET,
+    meta = dict(HEAD_BLOCK=head, TAIL_BLOCK=tail, HEAD_DIM=static_head_dim(head_dim), UPCAST=INTERPRET,
                 PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 **launch_meta(configs, q.dtype == torch.float32))
     bucket = seq_bucket(max(seq_q, seq_k))

@@ -501,6 +501,16 @@ def test_head_split_examples(d, expected):
     assert _config.head_split(d) == expected
 
 
+@pytest.mark.parametrize("d", [1, 16, 24, 32, 40, 48, 64, 72, 80, 96, 100, 112, 128])
+def test_static_head_dim_compiles_in_what_triton_does_not_specialize(d):
+    """HEAD_DIM is D for a D that is not a multiple of 16 (Triton specializes only multiples of 16 of an integer
+    argument, so the compiler would not know such a row stride's alignment), 0 otherwise: D = 64 and 128 keep the
+    runtime ``head_dim`` and their code."""
+    from kernels import _config
+
+    assert _config.static_head_dim(d) == (0 if d % 16 == 0 else d)
+
+
 @settings(max_examples=60, deadline=None)
 @given(d=st.integers(1, 128))
 def test_head_split_rule(d):

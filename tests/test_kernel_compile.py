@@ -1,0 +1,46 @@
+"""The attention kernels compiled for sm_90 (H100) on the CPU, without a GPU: at D = 72 (DiT-XL/2 with 16 heads)
+the tiles are loaded as wide vectors and asynchronously, as at D = 64, and every dot is a Hopper warpgroup MMA.
+
+Before ``kernels._config.static_head_dim``, D = 72 reached the compiler as a runtime integer of unknown alignment
+(Triton specializes only multiples of 16), so every tile was loaded one bf16 element per instruction, synchronously,
+with no software pipelining: half of D = 64's throughput on an H100 (docs/KERNEL.md §5). The compilation is
+benchmarks/kernel_compile_report.py's, in a subprocess: the test session interprets the kernels (TRITON_INTERPRET=1),
+and compiling needs only the ptxas that Triton ships.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import triton
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PTXAS = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+KERNELS = ["_fwd_kernel", "_q_kernel[P]"]  # the first configuration of each
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    if not PTXAS.exists():
+        pytest.skip("Triton's ptxas is not installed")
+    out = tmp_path_factory.mktemp("compile") / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_compile_report.py"), "--dims", "64", "72",
+                    "--kernels", *KERNELS, "--configs", "0", "--json", str(out)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=600)
+    records = json.loads(out.read_text())["records"]
+    return {(r["kernel"], r["D"]): r for r in records}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_d72_loads_tiles_like_d64(compiled, kernel):
+    d64, d72 = compiled[kernel, 64], compiled[kernel, 72]
+    assert "error" not in d64 and "error" not in d72, (d64.get("error"), d72.get("error"))
+    for access in ("ld_global", "st_global"):
+        assert "2" not in d72["ptx"][access], f"{kernel}: bf16 elements accessed one by one at D = 72: {d72['ptx']}"
+        assert max(map(int, d72["ptx"][access])) == max(map(int, d64["ptx"][access])) == 16
+    asynchronous = lambda r: sum(r["ptx"]["cp_async"].values()) + r["ptx"]["tma"]  # noqa: E731
+    assert asynchronous(d64) > 0 and asynchronous(d72) > 0, (d64["ptx"], d72["ptx"])
+    assert all(dot.startswith("wg") for dot in d64["dots"] + d72["dots"]), (d64["dots"], d72["dots"])
