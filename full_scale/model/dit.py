@@ -176,24 +176,34 @@ class Attention(nn.Module):
         B, T, _ = qkv.shape
         return qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, D = x.shape
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v (B, H, T, d) of tokens x, QK-normalized."""
         q, k, v = self._split_heads(self.qkv(x))
-        o = attention(self.q_norm(q), self.k_norm(k), v, backend=self.backend)  # (B, H, T, d)
-        return self.proj(o.transpose(1, 2).reshape(B, T, D))
+        return self.q_norm(q), self.k_norm(k), v
 
-    def jvp(self, x: Tensor, xd: Tensor) -> tuple[Tensor, Tensor]:
-        B, T, D = x.shape
+    @staticmethod
+    def _merge_heads(o: Tensor) -> Tensor:
+        """(B, H, T, d) → (B, T, H·d)."""
+        B, H, T, d = o.shape
+        return o.transpose(1, 2).reshape(B, T, H * d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self._merge_heads(attention(*self._heads(x), backend=self.backend)))
+
+    def jvp(self, x: Tensor, xd: Tensor, x2: Tensor | None = None) -> tuple[Tensor, ...]:
+        """(attn(x), its tangent), and attn(x2) after them when rows x2 without a tangent are given. Both attention
+        calls come before both projections, so that a compiled block has one graph before the attention and one
+        after it for both row sets (one gradient per weight, summed inside the graph)."""
         qkv, qkv_d = dual.linear(self.qkv, x, xd)
         (q, k, v), (qd, kd, vd) = self._split_heads(qkv), self._split_heads(qkv_d)
         q, qd = dual.rms_norm_module(self.q_norm, q, qd)
         k, kd = dual.rms_norm_module(self.k_norm, k, kd)
         q, k, v, qd, kd, vd = (a.contiguous() for a in (q, k, v, qd, kd, vd))
-        n = qd.shape[0]  # rows past the tangent's are a plain forward (dual.lead)
-        o, od = attention_jvp(q[:n], k[:n], v[:n], qd, kd, vd, backend=self.backend)
-        if n < B:
-            o = torch.cat([o, attention(q[n:], k[n:], v[n:], backend=self.backend)])
-        return dual.linear(self.proj, o.transpose(1, 2).reshape(B, T, D), od.transpose(1, 2).reshape(n, T, D))
+        heads2 = None if x2 is None else self._heads(x2)
+        o, od = attention_jvp(q, k, v, qd, kd, vd, backend=self.backend)
+        o2 = None if heads2 is None else attention(*heads2, backend=self.backend)
+        out = dual.linear(self.proj, self._merge_heads(o), self._merge_heads(od))
+        return out if o2 is None else (*out, self.proj(self._merge_heads(o2)))
 
 
 class Modulation(nn.Module):
@@ -212,7 +222,7 @@ class Modulation(nn.Module):
 
     def jvp(self, c: Tensor, cd: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         out, out_d = dual.linear(self.linear, Fn.silu(c), dual.silu_tangent(c, cd))
-        out, out_d = out.view(c.shape[0], self.n, -1), out_d.view(cd.shape[0], self.n, -1)
+        out, out_d = out.view(c.shape[0], self.n, -1), out_d.view(c.shape[0], self.n, -1)
         if self.mod_norm:
             out, out_d = rms(out), dual.rms_tangent(out, out_d, RMS_EPS)
         return out.unbind(1), out_d.unbind(1)
@@ -255,20 +265,33 @@ class Block(nn.Module):
         self.modulation = Modulation(dim, 6, cfg.mod_norm)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)
-        x = x + gate1[:, None] * self.attn(self.modulated_norm(x, shift1, scale1))
+        mods = self.modulation(c)  # shift1, scale1, gate1, shift2, scale2, gate2
+        return self._after_attention(x, self.attn(self.modulated_norm(x, mods[0], mods[1])), mods)
+
+    def _after_attention(self, x: Tensor, a: Tensor, mods: tuple[Tensor, ...]) -> Tensor:
+        _, _, gate1, shift2, scale2, gate2 = mods
+        x = x + gate1[:, None] * a
         return x + gate2[:, None] * self.mlp(self.modulated_norm(x, shift2, scale2))
 
-    def jvp(self, x: Tensor, xd: Tensor, c: Tensor, cd: Tensor) -> tuple[Tensor, Tensor]:
-        """(block(x, c), its tangent) for tangents ẋ (B, T, hidden) and ċ (B, hidden)."""
+    def jvp(self, x: Tensor, xd: Tensor, c: Tensor, cd: Tensor, x2: Tensor | None = None,
+            c2: Tensor | None = None) -> tuple[Tensor, ...]:
+        """(block(x, c), its tangent) for tangents ẋ (B, T, hidden) and ċ (B, hidden); with rows x2, c2 that carry no
+        tangent, block(x2, c2) too, computed stage by stage beside them (``Attention.jvp``)."""
         (shift1, scale1, gate1, shift2, scale2, gate2), mod_d = self.modulation.jvp(c, cd)
         shift1_d, scale1_d, gate1_d, shift2_d, scale2_d, gate2_d = mod_d
-        a, ad = self.attn.jvp(*self.modulated_norm.jvp(x, xd, shift1, shift1_d, scale1, scale1_d))
+        z, zd = self.modulated_norm.jvp(x, xd, shift1, shift1_d, scale1, scale1_d)
+        if x2 is None:
+            a, ad = self.attn.jvp(z, zd)
+        else:
+            mods2 = self.modulation(c2)
+            a, ad, a2 = self.attn.jvp(z, zd, self.modulated_norm(x2, mods2[0], mods2[1]))
+            x2 = self._after_attention(x2, a2, mods2)
         x, xd = dual.gated_residual(x, xd, gate1, gate1_d, a, ad)
         z, zd = self.modulated_norm.jvp(x, xd, shift2, shift2_d, scale2, scale2_d)
         u, ud = dual.linear(self.mlp[0], z, zd)
         m, md = dual.linear(self.mlp[2], self.mlp[1](u), dual.gelu_tanh_tangent(u, ud))
-        return dual.gated_residual(x, xd, gate2, gate2_d, m, md)
+        out = dual.gated_residual(x, xd, gate2, gate2_d, m, md)
+        return out if x2 is None else (*out, x2)
 
 
 class FinalLayer(nn.Module):
@@ -441,17 +464,22 @@ class DiT(nn.Module):
         with a zero tangent (the patch embedding does not depend on s); ∂_s enters through c.
 
         ``n_tangent``: ∂_s F of the first ``n_tangent`` rows only, (n_tangent, C, H, W); the other rows are a plain
-        forward in the same pass (the training step's velocity call, ``tvm_theory.param.takes_tangent_rows``)."""
+        forward run beside them, block by block (``Block.jvp``): the training step's velocity call
+        (``tvm_theory.param.takes_tangent_rows``), which then shares each compiled block's graphs with the JVP."""
         rows = x.shape[0]
         n = rows if n_tangent is None else n_tangent
         if not 1 <= n <= rows:
             raise ValueError(f"n_tangent: expected 1 ≤ n_tangent ≤ {rows} (the batch), got {n_tangent}")
         h, (c, cd) = self._embed(x), self.condition_and_ds(t, s, y, beta)
-        cd = cd[:n]
-        hd = h.new_zeros((n, *h.shape[1:]))
+        plain = (h[n:], c[n:]) if n < rows else ()
+        h, c, cd = h[:n], c[:n], cd[:n]
+        hd = torch.zeros_like(h)
         for block in self.blocks:
-            h, hd = self._call_block(self._run_block_jvp, block, h, hd, c, cd)
+            h, hd, *rest = self._call_block(self._run_block_jvp, block, h, hd, c, cd, *plain)
+            plain = (rest[0], plain[1]) if rest else ()
         out, out_d = self.final.jvp(h, hd, c, cd)
+        if plain:
+            out = torch.cat([out, self.final(*plain)])
         return self._unpatchify(out), self._unpatchify(out_d)
 
 
@@ -459,5 +487,5 @@ def _run_block(block: Block, h: Tensor, c: Tensor) -> Tensor:
     return block(h, c)
 
 
-def _run_block_jvp(block: Block, h: Tensor, hd: Tensor, c: Tensor, cd: Tensor) -> tuple[Tensor, Tensor]:
-    return block.jvp(h, hd, c, cd)
+def _run_block_jvp(block: Block, h: Tensor, hd: Tensor, c: Tensor, cd: Tensor, *plain: Tensor) -> tuple[Tensor, ...]:
+    return block.jvp(h, hd, c, cd, *plain)

@@ -6,11 +6,6 @@ tensor, so the pass is ordinary autograd code: no functorch wrapper per operator
 (a linear layer's tangent is ẋWᵀ, one matmul, where the generic linear rule also multiplies by Ẇ = 0), and
 ``torch.compile`` can fuse primal and tangent elementwise work into one kernel. Each tangent is checked against
 ``torch.func.jvp`` in float64 (tests/test_fs_dual.py). Tangents are computed in at least float32.
-
-A tangent may cover fewer rows than its primal: a tangent of n rows belongs to the first n rows of the primal, and
-the other rows are a plain forward (``DiT.forward_and_ds(..., n_tangent=n)``: the training step's velocity call rides
-along with its JVP call, one pass and one weight gradient per layer). Every function here reads the primal's first
-n rows (``lead``) where it meets the tangent; n is the tangent's first dimension.
 """
 from __future__ import annotations
 
@@ -28,11 +23,6 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def lead(a: Tensor, tangent: Tensor) -> Tensor:
-    """The rows of ``a`` that ``tangent`` belongs to: the first ``tangent.shape[0]``."""
-    return a[: tangent.shape[0]]
-
-
 def linear(layer: nn.Linear, x: Tensor, xd: Tensor) -> tuple[Tensor, Tensor]:
     """y = x Wᵀ + b, ẏ = ẋ Wᵀ (the weights carry no tangent). W is read once (a parametrization runs once)."""
     weight = layer.weight
@@ -41,7 +31,6 @@ def linear(layer: nn.Linear, x: Tensor, xd: Tensor) -> tuple[Tensor, Tensor]:
 
 def silu_tangent(x: Tensor, xd: Tensor) -> Tensor:
     """Tangent of y = x σ(x): ẏ = ẋ σ(x) (1 + x (1 − σ(x)))."""
-    x = lead(x, xd)
     xf = x.to(_compute_dtype(x))
     sig = torch.sigmoid(xf)
     return (xd * sig * (1 + xf * (1 - sig))).to(x.dtype)
@@ -50,7 +39,6 @@ def silu_tangent(x: Tensor, xd: Tensor) -> Tensor:
 def gelu_tanh_tangent(x: Tensor, xd: Tensor) -> Tensor:
     """Tangent of y = ½x(1 + tanh u), u = k(x + c x³), k = √(2/π), c = 0.044715:
     ẏ = ẋ [½(1 + tanh u) + ½x (1 − tanh² u) k (1 + 3c x²)]."""
-    x = lead(x, xd)
     xf = x.to(_compute_dtype(x))
     th = torch.tanh(_GELU_K * (xf + _GELU_C * xf ** 3))
     slope = 0.5 * (1 + th) + 0.5 * xf * (1 - th * th) * _GELU_K * (1 + 3 * _GELU_C * xf * xf)
@@ -59,7 +47,6 @@ def gelu_tanh_tangent(x: Tensor, xd: Tensor) -> Tensor:
 
 def rms_tangent(x: Tensor, xd: Tensor, eps: float) -> Tensor:
     """Tangent of n = x ρ, ρ = (mean(x²) + ε)^(−½) over the last dim: ṅ = ρ (ẋ − n · mean(n ẋ))."""
-    x = lead(x, xd)
     xf, xdf = x.to(_compute_dtype(x)), xd.to(_compute_dtype(x))
     rho = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     n = xf * rho
@@ -69,7 +56,6 @@ def rms_tangent(x: Tensor, xd: Tensor, eps: float) -> Tensor:
 def layer_norm_tangent(x: Tensor, xd: Tensor, eps: float) -> Tensor:
     """Tangent of n = (x − μ)/σ, σ = (var(x) + ε)^½ over the last dim (no affine):
     ṅ = (ẋ − mean(ẋ) − n · mean(n ẋ)) / σ."""
-    x = lead(x, xd)
     xf, xdf = x.to(_compute_dtype(x)), xd.to(_compute_dtype(x))
     var, mean = torch.var_mean(xf, dim=-1, keepdim=True, correction=0)
     inv = torch.rsqrt(var + eps)
@@ -93,11 +79,11 @@ def rms_norm_module(norm: nn.Module, x: Tensor, xd: Tensor) -> tuple[Tensor, Ten
 def modulate_tangent(x: Tensor, xd: Tensor, scale: Tensor, shift_d: Tensor, scale_d: Tensor) -> Tensor:
     """Tangent of y = x(1 + scale) + shift, (B, hidden) scale and shift broadcast over the tokens of x:
     ẏ = ẋ(1 + scale) + x · scȧle + shiḟt."""
-    return xd * (1 + lead(scale, xd)[:, None]) + lead(x, xd) * scale_d[:, None] + shift_d[:, None]
+    return xd * (1 + scale[:, None]) + x * scale_d[:, None] + shift_d[:, None]
 
 
 def gated_residual(h: Tensor, hd: Tensor, gate: Tensor, gate_d: Tensor, a: Tensor, ad: Tensor
                    ) -> tuple[Tensor, Tensor]:
     """h + g a and its tangent ḣ + ġ a + g ȧ, with a (B, hidden) gate broadcast over tokens."""
     y = h + gate[:, None] * a
-    return y, (hd + gate_d[:, None] * lead(a, ad) + lead(gate, ad)[:, None] * ad).to(y.dtype)
+    return y, (hd + gate_d[:, None] * a + gate[:, None] * ad).to(y.dtype)
