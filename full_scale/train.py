@@ -7,7 +7,7 @@
 or, from Python, ``train(load_config("tiny-digits"), "runs/digits")``.
 
 One step: each rank draws its micro-batches, times (t, s, s′) and noise; the student's f, ∂_s f (one JVP) and
-u_θ(x_{s′}) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP
+u_θ(x_{s′}) (one pass with the hand-written JVP: ``DiT.forward_and_ds(..., n_tangent=B)``) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP
 from outside, and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
 (both of its velocities in one call); AdamW steps on the averaged gradient (one fused kernel on CUDA,
 ``train.fused_adamw``); both EMAs follow. The step's health flags (non-finite loss or gradient, SIGTERM) are read in

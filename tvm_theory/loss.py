@@ -156,7 +156,8 @@ def _cond(y: Tensor | None) -> dict:
 
 
 def student_forward(F: Network, batch: TVMBatch) -> StudentOutput:
-    """The student's part of a step: (f, ∂_s f) at (x_t, t, s) by one JVP, and u_θ at (x_{s′}, s′).
+    """The student's part of a step: (f, ∂_s f) at (x_t, t, s) by one JVP, and u_θ at (x_{s′}, s′); one call of F
+    when it takes tangent rows (:func:`~tvm_theory.param.displacement_ds_and_velocity_of`), else two.
 
     This is the function a distributed trainer calls inside its DDP-wrapped module's forward.
     """
