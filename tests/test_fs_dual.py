@@ -87,11 +87,14 @@ def test_forward_and_ds_equals_func_jvp_with_gradients(switches, heads, time_sca
 
 
 @settings(max_examples=8)
-@given(switches=SWITCHES, rows=st.integers(1, 4), extra=st.integers(0, 3), beta=st.booleans(), labels=st.booleans())
-def test_forward_and_ds_with_tangent_rows_equals_separate_calls(switches, rows, extra, beta, labels):
+@given(switches=SWITCHES, rows=st.integers(1, 4), extra=st.integers(0, 3), beta=st.booleans(), labels=st.booleans(),
+       checkpointing=st.booleans())
+def test_forward_and_ds_with_tangent_rows_equals_separate_calls(switches, rows, extra, beta, labels, checkpointing):
     """forward_and_ds(x, …, n_tangent=n) on n + extra rows: F of every row as the plain forward gives it, ∂_s F of
-    the first n as forward_and_ds of those rows alone, and the same gradients of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ (float64)."""
+    the first n as forward_and_ds of those rows alone, and the same gradients of ⟨G1, F⟩ + ⟨G2, ∂_s F⟩ (float64),
+    with and without activation checkpointing."""
     model = model64(**switches)
+    model.checkpoint_blocks = checkpointing
     g = torch.Generator().manual_seed(rows * 7 + extra)
     n = rows + extra
     x = torch.randn(n, 2, 8, 8, generator=g, dtype=torch.float64)

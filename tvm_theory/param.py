@@ -115,8 +115,8 @@ def displacement_ds_and_velocity_of(F: Network, x: Tensor, t: Tensor, s: Tensor,
     """(f_θ(x, t, s), ∂_s f_θ(x, t, s), u_θ(x2, s2)) with the same w and conditioning for both batches (the
     student's part of the training loss, docs/THEORY.md §3). A network that :func:`takes_tangent_rows` gets one call
     on the stacked rows [x; x2] at times [(t, s); (s2, s2)] with the tangent on the first B rows (one pass through its
-    layers, one weight gradient per layer); any other network gets the two calls. Inputs as for
-    :func:`displacement_and_ds_of`."""
+    layers: the DiT runs the two row sets side by side in each compiled block); any other network gets the two calls.
+    Inputs as for :func:`displacement_and_ds_of`."""
     if not takes_tangent_rows(F):
         f, dfds = displacement_and_ds_of(F, x, t, s, w, cond, scaled)
         return f, dfds, guided_call(F, x2, s2, s2, w, cond, scaled)
