@@ -21,8 +21,15 @@ that is a multiple of 16, such as ``head_dim`` at D = 64) is the one a GPU launc
 --ptx-dir writes each kernel's PTX without debug lines (.loc, .file, debug sections), for diffing two commits:
 ``diff -r before/ after/``. Counts are static (instructions in the code, not executed ones).
 
+--extra-config BM,BN,WARPS,STAGES[,NAME=VALUE...] (repeatable) also compiles a configuration that is not in the lists,
+for each selected kernel whose listed configurations have the same keyword names (``32,64,4,2`` for the kernels
+without extra keywords, ``32,64,4,2,SPLIT=0`` for ``_kv_tangent_kernel``); a configuration already in a kernel's
+list is not compiled twice. Such records have ``"listed": false`` and are marked ``+`` in the table. ``--configs``
+with no index compiles the extra configurations only.
+
 Usage: python benchmarks/kernel_compile_report.py [--dims 64 72] [--kernels _fwd_kernel ...] [--shape 32,16,1024]
-       [--arch 90] [--json out.json] [--ptx-dir DIR] [--jobs 2]
+       [--arch 90] [--json out.json] [--ptx-dir DIR] [--jobs 2] [--configs [I ...]]
+       [--extra-config BM,BN,WARPS,STAGES[,NAME=VALUE...] ...]
 """
 import argparse
 import collections
@@ -93,6 +100,35 @@ def configurations(fn) -> list:
     """The kernel's configuration list (``kernels._config.TUNED``), or [None] for an untuned kernel."""
     from kernels import _config
     return _config.TUNED.get(fn.__name__, [None])
+
+
+def parse_extra_config(text: str) -> tuple:
+    """``BM,BN,WARPS,STAGES[,NAME=VALUE...]`` → (kwargs, num_warps, num_stages) of a triton.Config (integer values;
+    SPLIT=1 / SPLIT=0 as booleans, as the kernels' lists write them). Triton is imported after the environment is
+    prepared, so the Config is made in ``main``."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        block_m, block_n, warps, stages = (int(p) for p in parts[:4])
+        extra = {}
+        for p in parts[4:]:
+            name, value = p.split("=")
+            extra[name.strip()] = bool(int(value)) if name.strip() == "SPLIT" else int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BM,BN,WARPS,STAGES[,NAME=VALUE...], got {text!r}") from None
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, **extra}, warps, stages
+
+
+def _same_config(a, b) -> bool:
+    return a.kwargs == b.kwargs and a.num_warps == b.num_warps and a.num_stages == b.num_stages
+
+
+def extra_for(fn, extras: list) -> list:
+    """The extra configurations that apply to ``fn``: same keyword names as its listed ones, not already listed."""
+    listed = [c for c in configurations(fn) if c is not None]
+    if not listed:
+        return []
+    names = set(listed[0].kwargs)
+    return [c for c in extras if set(c.kwargs) == names and not any(_same_config(c, other) for other in listed)]
 
 
 def config_label(config) -> str:
@@ -183,14 +219,14 @@ def strip_debug(ptx: str) -> str:
 
 def compile_one(task) -> dict:
     """Compile one (variant, D, configuration index) for ``arch`` and summarize it."""
-    variant, head_dim, index, arch, ptx_dir = task
+    variant, head_dim, index, arch, ptx_dir, extra = task
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
     fn, args, kwargs = _LAUNCHES[variant, head_dim]
-    config = configurations(fn)[index]
+    config = configurations(fn)[index] if extra is None else extra
     kwargs = dict(kwargs)
     if config is not None:
         kwargs.update(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
@@ -199,7 +235,7 @@ def compile_one(task) -> dict:
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    record = {"kernel": variant, "D": head_dim, "config": config_label(config),
+    record = {"kernel": variant, "D": head_dim, "config": config_label(config), "listed": extra is None,
               "HEAD_BLOCK": kwargs.get("HEAD_BLOCK"), "TAIL_BLOCK": kwargs.get("TAIL_BLOCK"),
               "num_warps": options.num_warps, "num_stages": options.num_stages}
     log = io.StringIO()
@@ -243,7 +279,7 @@ def table(records: list) -> str:
                          ""])
             continue
         cp = _widths(r["ptx"]["cp_async"]) + (f" tma:{r['ptx']['tma']}" if r["ptx"]["tma"] else "")
-        rows.append([r["kernel"], str(r["D"]), r["config"], str(r["regs"]),
+        rows.append([r["kernel"], str(r["D"]), r["config"] + ("" if r.get("listed", True) else " +"), str(r["regs"]),
                      f"{r['spill_stores']}/{r['spill_loads']}", f"{r['shared'] / 1024:.0f}" + ("" if r["fits"]
                                                                                                 else " (>limit)"),
                      _dots(r["dots"]), _widths(r["ptx"]["ld_global"]), _widths(r["ptx"]["st_global"]), cp,
@@ -261,8 +297,14 @@ def main(argv=None):
     ap.add_argument("--shape", default="32,16,1024", help="B,H,S of the captured launches (default 32,16,1024)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--arch", type=int, default=90, help="compute capability ×10 (default 90: sm_90a)")
-    ap.add_argument("--configs", type=int, nargs="+", default=None,
-                    help="indices into each kernel's configuration list (default: every configuration)")
+    ap.add_argument("--configs", type=int, nargs="*", default=None,
+                    help="indices into each kernel's configuration list (default: every configuration; "
+                         "no index: none, only --extra-config ones)")
+    ap.add_argument("--extra-config", action="append", default=[], type=parse_extra_config,
+                    metavar="BM,BN,WARPS,STAGES[,NAME=VALUE...]",
+                    help="also compile this configuration, not in the lists (repeatable), for each selected kernel "
+                         "whose listed configurations have the same keyword names, e.g. 16,64,4,2 or "
+                         "32,64,8,2,SPLIT=0; marked + in the table")
     ap.add_argument("--json", default=None, help="write the records as JSON here")
     ap.add_argument("--ptx-dir", default=None, help="write each kernel's PTX (debug lines removed) into this folder")
     ap.add_argument("--jobs", type=int, default=1, help="compiler processes (default 1)")
@@ -273,6 +315,7 @@ def main(argv=None):
     import triton
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     batch, heads, seq = (int(s) for s in args.shape.split(","))
+    extras = [triton.Config(kwargs, num_warps=warps, num_stages=stages) for kwargs, warps, stages in args.extra_config]
     tasks = []
     for d in args.dims:
         for variant, launch in capture(d, batch, heads, seq, dtype).items():
@@ -281,7 +324,9 @@ def main(argv=None):
             _LAUNCHES[variant, d] = launch
             n = len(configurations(launch[0]))
             for i in (range(n) if args.configs is None else [i for i in args.configs if i < n]):
-                tasks.append((variant, d, i, args.arch, args.ptx_dir))
+                tasks.append((variant, d, i, args.arch, args.ptx_dir, None))
+            for config in extra_for(launch[0], extras):
+                tasks.append((variant, d, None, args.arch, args.ptx_dir, config))
     if args.ptx_dir:
         Path(args.ptx_dir).mkdir(parents=True, exist_ok=True)
     print(f"Triton {triton.__version__}, sm_{args.arch}, {args.dtype}, (B,H,S) = ({batch},{heads},{seq}): "

@@ -44,3 +44,22 @@ def test_d72_loads_tiles_like_d64(compiled, kernel):
     asynchronous = lambda r: sum(r["ptx"]["cp_async"].values()) + r["ptx"]["tma"]  # noqa: E731
     assert asynchronous(d64) > 0 and asynchronous(d72) > 0, (d64["ptx"], d72["ptx"])
     assert all(dot.startswith("wg") for dot in d64["dots"] + d72["dots"]), (d64["dots"], d72["dots"])
+
+
+def test_extra_config_compiles_only_what_applies(tmp_path):
+    """--extra-config adds a configuration outside the lists to the kernels whose listed configurations have the same
+    keyword names, skips one already listed, and --configs without an index leaves the lists out."""
+    if not PTXAS.exists():
+        pytest.skip("Triton's ptxas is not installed")
+    out = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_compile_report.py"), "--dims", "64",
+                    "--kernels", "_kv_tangent_kernel[P]", "--configs",
+                    "--extra-config", "16,32,4,1,SPLIT=0",  # new: compiled
+                    "--extra-config", "32,64,4,2,SPLIT=1",  # the list's first: not compiled twice
+                    "--extra-config", "16,32,4,1",  # no SPLIT: not this kernel's
+                    "--json", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    records = json.loads(out.read_text())["records"]
+    assert [(r["kernel"], r["config"], r["listed"]) for r in records] == [
+        ("_kv_tangent_kernel[P]", "16x32,w4,s1,SPLIT=0", False)]
+    assert "error" not in records[0] and records[0]["regs"] > 0
