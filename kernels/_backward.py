@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._config import INTERPRET, SMALL, cdiv, cfg, head_split, launch_meta, seq_bucket, static_head_dim, tuned
+from ._config import INTERPRET, SMALL, cdiv, cfg, column_meta, launch_meta, seq_bucket, tuned
 from ._forward import (LOG2E, _dot_d, _dot_rows, _load_hi_lo, _load_rows, _rowsum_d, _store_rows, _zeros_rows,
                        has_low_part, low_part_arg)
 
@@ -267,7 +267,6 @@ def _row_sums(o, o_lo, do, to, to_lo, g):
     o_lo, to_lo (empty tensors for fp32): δ = rowsum(dO∘O) + rowsum(G∘Ȯ) over the cotangents given (dO or G may be
     None, with Ȯ then unused), r = rowsum(G∘O) (None without G)."""
     head_dim = o.shape[-1]
-    head, tail = head_split(head_dim)
     n_rows = o.numel() // head_dim
     rows = lambda: torch.empty(o.shape[:-1], device=o.device, dtype=torch.float32).view(-1, o.shape[2])  # noqa: E731
     delta = rows()
@@ -275,8 +274,8 @@ def _row_sums(o, o_lo, do, to, to_lo, g):
     _row_sums_kernel[(cdiv(n_rows, _ROW_BLOCK),)](
         o if do is None else do, o if g is None else g, o, low_part_arg(o, o_lo),
         o if to is None else to, o if to is None else low_part_arg(to, to_lo), delta, delta if r is None else r,
-        n_rows, head_dim, HEAD_BLOCK=head, TAIL_BLOCK=tail, HEAD_DIM=static_head_dim(head_dim), ROWS=_ROW_BLOCK,
-        LOW=has_low_part(o.dtype), PRIMAL=do is not None, TANGENT=g is not None)
+        n_rows, head_dim, **column_meta(head_dim), ROWS=_ROW_BLOCK, LOW=has_low_part(o.dtype), PRIMAL=do is not None,
+        TANGENT=g is not None)
     return delta, r
 
 
@@ -286,9 +285,7 @@ def _launch(q, k, v, tq, tk, tv, do, g, lse, mu, delta, r, scale, primal, tangen
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     fp32 = q.dtype == torch.float32
-    head, tail = head_split(head_dim)
-    meta = dict(HEAD_BLOCK=head, TAIL_BLOCK=tail, HEAD_DIM=static_head_dim(head_dim), UPCAST=INTERPRET,
-                PREC="ieee" if fp32 else "tf32")
+    meta = dict(**column_meta(head_dim), UPCAST=INTERPRET, PREC="ieee" if fp32 else "tf32")
     args = (scale * LOG2E, scale, seq_q, seq_k, head_dim, seq_bucket(max(seq_q, seq_k)), batch * heads)
     bh_grid = _config.grid_bh(batch * heads)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -98,6 +98,13 @@ def static_head_dim(head_dim: int) -> int:
     return head_dim if head_dim % 16 else 0
 
 
+def column_meta(head_dim: int) -> dict:
+    """The head dimension's constexprs, as every kernel takes them: HEAD_BLOCK and TAIL_BLOCK (``head_split``) and
+    HEAD_DIM (``static_head_dim``)."""
+    head, tail = head_split(head_dim)
+    return {"HEAD_BLOCK": head, "TAIL_BLOCK": tail, "HEAD_DIM": static_head_dim(head_dim)}
+
+
 def seq_bucket(seq_len: int) -> int:
     """Autotuning bucket of a sequence length (next power of two, at least 128)."""
     return max(128, next_power_of_2(seq_len))

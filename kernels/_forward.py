@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._config import INTERPRET, SMALL, cdiv, cfg, head_split, launch_meta, seq_bucket, static_head_dim, tuned
+from ._config import INTERPRET, SMALL, cdiv, cfg, column_meta, launch_meta, seq_bucket, tuned
 
 LOG2E = 1.4426950408889634
 KERNELS = ("_fwd_kernel", "_tangent_kernel")  # the kernels this module launches, by name (benchmarks)
@@ -235,9 +235,7 @@ def _tangent_kernel(Q, K, V, O, O_LO, LSE, TQ, TK, TV, TO, TO_LO, MU, qk_scale, 
 def _common(q, k, configs):
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
-    head, tail = head_split(head_dim)
-    meta = dict(HEAD_BLOCK=head, TAIL_BLOCK=tail, HEAD_DIM=static_head_dim(head_dim), UPCAST=INTERPRET,
-                PREC="ieee" if q.dtype == torch.float32 else "tf32",
+    meta = dict(**column_meta(head_dim), UPCAST=INTERPRET, PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 **launch_meta(configs, q.dtype == torch.float32))
     bucket = seq_bucket(max(seq_q, seq_k))
     grid = lambda m: (cdiv(seq_q, m["BLOCK_M"]), *_config.grid_bh(batch * heads))  # noqa: E731
