@@ -8,7 +8,8 @@ Times, on one CUDA card, at each (B, H, S, D):
   ours_jvp_bwd    kernels.attention under torch.func.jvp + autograd of ⟨G1, O⟩ + ⟨G2, Ȯ⟩ (two backward passes);
   ours_explicit_jvp_bwd  kernels.attention_jvp (explicit tangents) + autograd of the same (one fused backward pass);
 plus our separate kernel launches (fwd, tangent, primal backward, tangent backward, fused backward) for the profile
-(the fused ones are in the JSON rows, not in the printed table).
+(the fused ones are in the JSON rows, not in the printed table). The JSON also records each kernel's configuration
+list and the configuration the autotuner chose for each of its keys.
 FLOP counts (units of B·H·S²·D, docs/KERNEL.md): 4 plain forward, 10 plain backward, 12 forward + JVP,
 42 backward through O and Ȯ. Peak extra memory = peak allocated during one call minus what was allocated before.
 
@@ -29,7 +30,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import attention, attention_jvp  # noqa: E402
 from kernels import _backward, _forward  # noqa: E402
+from kernels._config import TUNED  # noqa: E402
 from kernels.testing import jvp_with_grads, relative_errors  # noqa: E402
+from kernel_compile_report import config_label  # noqa: E402
 
 SHAPES = [(64, 18, 256, 64), (32, 18, 1024, 64), (1, 24, 4096, 128), (1, 24, 16384, 128), (64, 16, 256, 72)]
 UNITS = {"sdpa_fwd_bwd": 14, "sdpa_default_fwd_bwd": 14, "math_jvp_bwd": 54, "ours_fwd_jvp": 12, "ours_jvp_bwd": 54,
@@ -168,6 +171,18 @@ def run_shape(shape, dtype, skip_math_above, profile=False):
     return row
 
 
+def autotuned_choices():
+    """The configuration the autotuner chose for each kernel and key (head tiles, HEAD_DIM, sequence bucket, flags,
+    dtypes), as ``{kernel: {key: label}}``; empty when the kernels are not autotuned (KERNELS_AUTOTUNE=0)."""
+    choices = {}
+    for name in TUNED:
+        kernel = getattr(_forward, name, None) or getattr(_backward, name)
+        cache = getattr(kernel, "cache", {})
+        if cache:
+            choices[name] = {str(key): config_label(config) for key, config in cache.items()}
+    return choices
+
+
 def table(rows):
     lines = ["| B,H,S,D | SDPA flash / default f+b ms | math JVP+b ms (GB) | ours f+JVP ms (TFLOP/s) | "
              "ours f+JVP+b ms (TFLOP/s) | extra GB | ratio to flash / default | host ms f+JVP+b | "
@@ -206,17 +221,18 @@ def main():
         for shape in shapes:
             run_shape(shape, dtype, args.skip_math_above, profile=True)
         return
-    rows = []
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "commit": args.commit, "configs_listed": {name: [config_label(c) for c in configs]
+                                                        for name, configs in TUNED.items()}, "rows": []}
+    rows = result["rows"]
     for shape in shapes:
         rows.append(run_shape(shape, dtype, args.skip_math_above))
         print(json.dumps(rows[-1]), flush=True)
         bad = {k: e for k, e in rows[-1]["check"].items() if not e < 3e-2}
         if bad:
             print(f"CHECK FAILED at {shape}: {bad}", flush=True)
-        Path(args.out).write_text(json.dumps({"rows": rows}, indent=1))
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "commit": args.commit, "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+        result["autotuned"] = autotuned_choices()
+        Path(args.out).write_text(json.dumps(result, indent=1))  # after each shape: a killed run keeps what it did
     print(f"device: {result['device']}  torch {result['torch']}  triton {result['triton']}  commit {result['commit']}")
     print(table(rows))
 
