@@ -118,6 +118,7 @@ class TrainConfig:
     jvp: str = "manual"               # ∂_s F: manual (the DiT's hand-written tangent) | functorch (torch.func.jvp)
     compile: bool | str = "auto"      # torch.compile of each block: auto (on CUDA) | true | false
     compile_mode: str = "default"     # the blocks' torch.compile mode: default | reduce-overhead (CUDA graphs) | …
+    attention_in_graph: bool = False  # the manual JVP's Triton attention as custom ops, inside the compiled graphs
     activation_checkpointing: bool = False  # recompute each block in the backward: less memory, one more forward
     ddp_split_graphs: bool = False    # let Dynamo split compiled blocks at DDP bucket boundaries (slower here)
     fused_adamw: bool | str = "auto"  # AdamW as one fused kernel: auto (on CUDA) | true | false (foreach kernels)
@@ -144,6 +145,7 @@ class TrainConfig:
         _choice("train.time_sampler", self.time_sampler, tuple(sorted(SAMPLERS)))
         _choice("train.jvp", self.jvp, ("manual", "functorch"))
         _choice("train.compile", self.compile, ("auto", True, False))
+        _choice("train.attention_in_graph", self.attention_in_graph, (True, False))
         _choice("train.fused_adamw", self.fused_adamw, ("auto", True, False))
         _choice("train.compile_mode", self.compile_mode,
                 ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"))

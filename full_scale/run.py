@@ -98,6 +98,7 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
     with torch.device(d.device):
         model = DiT(mcfg)
     model.set_attention_backend(cfg.model.attention_backend)
+    model.keep_attention_in_graph(cfg.train.attention_in_graph)
     model.checkpoint_blocks = cfg.train.activation_checkpointing
     target_ema = copy.deepcopy(model).requires_grad_(False).eval()
     eval_ema = copy.deepcopy(model).requires_grad_(False).eval()

@@ -2,8 +2,9 @@
 import math
 
 import torch
+from torch.autograd import forward_ad
 
-from . import _config
+from . import _config, _ops
 from ._autograd import _Attention, _AttentionWithTangent
 from .reference import attention_reference, attention_reference_jvp
 
@@ -48,6 +49,16 @@ def _check_triton(q):
             "`kernels` is imported (or use backend='reference')")
 
 
+def _refuse_transforms(name, *tensors):
+    """The custom operators (``in_graph``) have no forward-mode rule, and under forward AD PyTorch gives them a zero
+    or missing tangent without an error; refuse every ``torch.func`` transform and dual tensors instead. Dynamo
+    traces this check without a graph break."""
+    if torch._C._are_functorch_transforms_active() or any(
+            forward_ad.unpack_dual(x).tangent is not None for x in tensors):
+        raise RuntimeError(f"kernels.{name}(in_graph=True) supports reverse mode only: not under torch.func "
+                           "transforms or forward-mode AD (use in_graph=False)")
+
+
 def _resolve_scale(q, scale):
     """α: 1/√D by default; a given scale must be finite."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -64,7 +75,7 @@ def _triton_attention(q, k, v, scale):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", in_graph: bool = False) -> torch.Tensor:
     """Scaled dot-product attention O = softmax_row(α Q Kᵀ) V with forward-mode and reverse-mode derivatives.
 
     Math (docs/THEORY.md §9): with tangents Q̇, K̇, V̇ and T = α(Q̇Kᵀ + QK̇ᵀ), μ = rowsum(P∘T), the tangent is
@@ -77,30 +88,42 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         scale: α, default 1/√D.
         backend: "triton" (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "reference" (pure PyTorch,
             memory quadratic in S), or "auto" (Triton on CUDA, the reference elsewhere).
+        in_graph: Triton backend only: run the kernels as ``torch.library`` custom operators (``kernels._ops``), which
+            ``torch.compile`` keeps inside its graph instead of breaking it. Reverse mode only: under forward-mode AD
+            (``forward_ad``) or any ``torch.func`` transform the call raises. For callers that carry tangents by
+            hand, as the DiT's ``Block.jvp`` does (docs/KERNEL.md §7).
 
     Returns:
         (B, H, S_q, D) tensor in q's dtype. Works as a plain call, under ``torch.func.jvp`` and
-        ``torch.autograd.forward_ad``; gradients flow through O and through its tangent to q, k, v and the tangents.
+        ``torch.autograd.forward_ad`` (unless ``in_graph``); gradients flow through O and through its tangent to q, k,
+        v and the tangents.
     """
     _check(q, k, v, backend)
     scale = _resolve_scale(q, scale)
     if backend == "reference" or (backend == "auto" and q.device.type != "cuda"):
         return attention_reference(q, k, v, scale)
     _check_triton(q)
+    if in_graph:
+        _refuse_transforms("attention", q, k, v)
+        return _ops.attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), scale)[0]
     return _triton_attention(q, k, v, scale)
 
 
 @torch.compiler.disable
 def _triton_attention_jvp(q, k, v, tq, tk, tv, scale):
     # One Function for O and Ȯ, so that its backward gets dO and dȮ together and runs one fused pass.
-    dtype = q.dtype
-    o, to, *_stats = _AttentionWithTangent.apply(
-        *((x if x.dtype == dtype else x.to(dtype)).contiguous() for x in (q, k, v, tq, tk, tv)), scale)
+    o, to, *_stats = _AttentionWithTangent.apply(*_kernel_inputs(q, k, v, tq, tk, tv), scale)
     return o, to
 
 
+def _kernel_inputs(q, *others):
+    """q and the others in q's dtype (the tangents may come in another), contiguous."""
+    return tuple((x if x.dtype == q.dtype else x.to(q.dtype)).contiguous() for x in (q, *others))
+
+
 def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor, tk: torch.Tensor,
-                  tv: torch.Tensor, scale: float | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                  tv: torch.Tensor, scale: float | None = None, backend: str = "auto",
+                  in_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, Ȯ) for explicit tangents q̇, k̇, v̇, without ``torch.func.jvp``: the same function and derivative as
     ``torch.func.jvp(attention, (q, k, v), (tq, tk, tv))`` (docs/THEORY.md §9), for callers that carry tangents by hand.
 
@@ -109,7 +132,8 @@ def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.T
     ``torch.func.jvp`` of :func:`attention` runs two; reference: autograd through the closed form
     :func:`~kernels.reference.attention_reference_jvp`). Forward-mode derivatives of the Triton (O, Ȯ) raise (Ȯ's
     are second derivatives of attention); the reference has them. The Triton call is kept out of compiled regions
-    (a graph break), like :func:`attention`; the reference is plain operators and may be compiled.
+    (a graph break), like :func:`attention`, unless ``in_graph`` (as for :func:`attention`: custom operators that
+    ``torch.compile`` keeps in its graph, reverse mode only); the reference is plain operators and may be compiled.
     """
     _check(q, k, v, backend)
     for name, t, x in (("tq", tq, q), ("tk", tk, k), ("tv", tv, v)):
@@ -120,4 +144,7 @@ def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.T
     if backend == "reference" or (backend == "auto" and q.device.type != "cuda"):
         return attention_reference_jvp(q, k, v, tq, tk, tv, scale)
     _check_triton(q)
+    if in_graph:
+        _refuse_transforms("attention_jvp", q, k, v, tq, tk, tv)
+        return _ops.attention_jvp_fwd(*_kernel_inputs(q, k, v, tq, tk, tv), scale)[:2]
     return _triton_attention_jvp(q, k, v, tq, tk, tv, scale)

@@ -219,6 +219,31 @@ def test_compiled_blocks_equal_eager_blocks(size):
         torch.testing.assert_close(c, b, rtol=0, atol=0)
 
 
+def test_attention_kept_in_graph_makes_one_graph_per_compiled_block_with_the_same_derivatives():
+    """keep_attention_in_graph: forward_and_ds with velocity rows beside the JVP rows (the training step's one call),
+    its blocks compiled with fullgraph=True (aot_eager: Dynamo and AOTAutograd, no C compiler), so any graph break
+    fails; Triton attention on the interpreter here. Values, tangents and every parameter's gradient equal the eager
+    run with the default calls (autograd Functions) within float32 rounding."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = randomize_(DiT(dit_config(in_channels=2, input_size=4, patch_size=2, hidden_size=32, depth=2,
+                                      num_heads=2, num_classes=3, freq_dim=8, lipschitz=True)))
+    model.set_attention_backend("triton")
+    x, t, s, y = inputs(model, n=4)
+
+    def run():
+        value, ds = model.forward_and_ds(x, t, s, y, n_tangent=2)
+        loss = (value * torch.cos(value)).sum() + ds.pow(2).sum()
+        return [value, ds, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    eager = run()
+    model.keep_attention_in_graph(True)
+    model.compile_blocks(backend="aot_eager", fullgraph=True)
+    compiled = run()
+    for a, b in zip(compiled, eager):
+        assert float((a - b).norm() / b.norm()) < 1e-5
+
+
 def test_triton_forward_and_ds_at_dit_xl_width_is_no_worse_than_the_reference():
     """Eager Triton attention (the interpreter here) inside forward_and_ds at DiT-XL/2's width (hidden 1152, 18 heads
     of 64; 16 tokens): values, tangents and every parameter's gradient against float64 truth, no worse than the

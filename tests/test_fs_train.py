@@ -174,6 +174,25 @@ def test_fused_adamw_trains_like_the_foreach_one(tmp_path):
     assert runs[True][3] != runs[True][2]  # the fused optimizer moved the weights
 
 
+def test_attention_in_graph_trains_like_the_default_calls(tmp_path, monkeypatch):
+    """train.attention_in_graph=true with the Triton attention (the interpreter here): the student's JVP pass calls
+    the custom operators, and the losses equal those of the default calls (autograd Functions) to float32 rounding."""
+    from kernels import _ops
+    calls = []
+    op = _ops.attention_jvp_fwd
+    monkeypatch.setattr(_ops, "attention_jvp_fwd", lambda *args: calls.append(1) or op(*args))
+    runs = {}
+    for in_graph in (False, True):
+        out = tmp_path / str(in_graph)
+        train.main(["--out", str(out), "--steps", "2", "--set", "model.attention_backend=triton",
+                    "--set", f"train.attention_in_graph={str(in_graph).lower()}"] + TINY)
+        runs[in_graph] = losses(out)
+        assert bool(calls) is in_graph
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    with pytest.raises(ValueError, match="train.attention_in_graph: expected true or false"):
+        train.main(["--out", str(tmp_path / "b"), "--set", "train.attention_in_graph=sometimes"] + TINY)
+
+
 def test_compile_mode_reaches_both_compiled_models(tmp_path, monkeypatch):
     """train.compile_mode is passed to the student's and the target's compile_blocks (compilation itself is for CUDA:
     here it is recorded, not run)."""

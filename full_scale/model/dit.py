@@ -166,6 +166,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.backend = "auto"  # kernels.attention backend; see DiT.attention_backend
+        self.in_graph = False  # jvp's Triton calls as custom ops that torch.compile keeps; DiT.keep_attention_in_graph
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if qk_norm else nn.Identity()
@@ -193,15 +194,16 @@ class Attention(nn.Module):
     def jvp(self, x: Tensor, xd: Tensor, x2: Tensor | None = None) -> tuple[Tensor, ...]:
         """(attn(x), its tangent), and attn(x2) after them when rows x2 without a tangent are given. Both attention
         calls come before both projections, so that a compiled block has one graph before the attention and one
-        after it for both row sets (one gradient per weight, summed inside the graph)."""
+        after it for both row sets (one gradient per weight, summed inside the graph); one graph in all when the
+        calls are kept in it (``in_graph``, :meth:`DiT.keep_attention_in_graph`)."""
         qkv, qkv_d = dual.linear(self.qkv, x, xd)
         (q, k, v), (qd, kd, vd) = self._split_heads(qkv), self._split_heads(qkv_d)
         q, qd = dual.rms_norm_module(self.q_norm, q, qd)
         k, kd = dual.rms_norm_module(self.k_norm, k, kd)
         q, k, v, qd, kd, vd = (a.contiguous() for a in (q, k, v, qd, kd, vd))
         heads2 = None if x2 is None else self._heads(x2)
-        o, od = attention_jvp(q, k, v, qd, kd, vd, backend=self.backend)
-        o2 = None if heads2 is None else attention(*heads2, backend=self.backend)
+        o, od = attention_jvp(q, k, v, qd, kd, vd, backend=self.backend, in_graph=self.in_graph)
+        o2 = None if heads2 is None else attention(*heads2, backend=self.backend, in_graph=self.in_graph)
         out = dual.linear(self.proj, self._merge_heads(o), self._merge_heads(od))
         return out if o2 is None else (*out, self.proj(self._merge_heads(o2)))
 
@@ -361,6 +363,14 @@ class DiT(nn.Module):
             block.attn.backend = backend
         return previous
 
+    def keep_attention_in_graph(self, on: bool = True) -> None:
+        """Let :meth:`Block.jvp`'s Triton attention calls run as ``torch.library`` custom operators
+        (``kernels.attention(..., in_graph=True)``), which ``torch.compile`` keeps inside each block's graph: one graph
+        per compiled block instead of one before and one after the attention. Reverse mode only, as the manual JVP
+        needs; the plain forward (which ``torch.func.jvp`` may differentiate) keeps the default call."""
+        for block in self.blocks:
+            block.attn.in_graph = bool(on)
+
     @contextlib.contextmanager
     def attention_backend(self, backend: str):
         """``with model.attention_backend("reference"):`` — a temporary :meth:`set_attention_backend`.
@@ -442,7 +452,8 @@ class DiT(nn.Module):
     def compile_blocks(self, **options) -> None:
         """Compile every block's forward and JVP with ``torch.compile(**options)`` (regional compilation: one
         graph serves all blocks, parameters are its inputs). The Triton attention stays outside the graphs (a graph
-        break), so no custom JVP rule runs inside a compiled region."""
+        break), so no custom JVP rule runs inside a compiled region; with :meth:`keep_attention_in_graph`, the JVP's
+        calls are custom operators inside them instead."""
         self._run_block = torch.compile(_run_block, **options)
         self._run_block_jvp = torch.compile(_run_block_jvp, **options)
 

@@ -74,6 +74,28 @@ def test_triton_eager_and_compiled_blocks_match_the_reference(autocast, size, si
         assert not bad, f"{label}: tensors worse than {FACTOR}× the reference's error + {floor}: {bad}"
 
 
+@pytest.mark.parametrize("size", ["d64", "xl-block"])
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_attention_kept_in_graph_matches_the_reference(mode, size, sized_case):
+    """train.attention_in_graph: the compiled blocks hold the Triton attention as custom operators (one graph per
+    block, kernels/_ops.py), bf16 autocast, the test above's criterion. Under CUDA graphs (reduce-overhead) the first
+    call warms up and records, and the third replays the recorded graphs; that one is checked."""
+    torch._dynamo.reset()
+    model, inputs, g1, g2, truth = sized_case(size)
+    names = ["value", "ds", *(n for n, _ in model.named_parameters())]
+    with model.attention_backend("reference"):
+        ref = derivatives(model, inputs, g1, g2, autocast=True)
+    with model.attention_backend("triton"):
+        model.keep_attention_in_graph(True)
+        model.compile_blocks(dynamic=False, mode=mode, fullgraph=True)
+        for _ in range(3):
+            got = derivatives(model, inputs, g1, g2, autocast=True)
+    err = relative_errors(got, truth)
+    print(f"attention in graph, {mode}, {size}: largest error {max(err):.2e}")  # for the record (pytest -rP)
+    bad = worse_than_reference(got, ref, truth, names, FLOOR["bf16"])
+    assert not bad, f"tensors worse than {FACTOR}× the reference's error + {FLOOR['bf16']}: {bad}"
+
+
 def test_manual_jvp_on_gpu_matches_float64_func_jvp():
     model, inputs, g1, g2 = model_and_inputs(SIZES["d64"], seed=3, device="cuda")
     with model.attention_backend("triton"):
