@@ -219,11 +219,16 @@ def test_compiled_blocks_equal_eager_blocks(size):
         torch.testing.assert_close(c, b, rtol=0, atol=0)
 
 
-def test_attention_kept_in_graph_makes_one_graph_per_compiled_block_with_the_same_derivatives():
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                                      reason="torch.compile on the CPU needs a C compiler"))])
+def test_attention_kept_in_graph_makes_one_graph_per_compiled_block_with_the_same_derivatives(backend):
     """keep_attention_in_graph: forward_and_ds with velocity rows beside the JVP rows (the training step's one call),
-    its blocks compiled with fullgraph=True (aot_eager: Dynamo and AOTAutograd, no C compiler), so any graph break
-    fails; Triton attention on the interpreter here. Values, tangents and every parameter's gradient equal the eager
-    run with the default calls (autograd Functions) within float32 rounding."""
+    its blocks compiled with fullgraph=True, so any graph break fails: aot_eager (Dynamo and AOTAutograd) and Inductor
+    (the operators as its extern calls; CPU code without vectorization, see the test above). Triton attention on the
+    interpreter here. Values, tangents and every parameter's gradient equal the eager run with the default calls
+    (autograd Functions) within float32 rounding."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = randomize_(DiT(dit_config(in_channels=2, input_size=4, patch_size=2, hidden_size=32, depth=2,
@@ -238,8 +243,12 @@ def test_attention_kept_in_graph_makes_one_graph_per_compiled_block_with_the_sam
 
     eager = run()
     model.keep_attention_in_graph(True)
-    model.compile_blocks(backend="aot_eager", fullgraph=True)
-    compiled = run()
+    model.compile_blocks(backend=backend, fullgraph=True, dynamic=False)
+    try:
+        with torch._inductor.config.patch({"cpp.simdlen": 1}):
+            compiled = run()
+    finally:
+        torch.set_flush_denormal(False)  # as in the test above
     for a, b in zip(compiled, eager):
         assert float((a - b).norm() / b.norm()) < 1e-5
 
