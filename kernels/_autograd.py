@@ -147,9 +147,7 @@ class _AttentionWithTangent(_Folded):
 
     @staticmethod
     def forward(q, k, v, tq, tk, tv, scale):
-        o, o_lo, lse = _forward.forward(q, k, v, scale)
-        to, to_lo, mu = _forward.tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale)
-        return o, to, o_lo, lse, to_lo, mu
+        return _forward.forward_and_tangent(q, k, v, tq, tk, tv, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -271,6 +271,13 @@ def forward(q, k, v, scale):
     return o, o_lo, lse
 
 
+def forward_and_tangent(q, k, v, tq, tk, tv, scale):
+    """:func:`forward`, then :func:`tangent` from its O, O_lo and lse: (O, Ȯ, O_lo, lse, Ȯ_lo, μ)."""
+    o, o_lo, lse = forward(q, k, v, scale)
+    to, to_lo, mu = tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale)
+    return o, to, o_lo, lse, to_lo, mu
+
+
 def tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale):
     """Ȯ, Ȯ_lo and μ given the primal pass's O, O_lo and lse₂; all tensors contiguous. Returns (Ȯ like q, Ȯ_lo like
     q or an empty tensor for fp32, μ fp32 (B·H, Sq))."""

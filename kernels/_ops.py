@@ -55,9 +55,7 @@ def _(q, k, v, o, o_lo, lse, do, scale):
 @torch.library.custom_op("kernels::attention_jvp_fwd", mutates_args=())
 def attention_jvp_fwd(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tensor,
                       scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    o, o_lo, lse = _forward.forward(q, k, v, scale)
-    to, to_lo, mu = _forward.tangent(q, k, v, o, o_lo, lse, tq, tk, tv, scale)
-    return o, to, o_lo, lse, to_lo, mu
+    return _forward.forward_and_tangent(q, k, v, tq, tk, tv, scale)
 
 
 @attention_jvp_fwd.register_fake

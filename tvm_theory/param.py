@@ -104,8 +104,12 @@ def displacement_and_ds_of(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tenso
                            scaled: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`displacement_and_ds` for (B,) tensors t, s, w that the caller has validated: no checks, so no host
     synchronisation (the training loss validates its batch once, in ``tvm_theory.loss.prepare_batch``)."""
-    value, ds = guided_call_and_ds(F, x, t, s, w, cond, scaled)
-    gap = expand_like(s - t, x)
+    return _displacement_and_ds(*guided_call_and_ds(F, x, t, s, w, cond, scaled), t, s)
+
+
+def _displacement_and_ds(value: Tensor, ds: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """f = (s − t)·G and ∂_s f = G + (s − t)·∂_s G from G and ∂_s G (docs/THEORY.md §2)."""
+    gap = expand_like(s - t, value)
     return gap * value, value + gap * ds
 
 
@@ -127,8 +131,7 @@ def displacement_ds_and_velocity_of(F: Network, x: Tensor, t: Tensor, s: Tensor,
 
     value, ds = guided_call_and_ds(F, torch.cat([x, x2]), torch.cat([t, s2]), torch.cat([s, s2]), stacked(w),
                                    {k: stacked(v) for k, v in cond.items()}, scaled, n_tangent=n)
-    gap = expand_like(s - t, x)
-    return gap * value[:n], value[:n] + gap * ds, value[n:]
+    return (*_displacement_and_ds(value[:n], ds, t, s), value[n:])
 
 
 def velocity(F: Network, x: Tensor, s, w=None, *, scaled: bool = True, **cond) -> Tensor:
