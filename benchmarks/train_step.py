@@ -39,6 +39,11 @@ counted, so this is model FLOP utilisation, not hardware utilisation):
 MFU = step FLOPs × batch per GPU / step time / peak, with the dense bf16 peak of the card's datasheet
 (989.4 TFLOP/s for H100 SXM and H200); the measured rate of one 8192³ bf16 matmul is reported beside it.
 
+``--profile N`` profiles N steps after the timed ones (kernel time by class, every kernel, GPU idle time by phase).
+With ``--kernel-bytes`` too, each run compiles into a fresh Inductor cache with ``TORCHINDUCTOR_BENCHMARK_KERNEL=1``,
+which makes Inductor write each kernel's byte count into its source; :func:`bandwidth_summary` joins those counts
+with the profiled times to say how far Inductor's memory-bound kernels run from the card's measured copy rate.
+
 Usage (on the GPU machine; the device copy has no .git, so pass the commit):
     python benchmarks/train_step.py --models DiT-B/2,DiT-XL/2 --batches 32,64 --variants baseline,manual-compile \
         --out train_step.json --commit $(git rev-parse --short HEAD)
@@ -54,6 +59,7 @@ import bisect
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -161,7 +167,8 @@ def kernel_category(name: str) -> str:
 
 
 def profile_summary(prof, steps: int, top: int = 25) -> dict:
-    """Device time per step of the profiled steps: total over kernels, by :func:`kernel_category`, top kernels."""
+    """Device time per step of the profiled steps: total over kernels, by :func:`kernel_category`, the ``top``
+    kernels (names cut to 120 characters) and every kernel (``kernels``, full names, for :func:`bandwidth_summary`)."""
     # user annotations (the profiler's and the trainer's phases) are listed as device events too
     marked = {e.name for e in prof.events() if getattr(e, "is_user_annotation", False)}
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
@@ -171,10 +178,11 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
     for e in kernels:
         c = kernel_category(e.key)
         cats[c] = cats.get(c, 0.0) + e.self_device_time_total / 1e3 / steps
-    ranked = sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]
+    ranked = sorted(kernels, key=lambda e: -e.self_device_time_total)
+    per_step = [{"kernel": e.key, "ms_per_step": e.self_device_time_total / 1e3 / steps,
+                 "calls_per_step": e.count / steps} for e in ranked]
     return {"steps": steps, "kernel_ms_per_step": total, "ms_per_step_by_category": cats,
-            "top": [{"kernel": e.key[:120], "ms_per_step": e.self_device_time_total / 1e3 / steps,
-                     "calls_per_step": e.count / steps} for e in ranked]}
+            "top": [{**k, "kernel": k["kernel"][:120]} for k in per_step[:top]], "kernels": per_step}
 
 
 def idle_gaps(kernels: list[tuple[float, float]], host_ops: list[tuple[str, float, float]],
@@ -325,9 +333,10 @@ def stop(proc: subprocess.Popen, grace: float = 45.0) -> None:
 
 
 def launch(cfg: Config, gpus: int, variant: str, workdir: Path, timeout: float,
-           profile: tuple[int, int] = (0, 0)) -> tuple[Path, str]:
-    """Run the trainer on ``cfg`` in a fresh process (torchrun when gpus > 1); returns (run dir, failure text)."""
-    env_extra = VARIANTS[variant].env
+           profile: tuple[int, int] = (0, 0), env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """Run the trainer on ``cfg`` in a fresh process (torchrun when gpus > 1), with the variant's environment and
+    ``env`` added; returns (run dir, failure text)."""
+    env_extra = {**VARIANTS[variant].env, **(env or {})}
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.in.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -336,9 +345,9 @@ def launch(cfg: Config, gpus: int, variant: str, workdir: Path, timeout: float,
                                                      *map(str, profile)]
     cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
                               if gpus > 1 else []) + script
-    env = {**os.environ, **SAFE_ENV, **env_extra, "PYTHONPATH": os.pathsep.join(
+    full_env = {**os.environ, **SAFE_ENV, **env_extra, "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -411,16 +420,86 @@ def measure_matmul_tflops() -> float | None:
     return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
+def measure_copy_gbps() -> float | None:
+    """Rate of a device-to-device copy of 1 GiB of bf16 on this card (bytes read + written over the median of
+    CUDA-event timings), GB/s: the memory bandwidth a memory-bound kernel can reach; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    src = torch.empty(2 ** 29, device="cuda", dtype=torch.bfloat16).normal_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2 ** 30 / statistics.median(times) / 1e9
+
+
+# Inductor writes each Triton kernel's metadata, then its definition; with TORCHINDUCTOR_BENCHMARK_KERNEL=1 the
+# metadata holds ``kernel_num_gb``, its estimate of the bytes the kernel moves (every input and output buffer once).
+_KERNEL_BYTES = re.compile(r"""['"]kernel_num_gb['"]:\s*([0-9.eE+-]+).*?\bdef\s+(triton_\w+)\s*\(""", re.DOTALL)
+
+
+def inductor_kernel_bytes(cache_dir: Path) -> dict[str, float]:
+    """GB per call of each Triton kernel Inductor generated under ``cache_dir`` (its ``TORCHINDUCTOR_CACHE_DIR``),
+    by kernel name, from ``kernel_num_gb`` in the generated sources. A name whose sources give different sizes (two
+    graphs that number their kernels alike) is left out rather than guessed."""
+    found: dict[str, set[float]] = {}
+    for path in cache_dir.rglob("*.py"):
+        for gb, name in _KERNEL_BYTES.findall(path.read_text(errors="replace")):
+            found.setdefault(name, set()).add(float(gb))
+    return {name: sizes.pop() for name, sizes in found.items() if len(sizes) == 1}
+
+
+def bandwidth_summary(kernels: list[dict], gb_per_call: dict[str, float], copy_gbps: float | None,
+                      top: int = 15) -> dict:
+    """How close Inductor's memory-bound kernels run to the card's copy bandwidth, per step.
+
+    ``kernels`` is the profile's per-kernel list (``ms_per_step``, ``calls_per_step``), ``gb_per_call`` the bytes of
+    :func:`inductor_kernel_bytes`. For each kernel with a byte count, GB per step = GB per call × calls, its rate
+    GB/s = GB / time, and its floor = GB / ``copy_gbps``, the time it would take at the measured copy rate; ``excess``
+    = time − floor is what a perfect kernel on the same bytes would save. Bytes are Inductor's count of buffers
+    (a re-read or a cache hit is not seen), so the floor is an estimate, not a bound; the kernels Inductor did not
+    write (matmuls, ours, ATen) are outside this summary, whose ``ms_per_step`` says how much it covers."""
+    rows = []
+    for k in kernels:
+        gb = gb_per_call.get(k["kernel"])
+        if gb is None:
+            continue
+        gb_step = gb * k["calls_per_step"]
+        floor = gb_step / copy_gbps * 1e3 if copy_gbps else None
+        rows.append({"kernel": k["kernel"][:120], "ms_per_step": k["ms_per_step"], "calls_per_step":
+                     k["calls_per_step"], "gb_per_step": gb_step, "gb_per_s": gb_step / k["ms_per_step"] * 1e3,
+                     "floor_ms": floor, "excess_ms": None if floor is None else k["ms_per_step"] - floor})
+    ms = sum(r["ms_per_step"] for r in rows)
+    gb = sum(r["gb_per_step"] for r in rows)
+    floor = gb / copy_gbps * 1e3 if copy_gbps else None
+    return {"copy_gb_per_s": copy_gbps, "kernels": len(rows), "ms_per_step": ms, "gb_per_step": gb,
+            "gb_per_s": gb / ms * 1e3 if ms else None, "floor_ms": floor,
+            "excess_ms": None if floor is None else ms - floor,
+            "largest_excess": sorted(rows, key=lambda r: -(r["excess_ms"] or r["ms_per_step"]))[:top]}
+
+
 def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, variant: str,
-              matmul_tflops: float | None) -> dict:
+              matmul_tflops: float | None, copy_gbps: float | None = None) -> dict:
     extra = 1 + args.profile if args.profile else 0  # profiled steps come last and are not timed
     cfg = run_config(preset, model, batch, gpus, args.warmup + args.steps + extra, variant, args.set)
     mcfg = cfg.model.dit()
     guided = cfg.guidance.mode != "none"
     tag = f"{model.replace('/', '_')}-b{batch}-g{gpus}-{variant}"
     t0 = time.perf_counter()
+    inductor_cache = tmp / tag / "inductor"  # a fresh cache, so that every kernel is generated with its byte count
+    env = {"TORCHINDUCTOR_BENCHMARK_KERNEL": "1", "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)} \
+        if args.kernel_bytes else None
     run_dir, failure = launch(cfg, gpus, variant, tmp / tag, args.timeout,
-                              (args.warmup + args.steps, args.profile))
+                              (args.warmup + args.steps, args.profile), env)
     row = {"model": model, "resolution": args.resolution, "latent_shape": [mcfg.in_channels, mcfg.input_size,
                                                                              mcfg.input_size],
            "batch_per_gpu": batch, "gpus": gpus, "global_batch": batch * gpus, "variant": variant,
@@ -429,6 +508,9 @@ def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, v
     row.update(summarize(run_dir, args.warmup, args.warmup + args.steps))
     if (run_dir / "profile.json").exists():
         row["profile"] = json.loads((run_dir / "profile.json").read_text())
+        if args.kernel_bytes:
+            row["profile"]["bandwidth"] = bandwidth_summary(row["profile"]["kernels"],
+                                                            inductor_kernel_bytes(inductor_cache), copy_gbps)
     row["wall_s"] = time.perf_counter() - t0
     if failure and row["status"] == "ok":
         row.update(status="failed", error=failure)
@@ -623,6 +705,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--profile", default=0, type=int, metavar="STEPS",
                     help="after the timed steps, profile STEPS more into the JSON: CUDA kernels by class, top "
                          "kernels, and GPU idle time by trainer phase and by the host operator running then")
+    ap.add_argument("--kernel-bytes", action="store_true",
+                    help="with --profile: compile into a fresh Inductor cache with TORCHINDUCTOR_BENCHMARK_KERNEL=1 "
+                         "and report how close Inductor's kernels run to the measured copy bandwidth")
     ap.add_argument("--timeout", default=600.0, type=float, help="seconds per run before it is killed")
     ap.add_argument("--seeds", default=3, type=int, help="seeds per configuration for --loss-check")
     ap.add_argument("--loss-check", default=0, type=int, metavar="STEPS",
@@ -638,6 +723,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
+    if args.kernel_bytes and not args.profile:
+        ap.error("--kernel-bytes needs --profile STEPS: the kernel times come from the profile")
     if min(args.batches) < 1 or min(args.gpus) < 1 or args.steps < 3 or args.warmup < 0 or args.seeds < 1:
         ap.error("--batches, --gpus and --seeds must be ≥ 1, --steps ≥ 3, --warmup ≥ 0")
     return args
@@ -649,6 +736,8 @@ def main(argv=None) -> dict:
     meta = {"torch": torch.__version__, "commit": args.commit, "argv": sys.argv[1:] if argv is None else argv,
             "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "gpu_count": torch.cuda.device_count(), "matmul_tflops_measured": measure_matmul_tflops(),
+            "copy_gb_per_s_measured": measure_copy_gbps(),
+            "inductor_env": {k: v for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_")},
             "peak_tflops_datasheet": PEAK_TFLOPS, "warmup": args.warmup, "steps": args.steps,
             "flop_model": "per image: 11L + 14A with guidance, 10L + 13A without (benchmarks/train_step.py)"}
     try:
@@ -681,7 +770,8 @@ def main(argv=None) -> dict:
             for model in args.models:
                 for batch in args.batches:
                     for variant in args.variants:
-                        row = bench_one(args, tmp, preset, model, batch, gpus, variant, meta["matmul_tflops_measured"])
+                        row = bench_one(args, tmp, preset, model, batch, gpus, variant, meta["matmul_tflops_measured"],
+                                        meta["copy_gb_per_s_measured"])
                         result["runs"].append(row)
                         add_ratios(result["runs"])
                         Path(args.out).write_text(json.dumps(result, indent=1))
@@ -703,6 +793,11 @@ def main(argv=None) -> dict:
                 ops = ", ".join(f"{k} {v:.1f}" for k, v in list(idle["idle_ms_per_step_by_host_op"].items())[:6])
                 print(f"  GPU idle {idle['idle_ms_per_step']:.1f} ms per step in {idle['idle_intervals_per_step']:.0f} "
                       f"intervals; by phase: {phases}; host operators then: {ops}")
+            bw = p.get("bandwidth")
+            if bw and bw["kernels"]:
+                print(f"  Inductor kernels: {bw['kernels']} with byte counts, {bw['ms_per_step']:.1f} ms, "
+                      f"{bw['gb_per_step']:.1f} GB per step, {bw['gb_per_s']:.0f} GB/s against a copy rate of "
+                      f"{bw['copy_gb_per_s'] or 0:.0f} GB/s: {bw['excess_ms'] or 0:.1f} ms above the copy-rate floor")
     return result
 
 

@@ -236,3 +236,48 @@ def test_every_triton_kernel_of_the_package_counts_as_attention():
         names = set(re.findall(r"^def (_\w+_kernel)\(", Path(module.__file__).read_text(), re.M))
         assert names == set(module.KERNELS), module.__name__
     assert all(bench.kernel_category(n) == "attention" for n in _forward.KERNELS + _backward.KERNELS)
+
+
+def _inductor_source(name: str, num_gb: str) -> str:
+    """A Triton kernel as Inductor writes it with TORCHINDUCTOR_BENCHMARK_KERNEL=1 (metadata, then the definition)."""
+    return (f"@triton_heuristics.pointwise(\n    size_hints={{'x': 1048576}}, filename=__file__,\n"
+            f"    inductor_meta={{'grid_type': 'Grid1D', 'mutated_arg_names': [], 'no_x_dim': False, "
+            f"'kernel_num_gb': {num_gb}, 'kernel_flop': 0}},\n    min_elem_per_thread=0\n)\n@triton.jit\n"
+            f"def {name}(in_ptr0, out_ptr0, xnumel, XBLOCK : tl.constexpr):\n    xoffset = tl.program_id(0)\n")
+
+
+def test_kernel_bytes_are_read_from_inductor_sources_and_set_against_the_copy_rate(tmp_path):
+    """Two kernel files and a wrapper that embeds one of them again; a name two graphs gave different sizes is
+    dropped. Then 0.0125 GB × 10 calls in 1 ms = 125 GB/s, floor 0.5 ms at 250 GB/s, excess 0.5 ms; 1e-05 GB × 4 calls
+    in 0.1 ms: 0.4 GB/s, floor 0.16 µs; the matmul and the unknown kernel stay out."""
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "k1.py").write_text(_inductor_source("triton_poi_fused_add_0", "0.0125")
+                                           + _inductor_source("triton_poi_fused_mul_2", "0.1"))
+    (tmp_path / "cd.py").write_text(_inductor_source("triton_red_fused_sum_1", "1e-05")
+                                    + _inductor_source("triton_poi_fused_mul_2", "0.2"))
+    (tmp_path / "wrapper.py").write_text("async_compile.triton('triton_poi_fused_add_0', '''\n"
+                                         + _inductor_source("triton_poi_fused_add_0", "0.0125") + "''')\n")
+    got = bench.inductor_kernel_bytes(tmp_path)
+    assert got == {"triton_poi_fused_add_0": 0.0125, "triton_red_fused_sum_1": 1e-05}
+
+    kernels = [{"kernel": "triton_poi_fused_add_0", "ms_per_step": 1.0, "calls_per_step": 10.0},
+               {"kernel": "nvjet_sm90_tst_192x192", "ms_per_step": 5.0, "calls_per_step": 3.0},
+               {"kernel": "triton_red_fused_sum_1", "ms_per_step": 0.1, "calls_per_step": 4.0},
+               {"kernel": "triton_poi_fused_mul_2", "ms_per_step": 2.0, "calls_per_step": 1.0}]
+    bw = bench.bandwidth_summary(kernels, got, copy_gbps=250.0)
+    assert bw["kernels"] == 2 and bw["ms_per_step"] == pytest.approx(1.1)
+    assert bw["gb_per_step"] == pytest.approx(0.125 + 4e-5)
+    assert bw["floor_ms"] == pytest.approx((0.125 + 4e-5) / 250 * 1e3)
+    assert bw["excess_ms"] == pytest.approx(1.1 - (0.125 + 4e-5) / 250 * 1e3)
+    first = bw["largest_excess"][0]
+    assert first["kernel"] == "triton_poi_fused_add_0"
+    assert first["gb_per_s"] == pytest.approx(125.0) and first["excess_ms"] == pytest.approx(0.5)
+    assert bw["largest_excess"][1]["gb_per_s"] == pytest.approx(0.4)
+    without = bench.bandwidth_summary(kernels, got, copy_gbps=None)
+    assert without["floor_ms"] is None and without["largest_excess"][0]["excess_ms"] is None
+    assert bench.bandwidth_summary(kernels, {}, 250.0)["gb_per_s"] is None
+
+
+def test_kernel_bytes_need_a_profile():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--kernel-bytes"])
