@@ -174,9 +174,10 @@ def test_fused_adamw_trains_like_the_foreach_one(tmp_path):
     assert runs[True][3] != runs[True][2]  # the fused optimizer moved the weights
 
 
-def test_attention_in_graph_trains_like_the_default_calls(tmp_path, monkeypatch):
-    """train.attention_in_graph=true with the Triton attention (the interpreter here): the student's JVP pass calls
-    the custom operators, and the losses equal those of the default calls (autograd Functions) to float32 rounding."""
+def test_attention_in_graph_trains_like_the_function_calls(tmp_path, monkeypatch):
+    """train.attention_in_graph=true (the default) with the Triton attention (the interpreter here): the student's
+    JVP pass calls the custom operators, and the losses equal those of the autograd Functions' calls
+    (train.attention_in_graph=false) to float32 rounding."""
     from kernels import _ops
     calls = []
     op = _ops.attention_jvp_fwd
