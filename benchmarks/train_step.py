@@ -400,25 +400,31 @@ def summarize(run_dir: Path, warmup: int, last: int | None = None) -> dict:
     return out
 
 
+def median_cuda_seconds(fn, warmup: int = 3, reps: int = 10) -> float:
+    """Median time of ``fn()`` on the current CUDA stream over ``reps`` calls after ``warmup``, by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def measure_matmul_tflops() -> float | None:
     """Rate of an 8192³ bf16 matmul on this card (median of CUDA-event timings), TFLOP/s; None without CUDA."""
     if not torch.cuda.is_available():
         return None
     n = 8192
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    seconds = median_cuda_seconds(lambda: a @ b)
     del a, b
     torch.cuda.empty_cache()
-    return 2 * n ** 3 / statistics.median(times) / 1e12
+    return 2 * n ** 3 / seconds / 1e12
 
 
 def measure_copy_gbps() -> float | None:
@@ -428,19 +434,10 @@ def measure_copy_gbps() -> float | None:
         return None
     src = torch.empty(2 ** 29, device="cuda", dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    seconds = median_cuda_seconds(lambda: dst.copy_(src))
     del src, dst
     torch.cuda.empty_cache()
-    return 2 * 2 ** 30 / statistics.median(times) / 1e9
+    return 2 * 2 ** 30 / seconds / 1e9
 
 
 # Inductor writes each Triton kernel's metadata, then its definition; with TORCHINDUCTOR_BENCHMARK_KERNEL=1 the

@@ -30,24 +30,32 @@ TINY = ["--set", "model.depth=1", "--set", "model.hidden_size=32", "--set", "mod
 N = 8
 
 
-def ddp_model():
+def ddp_model(in_graph: bool = False):
+    """float64 with the reference attention; or, with ``in_graph``, float32 with the Triton attention (the interpreter
+    here) called as the in-graph custom operators, as the trainer does by default."""
     torch.manual_seed(0)
-    cfg = dit_config(input_size=4, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                     num_classes=3, freq_dim=8, lipschitz=True)
-    model = DiT(cfg).double()
+    cfg = dit_config(input_size=4, in_channels=1, patch_size=2, hidden_size=32 if in_graph else 16, depth=1,
+                     num_heads=2, num_classes=3, freq_dim=8, lipschitz=True)  # the Triton kernels need D ≥ 16
+    model = DiT(cfg).to(torch.float32 if in_graph else torch.float64)
     with torch.no_grad():  # non-zero adaLN and output layers, so every parameter has a gradient
         g = torch.Generator().manual_seed(1)
         for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+    if in_graph:
+        model.set_attention_backend("triton")
+        model.keep_attention_in_graph(True)
     return model
 
 
-def full_batch():
+def full_batch(dtype=torch.float64):
     g = torch.Generator().manual_seed(2)
     x0 = torch.randn(N, 1, 4, 4, generator=g, dtype=torch.float64)
     times = GapSampler()(N, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (N,), generator=g)
-    return prepare_batch(x0, times, y=y, cfg=CFGConfig(null_class=3, weight=2.0, label_dropout=0.25), generator=g)
+    batch = prepare_batch(x0, times, y=y, cfg=CFGConfig(null_class=3, weight=2.0, label_dropout=0.25), generator=g)
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(dtype) for f in dataclasses.fields(batch)
+                                         if isinstance(getattr(batch, f.name), torch.Tensor)
+                                         and getattr(batch, f.name).is_floating_point()})
 
 
 def shard(batch, rank, world):
@@ -62,29 +70,40 @@ def grads_of(step_module, model, target, batch):
     return [p.grad.clone() for p in model.parameters()]
 
 
-def _ddp_worker(rank, world, rdv, out):
+def _ddp_worker(rank, world, rdv, out, in_graph):
     dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model = ddp_model()
+    model = ddp_model(in_graph)
     target = copy.deepcopy(model).requires_grad_(False)
-    grads = grads_of(DDP(StudentStep(model)), model, target, shard(full_batch(), rank, world))
+    dtype = next(model.parameters()).dtype
+    grads = grads_of(DDP(StudentStep(model)), model, target, shard(full_batch(dtype), rank, world))
     torch.save(grads, os.path.join(out, f"grads{rank}.pt"))
     dist.destroy_process_group()
 
 
-def test_ddp_two_gloo_processes_equal_one_process_full_batch(tmp_path):
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path)), nprocs=2, join=True,
+@pytest.mark.parametrize("in_graph", [False, True], ids=["float64-reference", "float32-in-graph-triton"])
+def test_ddp_two_gloo_processes_equal_one_process_full_batch(tmp_path, monkeypatch, in_graph):
+    """Two DDP ranks with half the batch each give the gradients of one process with the whole batch: in float64
+    with the reference attention (only summation order differs), and in float32 with the Triton attention as the
+    in-graph custom operators (the trainer's default), whose reverse mode DDP must see."""
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "rdv"), str(tmp_path), in_graph), nprocs=2, join=True,
                        start_method="spawn")
-    model = ddp_model()
+    from kernels import _ops
+    calls, op = [], _ops.attention_jvp_fwd
+    monkeypatch.setattr(_ops, "attention_jvp_fwd", lambda *args: calls.append(1) or op(*args))
+    model = ddp_model(in_graph)
+    dtype = next(model.parameters()).dtype
     target = copy.deepcopy(model).requires_grad_(False)
-    full = grads_of(StudentStep(model), model, target, full_batch())
-    model_half = ddp_model()
-    half = grads_of(StudentStep(model_half), model_half, copy.deepcopy(model_half), shard(full_batch(), 0, 2))
+    full = grads_of(StudentStep(model), model, target, full_batch(dtype))
+    assert bool(calls) is in_graph  # the reference ran through the custom operators exactly when asked to
+    model_half = ddp_model(in_graph)
+    half = grads_of(StudentStep(model_half), model_half, copy.deepcopy(model_half), shard(full_batch(dtype), 0, 2))
     assert max(float((a - b).abs().max()) for a, b in zip(half, full)) > 1e-3  # one shard alone is different
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
     for rank in range(2):
         got = torch.load(tmp_path / f"grads{rank}.pt", weights_only=True)
         for a, b in zip(got, full):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)  # float64: only summation order differs
+            torch.testing.assert_close(a, b, **tol)
 
 
 def losses(run):
