@@ -501,7 +501,7 @@ def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, v
     row = {"model": model, "resolution": args.resolution, "latent_shape": [mcfg.in_channels, mcfg.input_size,
                                                                              mcfg.input_size],
            "batch_per_gpu": batch, "gpus": gpus, "global_batch": batch * gpus, "variant": variant,
-           **VARIANTS[variant]._asdict(),
+           **VARIANTS[variant]._asdict(), "kernel_bytes": args.kernel_bytes,
            "parameters": None, "wall_s": None}
     row.update(summarize(run_dir, args.warmup, args.warmup + args.steps))
     if (run_dir / "profile.json").exists():
