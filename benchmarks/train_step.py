@@ -482,7 +482,7 @@ def bandwidth_summary(kernels: list[dict], gb_per_call: dict[str, float], copy_g
     return {"copy_gb_per_s": copy_gbps, "kernels": len(rows), "ms_per_step": ms, "gb_per_step": gb,
             "gb_per_s": gb / ms * 1e3 if ms else None, "floor_ms": floor,
             "excess_ms": None if floor is None else ms - floor,
-            "largest_excess": sorted(rows, key=lambda r: -(r["excess_ms"] or r["ms_per_step"]))[:top]}
+            "largest_excess": sorted(rows, key=lambda r: -(r["excess_ms"] if copy_gbps else r["ms_per_step"]))[:top]}
 
 
 def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, variant: str,

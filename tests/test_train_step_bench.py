@@ -277,6 +277,11 @@ def test_kernel_bytes_are_read_from_inductor_sources_and_set_against_the_copy_ra
     without = bench.bandwidth_summary(kernels, got, copy_gbps=None)
     assert without["floor_ms"] is None and without["largest_excess"][0]["excess_ms"] is None
     assert bench.bandwidth_summary(kernels, {}, 250.0)["gb_per_s"] is None
+    # "a" runs exactly at the copy rate (no excess), "b" 0.25 ms above it: "b" leads, however long "a" takes
+    exact = bench.bandwidth_summary([{"kernel": "a", "ms_per_step": 1.0, "calls_per_step": 1.0},
+                                     {"kernel": "b", "ms_per_step": 0.5, "calls_per_step": 1.0}],
+                                    {"a": 0.25, "b": 0.0625}, copy_gbps=250.0)
+    assert [r["kernel"] for r in exact["largest_excess"]] == ["b", "a"]
 
 
 def test_kernel_bytes_need_a_profile():
