@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from . import _backward, _forward
+from ._autograd import _SECOND_ORDER
 
 
 def _stats_like(q: Tensor) -> Tensor:
@@ -107,8 +108,7 @@ def _backward_jvp_fwd(ctx, do, g, _do_lo, _dlse, _dto_lo, _dmu):
 
 
 def _no_second_order(ctx, *grads):
-    raise RuntimeError("kernels: second derivatives through the Triton backward are not implemented "
-                       "(backend='reference' has them)")
+    raise RuntimeError(_SECOND_ORDER)
 
 
 attention_fwd.register_autograd(_backward_fwd, setup_context=_setup_fwd)

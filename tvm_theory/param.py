@@ -21,6 +21,7 @@ against ``torch.func.jvp``. If that method also takes a keyword ``n_tangent`` (t
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable, Protocol
 
@@ -66,7 +67,13 @@ def displacement(F: Network, x: Tensor, t, s, w=None, *, scaled: bool = True, **
 def takes_tangent_rows(F: Network) -> bool:
     """Whether F has its own ``forward_and_ds`` that takes ``n_tangent`` (∂_s F for the first rows only)."""
     own = getattr(F, "forward_and_ds", None)
-    return own is not None and "n_tangent" in inspect.signature(own).parameters
+    return own is not None and _takes_n_tangent(getattr(own, "__func__", own))
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_n_tangent(method: Callable) -> bool:
+    """Whether ``method`` has a parameter ``n_tangent``; cached per function, as the training step asks each step."""
+    return "n_tangent" in inspect.signature(method).parameters
 
 
 def guided_call_and_ds(F: Network, x: Tensor, t: Tensor, s: Tensor, w: Tensor | None, cond: dict,
