@@ -20,7 +20,8 @@ the DiT's hand-written tangent (``train.jvp: manual``, ``DiT.forward_and_ds``), 
 with every block compiled (``DiT.compile_blocks``), the trainer's default on CUDA; ``…-ckpt`` adds activation
 checkpointing, ``…-expandable`` ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, ``…-ddpsplit`` lets Dynamo's
 DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.ddp_split_graphs: true``),
-``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``), ``…-cudagraphs`` and
+``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``), ``…-foreach-ema`` two
+``torch._foreach_lerp_`` for the EMAs instead of one Triton pass (``train.fused_ema: false``), ``…-cudagraphs`` and
 ``…-autotune`` compile the blocks with ``mode="reduce-overhead"`` (CUDA graphs) and ``"max-autotune-no-cudagraphs"``
 (``train.compile_mode``); ``…-breaks`` calls the student's Triton attention as autograd Functions that break each
 compiled block's graph in two (``train.attention_in_graph: false``) instead of the default custom operators that
@@ -108,6 +109,7 @@ VARIANTS = {
     "manual-compile-expandable": Variant("triton", compile=True, env=EXPANDABLE),
     "manual-compile-ddpsplit": Variant("triton", compile=True, ddp_split=True),
     "manual-compile-foreach": Variant("triton", compile=True, sets=("train.fused_adamw=false",)),
+    "manual-compile-foreach-ema": Variant("triton", compile=True, sets=("train.fused_ema=false",)),
     "manual-compile-cudagraphs": Variant("triton", compile=True, sets=("train.compile_mode=reduce-overhead",)),
     "manual-compile-autotune": Variant("triton", compile=True, sets=("train.compile_mode=max-autotune-no-cudagraphs",)),
     "manual-compile-breaks": Variant("triton", compile=True, sets=("train.attention_in_graph=false",)),
@@ -160,7 +162,7 @@ def kernel_category(name: str) -> str:
         return "matmul"
     if any(name.startswith(k) for k in ATTENTION_KERNELS):
         return "attention"
-    if any(k in low for k in ("elementwise", "vectorized", "unrolled", "foreach", "copy", "fill")):
+    if any(k in low for k in ("elementwise", "vectorized", "unrolled", "foreach", "copy", "fill", "lerp")):
         return "elementwise"
     if "reduce" in low or "norm" in low or "softmax" in low:
         return "reduction/norm"

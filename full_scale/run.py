@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from kernels.ema import runs_on as ema_kernel_runs_on
 from tvm_theory.loss import CFGConfig, TVMBatch, student_forward
 from tvm_theory.time_samplers import TimeSample, make_time_sampler
 
@@ -57,6 +58,7 @@ class Run:
     accum: int  # micro-batches per optimizer step
     bf16: bool
     log: MetricsLog
+    fused_ema: bool = False  # both EMAs by kernels.ema.lerp_two_ (else two torch._foreach_lerp_)
     step: int = 0
     epoch: int = 0  # data position of the next micro-batch: epoch, and micro-batches consumed in it
     position: int = 0
@@ -75,6 +77,13 @@ def batch_geometry(cfg: Config, world_size: int) -> tuple[int, int]:
 def on_for(setting: bool | str, device: torch.device) -> bool:
     """A true/false/auto switch's value on ``device``: auto means on for CUDA."""
     return setting is True or (setting == "auto" and device.type == "cuda")
+
+
+def use_fused_ema(cfg: Config, device: torch.device) -> bool:
+    if cfg.train.fused_ema is True and not ema_kernel_runs_on(device):
+        raise ValueError("train.fused_ema: the Triton EMA kernel needs CUDA (or TRITON_INTERPRET=1 on the CPU); "
+                         "use train.fused_ema=auto or false")
+    return on_for(cfg.train.fused_ema, device)
 
 
 def use_compile(cfg: Config, device: torch.device) -> bool:
@@ -120,4 +129,5 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
                guidance=cfg.guidance.cfg(model.null_class),
                gen=torch.Generator(d.device).manual_seed(cfg.train.seed * 7919 + d.rank), micro=micro, accum=accum,
                bf16=cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda"),
-               log=MetricsLog(out, enabled=d.main, tensorboard=cfg.log.tensorboard))
+               log=MetricsLog(out, enabled=d.main, tensorboard=cfg.log.tensorboard),
+               fused_ema=use_fused_ema(cfg, d.device))

@@ -7,11 +7,13 @@
 or, from Python, ``train(load_config("tiny-digits"), "runs/digits")``.
 
 One step: each rank draws its micro-batches, times (t, s, s′) and noise; the student's f, ∂_s f (one JVP) and
-u_θ(x_{s′}) (one pass with the hand-written JVP: ``DiT.forward_and_ds(..., n_tangent=B)``) run inside the DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP
-from outside, and calling the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA
-(both of its velocities in one call); AdamW steps on the averaged gradient (one fused kernel on CUDA,
-``train.fused_adamw``); both EMAs follow. The step's health flags (non-finite loss or gradient, SIGTERM) are read in
-one host synchronisation, and batches come from pinned memory on CUDA, so the copy does not wait for the GPU.
+u_θ(x_{s′}) (one pass with the hand-written JVP: ``DiT.forward_and_ds(..., n_tangent=B)``) run inside the
+DDP-wrapped :class:`~full_scale.run.StudentStep` forward (PyTorch cannot JVP through DDP from outside, and calling
+the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come from the target EMA (both of its
+velocities in one call); AdamW steps on the averaged gradient (one fused kernel on CUDA, ``train.fused_adamw``);
+both EMAs follow (one Triton pass on CUDA, ``train.fused_ema``). The step's health flags (non-finite loss or
+gradient, SIGTERM) are read in one host synchronisation, and batches come from pinned memory on CUDA, so the copy
+does not wait for the GPU.
 DDP uses NCCL on GPUs and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent
 (``train.jvp: manual``; ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target
 is compiled (``train.compile``, ``train.compile_mode``); ``train.activation_checkpointing`` trades a forward for
@@ -55,7 +57,8 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from tvm_theory.cli import DefaultsHelpFormatter
-from tvm_theory.ema import ema_update
+from kernels.ema import lerp_two_
+from tvm_theory.ema import copy_buffers, ema_update
 from tvm_theory.io import RunFolderBusy, atomic_write_text
 from tvm_theory.loss import StudentOutput, prepare_batch, tvm_loss
 
@@ -158,8 +161,14 @@ def apply_update(run: Run, grad_norm: torch.Tensor, phase: Phase = record_functi
             clip_to_norm(run.model.parameters(), run.cfg.train.grad_clip, grad_norm)
         run.optimizer.step()
     with phase("two EMAs"):
-        ema_update(run.target_ema, run.model, run.cfg.train.target_ema)
-        ema_update(run.eval_ema, run.model, run.cfg.train.eval_ema)
+        if run.fused_ema:  # one pass that reads the weights once
+            lerp_two_(run.target_ema.parameters(), run.eval_ema.parameters(), run.model.parameters(),
+                      1.0 - run.cfg.train.target_ema, 1.0 - run.cfg.train.eval_ema)
+            copy_buffers(run.target_ema, run.model)
+            copy_buffers(run.eval_ema, run.model)
+        else:
+            ema_update(run.target_ema, run.model, run.cfg.train.target_ema)
+            ema_update(run.eval_ema, run.model, run.cfg.train.eval_ema)
 
 
 def report_nonfinite(run: Run, step: StepSums, grad_norm: torch.Tensor, in_a_row: int) -> None:

@@ -193,6 +193,27 @@ def test_fused_adamw_trains_like_the_foreach_one(tmp_path):
     assert runs[True][3] != runs[True][2]  # the fused optimizer moved the weights
 
 
+def test_fused_ema_trains_like_two_foreach_updates(tmp_path):
+    """train.fused_ema=true (the CUDA default; the interpreter here): after 3 steps both EMAs' weights equal those of
+    two ``ema_update`` calls per step to float32 rounding, and so do the losses, which read the target EMA."""
+    from safetensors.torch import load_file
+    runs, weights = {}, {}
+    for fused in (False, True):
+        out = tmp_path / str(fused)
+        train.main(["--out", str(out), "--steps", "3", "--set", f"train.fused_ema={str(fused).lower()}",
+                    "--set", "train.eval_ema=0.9"] + TINY)
+        runs[fused] = losses(out)
+        weights[fused] = {w: load_file(checkpoint.latest(out) / f"{w}.safetensors")
+                          for w in ("model", "target_ema", "eval_ema")}
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    for which in ("target_ema", "eval_ema"):
+        assert weights[True][which].keys() == weights[False][which].keys()
+        for k, v in weights[True][which].items():
+            torch.testing.assert_close(v, weights[False][which][k], rtol=1e-5, atol=1e-6)
+    moved = [k for k, v in weights[True]["target_ema"].items() if not torch.equal(v, weights[True]["eval_ema"][k])]
+    assert moved  # the two rates (0.99, 0.9) gave two different averages
+
+
 def test_attention_in_graph_trains_like_the_function_calls(tmp_path, monkeypatch):
     """train.attention_in_graph=true (the default) with the Triton attention (the interpreter here): the student's
     JVP pass calls the custom operators, and the losses equal those of the autograd Functions' calls

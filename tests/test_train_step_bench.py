@@ -223,6 +223,8 @@ def test_a_variant_sets_its_config_keys():
     assert cfg.train.fused_adamw is False and cfg.train.compile is True
     assert bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile", []).train.fused_adamw == "auto"
     assert bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile", []).train.attention_in_graph is True
+    assert bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile-foreach-ema", []).train.fused_ema is False
+    assert bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile", []).train.fused_ema == "auto"
     both = bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile-cudagraphs-breaks", []).train
     assert both.attention_in_graph is False and both.compile_mode == "reduce-overhead"
 
@@ -237,6 +239,7 @@ def test_every_triton_kernel_of_the_package_counts_as_attention():
         names = set(re.findall(r"^def (_\w+_kernel)\(", Path(module.__file__).read_text(), re.M))
         assert names == set(module.KERNELS), module.__name__
     assert all(bench.kernel_category(n) == "attention" for n in _forward.KERNELS + _backward.KERNELS)
+    assert bench.kernel_category("_two_lerps_kernel") == "elementwise"  # the EMAs, like the foreach lerps
 
 
 def _inductor_source(name: str, num_gb: str) -> str:

@@ -18,5 +18,11 @@ def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
     if len(ema_params) != len(params):
         raise ValueError(f"ema: expected a copy of the model, got {len(ema_params)} parameters for {len(params)}")
     torch._foreach_lerp_(ema_params, params, 1.0 - rate)
+    copy_buffers(ema, model)
+
+
+@torch.no_grad()
+def copy_buffers(ema: nn.Module, model: nn.Module) -> None:
+    """Copy the model's buffers (e.g. spectral-norm vectors) into the EMA's, in order."""
     for be, b in zip(ema.buffers(), model.buffers()):
         be.copy_(b)
