@@ -26,9 +26,9 @@ def test_lerp_two_over_dit_xl_matches_two_foreach_lerps():
     torch._foreach_lerp_(ref_a, params, 1 - 0.99)
     torch._foreach_lerp_(ref_b, params, 1 - 0.9999)
     lerp_two_(ema_a, ema_b, params, 1 - 0.99, 1 - 0.9999)
-    worst = 0.0
+    worst = 0.0  # largest |fused − foreach| as a fraction of the bound
     for got, ref, bound in zip(ema_a + ema_b, ref_a + ref_b, bound_a + bound_b):
-        excess = (got - ref).abs() - 2 * (bound + torch.finfo(torch.float32).eps * ref.abs())
-        worst = max(worst, float(excess.max()))
-    print(f"{sum(p.numel() for p in params) / 1e6:.1f} M weights; largest excess over the bound {worst:.3g}")
-    assert worst <= 0.0
+        allowed = 2 * (bound + torch.finfo(torch.float32).eps * ref.abs())
+        worst = max(worst, float(((got - ref).abs() / allowed).max()))
+    print(f"{sum(p.numel() for p in params) / 1e6:.1f} M weights; largest difference {worst:.3g} of the bound")
+    assert worst <= 1.0
