@@ -8,8 +8,8 @@ For every tensor i of the weights θ and the two averages a, b:
 with w = 1 − rate (``torch.lerp``'s two branches, so the result matches ``torch._foreach_lerp_``). Two
 ``_foreach_lerp_`` calls read θ twice: 6 passes over the weights' bytes (read a, θ, write a; read b, θ, write b).
 This kernel reads θ once: 5 passes. One launch covers every tensor of one dtype: each program takes ``BLOCK``
-elements of one tensor, and a table built once per set of tensors (cached on their addresses and sizes) tells it
-which tensor, from which element, and where the three tensors live.
+elements of one tensor, and a table built once per set of tensors (cached on their addresses, sizes and dtypes)
+tells it which tensor, from which element, and where the three tensors live.
 """
 from __future__ import annotations
 
