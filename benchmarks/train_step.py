@@ -21,9 +21,9 @@ with every block compiled (``DiT.compile_blocks``), the trainer's default on CUD
 checkpointing, ``…-expandable`` ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, ``…-ddpsplit`` lets Dynamo's
 DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.ddp_split_graphs: true``),
 ``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``), ``…-foreach-ema`` two
-``torch._foreach_lerp_`` for the EMAs instead of one Triton pass (``train.fused_ema: false``), ``…-cudagraphs`` and
-``…-autotune`` compile the blocks with ``mode="reduce-overhead"`` (CUDA graphs) and ``"max-autotune-no-cudagraphs"``
-(``train.compile_mode``); ``…-breaks`` calls the student's Triton attention as autograd Functions that break each
+``torch._foreach_lerp_`` for the EMAs instead of one Triton pass (``train.fused_ema: false``; also after
+``…-cudagraphs``), ``…-cudagraphs`` and ``…-autotune`` compile the blocks with ``mode="reduce-overhead"`` (CUDA
+graphs) and ``"max-autotune-no-cudagraphs"`` (``train.compile_mode``); ``…-breaks`` calls the student's Triton attention as autograd Functions that break each
 compiled block's graph in two (``train.attention_in_graph: false``) instead of the default custom operators that
 stay inside it (the issue-21 runs named the default path ``…-ingraph``). Ratios are against ``baseline`` of the
 same model, batch and GPU count in the same invocation.
@@ -110,6 +110,8 @@ VARIANTS = {
     "manual-compile-ddpsplit": Variant("triton", compile=True, ddp_split=True),
     "manual-compile-foreach": Variant("triton", compile=True, sets=("train.fused_adamw=false",)),
     "manual-compile-foreach-ema": Variant("triton", compile=True, sets=("train.fused_ema=false",)),
+    "manual-compile-cudagraphs-foreach-ema": Variant("triton", compile=True, sets=("train.compile_mode=reduce-overhead",
+                                                                                   "train.fused_ema=false")),
     "manual-compile-cudagraphs": Variant("triton", compile=True, sets=("train.compile_mode=reduce-overhead",)),
     "manual-compile-autotune": Variant("triton", compile=True, sets=("train.compile_mode=max-autotune-no-cudagraphs",)),
     "manual-compile-breaks": Variant("triton", compile=True, sets=("train.attention_in_graph=false",)),
