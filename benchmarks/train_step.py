@@ -23,10 +23,10 @@ DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.dd
 ``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``), ``…-foreach-ema`` two
 ``torch._foreach_lerp_`` for the EMAs instead of one Triton pass (``train.fused_ema: false``; also after
 ``…-cudagraphs``), ``…-cudagraphs`` and ``…-autotune`` compile the blocks with ``mode="reduce-overhead"`` (CUDA
-graphs) and ``"max-autotune-no-cudagraphs"`` (``train.compile_mode``); ``…-breaks`` calls the student's Triton attention as autograd Functions that break each
-compiled block's graph in two (``train.attention_in_graph: false``) instead of the default custom operators that
-stay inside it (the issue-21 runs named the default path ``…-ingraph``). Ratios are against ``baseline`` of the
-same model, batch and GPU count in the same invocation.
+graphs) and ``"max-autotune-no-cudagraphs"`` (``train.compile_mode``); ``…-breaks`` calls the student's Triton
+attention as autograd Functions that break each compiled block's graph in two (``train.attention_in_graph: false``)
+instead of the default custom operators that stay inside it (the issue-21 runs named the default path
+``…-ingraph``). Ratios are against ``baseline`` of the same model, batch and GPU count in the same invocation.
 
 Model FLOPs of one step, per image (2 FLOPs per multiply-add; :func:`forward_flops` gives L, the linear and patch
 matmuls of one forward, and A, the attention products QKᵀ and PV, 4·T²·hidden per block; recomputation is not

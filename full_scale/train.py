@@ -56,8 +56,8 @@ import yaml
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from tvm_theory.cli import DefaultsHelpFormatter
 from kernels.ema import lerp_two_
+from tvm_theory.cli import DefaultsHelpFormatter
 from tvm_theory.ema import copy_buffers, ema_update
 from tvm_theory.io import RunFolderBusy, atomic_write_text
 from tvm_theory.loss import StudentOutput, prepare_batch, tvm_loss

@@ -78,11 +78,9 @@ def _check(params: list[torch.Tensor], ema_a: list[torch.Tensor], ema_b: list[to
                                  f"params[{j}], got {tuple(t.shape)} {t.dtype} on {t.device}")
             if not t.is_contiguous():
                 raise ValueError(f"{name}[{j}]: expected a contiguous tensor")
-    misaligned = next((f"{name}[{j}]" for name, tensors in (("params", params), ("ema_a", ema_a), ("ema_b", ema_b))
-                       for j, t in enumerate(tensors) if t.data_ptr() % 16), None)
-    if misaligned:
-        raise ValueError(f"{misaligned}: expected data at an address that is a multiple of 16 bytes (a tensor of its "
-                         "own, not a view at an offset); use torch._foreach_lerp_ for such tensors")
+            if t.data_ptr() % 16:
+                raise ValueError(f"{name}[{j}]: expected data at an address that is a multiple of 16 bytes (a tensor "
+                                 "of its own, not a view at an offset); use torch._foreach_lerp_ for such tensors")
     if params and not runs_on(params[0].device):
         raise RuntimeError(f"lerp_two_: tensors on {params[0].device} need TRITON_INTERPRET=1 set before "
                            "`kernels` is imported (or use torch._foreach_lerp_)")

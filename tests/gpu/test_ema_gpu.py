@@ -1,8 +1,9 @@
 """kernels.ema.lerp_two_ over every parameter of DiT-XL/2 (marked `gpu`, skipped without CUDA): 678 M float32 weights
 in 331 k chunks of 2048, the trainer's two rates, against two ``torch._foreach_lerp_`` calls on the same GPU.
 
-Tolerance per element: one float32 unit at the result plus float32's error bound for computing it, ε₃₂·(|e| + |θ|)
-(tests/test_ema_kernel.py checks the same bound against float64 on small tensors)."""
+Each result may be off the exact lerp by one float32 unit plus float32's error bound for computing it, ε₃₂·(|e| + |θ|)
+(tests/test_ema_kernel.py checks that bound against float64 on small tensors), so the two results may differ by twice
+that: 2·(ε₃₂·|foreach| + ε₃₂·(|e| + |θ|)) per element."""
 import pytest
 import torch
 
