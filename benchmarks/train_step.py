@@ -23,7 +23,10 @@ DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.dd
 ``…-foreach`` uses the foreach AdamW instead of the fused one (``train.fused_adamw: false``), ``…-foreach-ema`` two
 ``torch._foreach_lerp_`` for the EMAs instead of one Triton pass (``train.fused_ema: false``; also after
 ``…-cudagraphs``), ``…-cudagraphs`` and ``…-autotune`` compile the blocks with ``mode="reduce-overhead"`` (CUDA
-graphs) and ``"max-autotune-no-cudagraphs"`` (``train.compile_mode``); ``…-breaks`` calls the student's Triton
+graphs) and ``"max-autotune-no-cudagraphs"`` (``train.compile_mode``), ``…-gemm-autotune`` lets Inductor choose
+each matmul among cuBLAS and its own Triton templates, which can take neighbouring elementwise work in as epilogues
+(``TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1``: the matmuls alone, without the coordinate-descent tuning of every kernel that
+``max-autotune`` adds); ``…-breaks`` calls the student's Triton
 attention as autograd Functions that break each compiled block's graph in two (``train.attention_in_graph: false``)
 instead of the default custom operators that stay inside it (the issue-21 runs named the default path
 ``…-ingraph``). Ratios are against ``baseline`` of the same model, batch and GPU count in the same invocation.
@@ -114,6 +117,7 @@ VARIANTS = {
                                                                                    "train.fused_ema=false")),
     "manual-compile-cudagraphs": Variant("triton", compile=True, sets=("train.compile_mode=reduce-overhead",)),
     "manual-compile-autotune": Variant("triton", compile=True, sets=("train.compile_mode=max-autotune-no-cudagraphs",)),
+    "manual-compile-gemm-autotune": Variant("triton", compile=True, env={"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM": "1"}),
     "manual-compile-breaks": Variant("triton", compile=True, sets=("train.attention_in_graph=false",)),
     "manual-compile-cudagraphs-breaks": Variant("triton", compile=True, sets=("train.compile_mode=reduce-overhead",
                                                                               "train.attention_in_graph=false")),

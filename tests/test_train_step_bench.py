@@ -230,6 +230,17 @@ def test_a_variant_sets_its_config_keys():
     assert both.attention_in_graph is False and both.compile_mode == "reduce-overhead"
 
 
+def test_the_gemm_autotune_variant_sets_a_switch_inductor_reads():
+    """``manual-compile-gemm-autotune`` is the default run plus one environment variable; the variable must be one
+    that this torch's Inductor reads into ``max_autotune_gemm`` (a renamed switch would silently time the default)."""
+    import inspect
+    import torch._inductor.config as inductor_config
+    (name, value), = bench.VARIANTS["manual-compile-gemm-autotune"].env.items()
+    assert value == "1" and f'max_autotune_gemm = os.environ.get("{name}") == "1"' in inspect.getsource(inductor_config)
+    cfg = bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile-gemm-autotune", [])
+    assert cfg == bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile", [])
+
+
 def test_every_triton_kernel_of_the_package_counts_as_attention():
     """The profile's "attention" class names our kernels one by one, from each kernel module's ``KERNELS``; a kernel
     added or renamed there must be listed, or its time lands in "other" (as the fused backward's row pre-pass once
