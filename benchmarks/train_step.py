@@ -162,9 +162,10 @@ ATTENTION_KERNELS = _forward.KERNELS + _backward.KERNELS
 
 
 def kernel_category(name: str) -> str:
-    """A coarse class of a GPU kernel by its name: matmul, attention (our Triton kernels), elementwise, other."""
+    """A coarse class of a GPU kernel by its name: matmul (cuBLAS, CUTLASS, Inductor's matmul templates with their
+    fused epilogues, ``triton_tem_…``), attention (our Triton kernels), elementwise, other."""
     low = name.lower()
-    if any(k in low for k in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")):
+    if any(k in low for k in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")) or name.startswith("triton_tem_"):
         return "matmul"
     if any(name.startswith(k) for k in ATTENTION_KERNELS):
         return "attention"

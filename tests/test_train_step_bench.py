@@ -252,6 +252,8 @@ def test_every_triton_kernel_of_the_package_counts_as_attention():
         assert names == set(module.KERNELS), module.__name__
     assert all(bench.kernel_category(n) == "attention" for n in _forward.KERNELS + _backward.KERNELS)
     assert bench.kernel_category("_two_lerps_kernel") == "elementwise"  # the EMAs, like the foreach lerps
+    # Inductor's matmul template with a fused epilogue, as max_autotune_gemm named it on an H100
+    assert bench.kernel_category("triton_tem_fused__unsafe_view_addmm_clone_transpose_view_29") == "matmul"
 
 
 def _inductor_source(name: str, num_gb: str) -> str:
