@@ -190,3 +190,24 @@ def test_presets_resolve():
         load_config("imagenet-256", ["train.learning_rate=1"])
     with pytest.raises(ValueError, match="no preset"):
         load_config("imagenet-1024")
+
+
+def test_every_block_gets_its_token_streams_stored_row_by_row():
+    """The blocks' norms reduce over each token's hidden vector, so the streams they read, x and its tangent, must be
+    stored one token row after another. The patch embedding gives the transposed layout (B, hidden, T) and a residual
+    stream keeps its first value's layout through every block: each layer norm then copied its input first."""
+    model = randomize_(tiny())
+    layouts = []
+
+    def record(fn):
+        def run(block, *streams):
+            layouts.extend(h.is_contiguous() for h in streams if h.dim() == 3)
+            return fn(block, *streams)
+        return run
+
+    model._run_block, model._run_block_jvp = record(model._run_block), record(model._run_block_jvp)
+    x, t, s, y = inputs(model)
+    model(x, t, s, y)
+    model.forward_and_ds(x, t, s, y, n_tangent=2)  # the JVP rows (x, ẋ) and the plain rows beside them
+    depth = model.cfg.depth
+    assert len(layouts) == depth + 3 * depth and all(layouts)

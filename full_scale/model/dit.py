@@ -440,7 +440,10 @@ class DiT(nn.Module):
         if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"x: expected (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), "
                              f"got {tuple(x.shape)}")
-        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, hidden), T = g²
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, T, hidden), T = g², laid out as (B, hidden, T)
+        # Stored row by row: the residual stream keeps the layout of its first value through every block, and a
+        # transposed one made each layer norm copy its input and each row reduction read with a stride of T.
+        return (tokens + self.pos_embed).contiguous()
 
     def _unpatchify(self, h: Tensor) -> Tensor:
         """(B, T, p·p·C) → (B, C, H, W)."""
