@@ -26,10 +26,10 @@ DDPOptimizer split the compiled blocks at gradient-bucket boundaries (``train.dd
 graphs) and ``"max-autotune-no-cudagraphs"`` (``train.compile_mode``), ``…-gemm-autotune`` lets Inductor choose
 each matmul among cuBLAS and its own Triton templates, which can take neighbouring elementwise work in as epilogues
 (``TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1``: the matmuls alone, without the coordinate-descent tuning of every kernel that
-``max-autotune`` adds); ``…-breaks`` calls the student's Triton
-attention as autograd Functions that break each compiled block's graph in two (``train.attention_in_graph: false``)
-instead of the default custom operators that stay inside it (the issue-21 runs named the default path
-``…-ingraph``). Ratios are against ``baseline`` of the same model, batch and GPU count in the same invocation.
+``max-autotune`` adds); ``…-breaks`` calls the student's Triton attention as autograd Functions that break each
+compiled block's graph in two (``train.attention_in_graph: false``) instead of the default custom operators that
+stay inside it (the issue-21 runs named the default path ``…-ingraph``). Ratios are against ``baseline`` of the
+same model, batch and GPU count in the same invocation.
 
 Model FLOPs of one step, per image (2 FLOPs per multiply-add; :func:`forward_flops` gives L, the linear and patch
 matmuls of one forward, and A, the attention products QKᵀ and PV, 4·T²·hidden per block; recomputation is not
