@@ -218,6 +218,20 @@ def test_idle_gaps_of_hand_made_intervals():
     assert bench.idle_gaps([], ops, phases, steps=1) == {"idle_ms_per_step": None}
 
 
+def test_the_profiler_waits_for_the_device_only_before_the_recorded_steps():
+    """The drain runs once, at the end of the warm-up step, so the window opens on an idle device; the recorded steps
+    are not slowed by it."""
+    from torch.profiler import ProfilerAction, profile, schedule
+    prof = profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule(wait=2, warmup=1, active=2))
+    drained_at = []
+    steps = bench.ProfilerSteps(prof, drain=lambda: drained_at.append((prof.step_num, prof.current_action)))
+    prof.start()
+    for _ in range(6):
+        steps.on_step(None)
+    prof.stop()
+    assert drained_at == [(2, ProfilerAction.WARMUP)]
+
+
 def test_a_variant_sets_its_config_keys():
     cfg = bench.run_config("imagenet-256", "DiT-S/2", 2, 1, 5, "manual-compile-foreach", [])
     assert cfg.train.fused_adamw is False and cfg.train.compile is True
