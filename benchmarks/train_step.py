@@ -44,7 +44,8 @@ counted, so this is model FLOP utilisation, not hardware utilisation):
 MFU = step FLOPs × batch per GPU / step time / peak, with the dense bf16 peak of the card's datasheet
 (989.4 TFLOP/s for H100 SXM and H200); the measured rate of one 8192³ bf16 matmul is reported beside it.
 
-``--profile N`` profiles N steps after the timed ones (kernel time by class, every kernel, GPU idle time by phase).
+``--profile N`` profiles N steps after the timed ones (kernel time by class, every kernel, GPU idle time by phase,
+and the host operators that launched the kernels neither Inductor nor cuBLAS wrote).
 With ``--kernel-bytes`` too, each run compiles into a fresh Inductor cache with ``TORCHINDUCTOR_BENCHMARK_KERNEL=1``,
 which makes Inductor write each kernel's byte count into its source; :func:`bandwidth_summary` joins those counts
 with the profiled times to say how far Inductor's memory-bound kernels run from the card's measured copy rate.
@@ -195,6 +196,31 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
             "top": [{**k, "kernel": k["kernel"][:120]} for k in per_step[:top]], "kernels": per_step}
 
 
+def kernel_sources(events, steps: int, top: int = 25, depth: int = 5) -> list[dict]:
+    """Which host operators launched the kernels that neither Inductor (``triton_…``) nor cuBLAS nor our attention
+    wrote, over the profiled ``steps``: per (kernel, chain) its ``ms_per_step`` and ``calls_per_step``, the ``top``
+    by time. ``events`` are the profiler's events; a CPU event's ``kernels`` are those it launched itself (the
+    profiler links a kernel to the innermost operator), and the chain is that operator and the ones around it,
+    innermost first, repeated names once, at most ``depth`` names: an autograd node, a trainer phase or a module
+    call says where in the step the kernel comes from."""
+    found: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+    for e in events:
+        for k in getattr(e, "kernels", ()) or ():
+            if k.name.startswith("triton_") or kernel_category(k.name) in ("matmul", "attention"):
+                continue
+            chain, up = [], e
+            while up is not None and len(chain) < depth:
+                if not chain or chain[-1] != up.name:
+                    chain.append(up.name)
+                up = up.cpu_parent
+            entry = found.setdefault((k.name, tuple(chain)), [0.0, 0])
+            entry[0] += k.duration
+            entry[1] += 1
+    ranked = sorted(found.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"kernel": name[:160], "launched_by": list(chain), "ms_per_step": us / 1e3 / steps,
+             "calls_per_step": n / steps} for (name, chain), (us, n) in ranked]
+
+
 def idle_gaps(kernels: list[tuple[float, float]], host_ops: list[tuple[str, float, float]],
               phases: list[tuple[str, float, float]], steps: int, top: int = 12) -> dict:
     """Where the GPU waited, from a profile's intervals (µs): device work ``kernels`` (start, end), the host's
@@ -306,7 +332,8 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     if prof is not None:
         prof.stop()
         if status == "ok":
-            summary = {**profile_summary(prof, profile_steps), "idle": profile_gaps(prof, profile_steps)}
+            summary = {**profile_summary(prof, profile_steps), "idle": profile_gaps(prof, profile_steps),
+                       "aten_kernel_sources": kernel_sources(prof.events(), profile_steps)}
             (Path(run_dir) / "profile.json").write_text(json.dumps(summary))
     cuda = torch.cuda.is_available()
     record = {"rank": rank, "status": status, "error": error,
@@ -718,7 +745,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", default=6, type=int, help="steps left out of the statistics (autotuning, allocator)")
     ap.add_argument("--profile", default=0, type=int, metavar="STEPS",
                     help="after the timed steps, profile STEPS more into the JSON: CUDA kernels by class, top "
-                         "kernels, and GPU idle time by trainer phase and by the host operator running then")
+                         "kernels, GPU idle time by trainer phase and by the host operator running then, and "
+                         "the operators that launched the ATen kernels")
     ap.add_argument("--kernel-bytes", action="store_true",
                     help="with --profile: compile into a fresh Inductor cache with TORCHINDUCTOR_BENCHMARK_KERNEL=1 "
                          "and report how close Inductor's kernels run to the measured copy bandwidth")

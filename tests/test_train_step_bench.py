@@ -318,3 +318,31 @@ def test_kernel_bytes_are_read_from_inductor_sources_and_set_against_the_copy_ra
 def test_kernel_bytes_need_a_profile():
     with pytest.raises(SystemExit):
         bench.parse_args(["--kernel-bytes"])
+
+
+def test_kernel_sources_name_the_operators_that_launched_the_aten_kernels():
+    """Two steps: a sum launched by aten::sum inside an autograd node (3 + 5 µs), the same kernel from another node
+    (2 µs), a copy under aten::contiguous; the Inductor, cuBLAS and attention kernels stay out. The chain is
+    innermost first, a repeated name once."""
+    from types import SimpleNamespace as Ev
+    kernel = lambda name, us: Ev(name=name, device=0, duration=us)  # noqa: E731
+    phase = Ev(name="backward", cpu_parent=None, kernels=[])
+    node = Ev(name="autograd::engine::evaluate_function: AddmmBackward0", cpu_parent=phase, kernels=[])
+    outer = Ev(name="aten::sum", cpu_parent=node, kernels=[])
+    summed = Ev(name="aten::sum", cpu_parent=outer,
+                kernels=[kernel("reduce_kernel<sum_functor>", 3.0), kernel("reduce_kernel<sum_functor>", 5.0),
+                         kernel("triton_red_fused_sum_0", 9.0), kernel("nvjet_sm90_tst", 9.0)])
+    mean = Ev(name="autograd::engine::evaluate_function: MeanBackward0", cpu_parent=None, kernels=[])
+    other = Ev(name="aten::sum", cpu_parent=mean, kernels=[kernel("reduce_kernel<sum_functor>", 2.0)])
+    copy = Ev(name="aten::copy_", cpu_parent=Ev(name="aten::contiguous", cpu_parent=None, kernels=[]),
+              kernels=[kernel("direct_copy_kernel_cuda", 4.0), kernel("_tangent_kernel", 9.0)])
+    got = bench.kernel_sources([phase, node, outer, summed, other, copy], steps=2)
+    assert got == [
+        {"kernel": "reduce_kernel<sum_functor>", "ms_per_step": pytest.approx(4e-3), "calls_per_step": 1.0,
+         "launched_by": ["aten::sum", "autograd::engine::evaluate_function: AddmmBackward0", "backward"]},
+        {"kernel": "direct_copy_kernel_cuda", "ms_per_step": pytest.approx(2e-3), "calls_per_step": 0.5,
+         "launched_by": ["aten::copy_", "aten::contiguous"]},
+        {"kernel": "reduce_kernel<sum_functor>", "ms_per_step": pytest.approx(1e-3), "calls_per_step": 0.5,
+         "launched_by": ["aten::sum", "autograd::engine::evaluate_function: MeanBackward0"]}]
+    assert bench.kernel_sources([phase, summed], steps=1, depth=2)[0]["launched_by"] == [
+        "aten::sum", "autograd::engine::evaluate_function: AddmmBackward0"]
