@@ -2,10 +2,12 @@
 
 Each run is ``full_scale.train.train`` itself (StudentStep under DDP when several GPUs, bf16 autocast, target and
 evaluation EMAs, AdamW), started in a fresh process (``torchrun`` for several GPUs). Each optimizer step is one
-micro-batch per GPU (``global_batch = batch × GPUs``, no accumulation) and is logged (``log.every: 1``); the step
-time is the median of the trainer's own ``sec_per_step`` records after ``--warmup`` steps (host clock between
-consecutive log points; every step ends in a device synchronisation, so each interval holds one whole step: data,
-forward and JVP, targets, backward, all-reduce, clipping, AdamW, both EMAs, logging). Peak memory is
+micro-batch per GPU (``global_batch = batch × GPUs``, no accumulation). The step time is the median over the steps
+after ``--warmup`` of the host clock between the ends of consecutive steps (:class:`StepClock`, after each step's
+flag read, its one synchronisation): each interval holds one whole step (data, forward and JVP, targets, backward,
+all-reduce, clipping, AdamW, both EMAs), as the device runs it when the host keeps ahead. The trainer logs as it does
+by default (``--log-every 100``; reading a record waits for all queued work, a second synchronisation in its step;
+``--log-every 1`` times that too, as this benchmark did before 2026-12-06). Peak memory is
 ``torch.cuda.max_memory_allocated`` of each rank over the whole run (the largest rank is reported).
 
 The attention backend is the trainer's ``model.attention_backend``. Each run is ``full_scale.train.train`` with a
@@ -308,6 +310,18 @@ class ProfilerSteps(Callback):
         self.prof.step()
 
 
+class StepClock(Callback):
+    """The host's clock at the end of every optimizer step (after the step's health flags are read, the step's one
+    synchronisation): consecutive readings are the step times, without the extra synchronisation that reading a
+    metrics record costs (``log.every``)."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step(self, run) -> None:
+        self.ends.append(time.perf_counter())
+
+
 def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", profile_steps: str = "0") -> None:
     """One trainer run (this process is one rank); writes ``rank{r}.json`` with its peak memory into ``run_dir``,
     and on rank 0 with ``profile_steps`` > 0, ``profile.json`` of the steps after ``profile_after`` + 1 (without
@@ -317,7 +331,8 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
     rank = int(os.environ.get("RANK", "0"))
     status, error = "ok", ""
     profile_after, profile_steps = int(profile_after), int(profile_steps)
-    prof, callbacks = None, []
+    clock = StepClock()
+    prof, callbacks = None, [clock]
     if profile_steps and rank == 0:
         from torch.profiler import ProfilerActivity, profile, schedule
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -341,14 +356,17 @@ def worker(config: str, run_dir: str, variant: str, profile_after: str = "0", pr
               "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
               "peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None}
     (Path(run_dir) / f"rank{rank}.json").write_text(json.dumps(record))
+    if rank == 0:
+        (Path(run_dir) / "step_ends.json").write_text(json.dumps(clock.ends))
 
 
 # ----------------------------------------------------------------------------------------------------------- driver
 
 def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, variant: str, sets: list[str],
-               global_batch: int | None = None) -> Config:
+               global_batch: int | None = None, log_every: int = 1) -> Config:
     """The trainer configuration of one run: preset, model name, --set overrides, then the benchmark's own keys
-    (the variant's switches, synthetic data, one logged step per micro-batch, no Lipschitz probe, no checkpoint)."""
+    (the variant's switches, synthetic data, a metrics record every ``log_every`` steps and after the last, no
+    Lipschitz probe, no checkpoint)."""
     v = VARIANTS[variant]
     cfg = load_config(preset, [f"model.name={model}", *v.sets, *sets])
     # Loader workers on GPUs; none on the CPU, where forked workers of two gloo ranks hung the smoke test at times.
@@ -357,7 +375,7 @@ def run_config(preset: str, model: str, batch: int, gpus: int, steps: int, varia
         "train.activation_checkpointing": v.checkpointing, "train.ddp_split_graphs": v.ddp_split,
         "data.kind": "synthetic", "data.root": None, "data.num_workers": 2 if torch.cuda.is_available() else 0,
         "train.steps": steps, "train.micro_batch": batch, "train.global_batch": global_batch or batch * gpus,
-        "log.every": 1, "log.lipschitz_every": 0, "log.tensorboard": False,
+        "log.every": log_every, "log.lipschitz_every": 0, "log.tensorboard": False,
         "checkpoint.every": 10 ** 9, "checkpoint.final": False})
 
 
@@ -416,7 +434,8 @@ def failure_line(output: str) -> str:
 
 
 def summarize(run_dir: Path, warmup: int, last: int | None = None) -> dict:
-    """Step-time statistics from the trainer's metrics.jsonl and peak memory from the ranks' records."""
+    """Step-time statistics of steps ``warmup`` + 1 … ``last`` from rank 0's :class:`StepClock`, losses from the
+    trainer's metrics.jsonl and peak memory from the ranks' records."""
     ranks = [json.loads(p.read_text()) for p in sorted(run_dir.glob("rank*.json"))]
     out = {"status": "ok" if ranks and all(r["status"] == "ok" for r in ranks) else "failed"}
     if ranks:
@@ -430,14 +449,18 @@ def summarize(run_dir: Path, warmup: int, last: int | None = None) -> dict:
             out.update(status=bad[0]["status"], error=bad[0]["error"])
     metrics = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    steps = [r for r in records if "sec_per_step" in r]
-    timed = [r["sec_per_step"] for r in steps if warmup < r["step"] <= (last or r["step"])]
-    if steps:
-        out["loss"] = [r["loss"] for r in steps]
+    logged = [r for r in records if "loss" in r]
+    if logged:
+        out["loss"] = [r["loss"] for r in logged]
+        out["loss_steps"] = [r["step"] for r in logged]
+    clock = run_dir / "step_ends.json"
+    ends = json.loads(clock.read_text()) if clock.exists() else []
+    seconds = [b - a for a, b in zip(ends, ends[1:])]  # seconds[i]: step i + 2 (step 1 has no start reading)
+    timed = seconds[max(warmup - 1, 0):None if last is None else last - 1]
     if len(timed) >= 3:
         q1, med, q3 = statistics.quantiles(timed, n=4, method="inclusive")
         out.update(steps_timed=len(timed), sec_per_step=statistics.median(timed), sec_per_step_q25=q1,
-                   sec_per_step_q75=q3, sec_per_step_min=min(timed), first_step_s=steps[0]["sec_per_step"])
+                   sec_per_step_q75=q3, sec_per_step_min=min(timed))
     elif out["status"] == "ok":
         out.update(status="failed", error=f"only {len(timed)} steps after {warmup} warm-up steps")
     return out
@@ -531,7 +554,8 @@ def bandwidth_summary(kernels: list[dict], gb_per_call: dict[str, float], copy_g
 def bench_one(args, tmp: Path, preset: str, model: str, batch: int, gpus: int, variant: str,
               matmul_tflops: float | None, copy_gbps: float | None = None) -> dict:
     extra = 1 + args.profile if args.profile else 0  # profiled steps come last and are not timed
-    cfg = run_config(preset, model, batch, gpus, args.warmup + args.steps + extra, variant, args.set)
+    cfg = run_config(preset, model, batch, gpus, args.warmup + args.steps + extra, variant, args.set,
+                     log_every=args.log_every)
     mcfg = cfg.model.dit()
     guided = cfg.guidance.mode != "none"
     tag = f"{model.replace('/', '_')}-b{batch}-g{gpus}-{variant}"
@@ -750,6 +774,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--kernel-bytes", action="store_true",
                     help="with --profile: compile into a fresh Inductor cache with TORCHINDUCTOR_BENCHMARK_KERNEL=1 "
                          "and report how close Inductor's kernels run to the measured copy bandwidth")
+    ap.add_argument("--log-every", default=100, type=int, metavar="N",
+                    help="the trainer's log.every (its default): a metrics record every N steps and after the last. "
+                         "Reading one waits for the GPU to finish all queued work, a second synchronisation in its "
+                         "step; step times come from a clock after each step's flag read, not from the records")
     ap.add_argument("--timeout", default=600.0, type=float, help="seconds per run before it is killed")
     ap.add_argument("--seeds", default=3, type=int, help="seeds per configuration for --loss-check")
     ap.add_argument("--loss-check", default=0, type=int, metavar="STEPS",
@@ -767,8 +795,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
     if args.kernel_bytes and not args.profile:
         ap.error("--kernel-bytes needs --profile STEPS: the kernel times come from the profile")
-    if min(args.batches) < 1 or min(args.gpus) < 1 or args.steps < 3 or args.warmup < 0 or args.seeds < 1:
-        ap.error("--batches, --gpus and --seeds must be ≥ 1, --steps ≥ 3, --warmup ≥ 0")
+    if min(args.batches) < 1 or min(args.gpus) < 1 or args.steps < 3 or args.warmup < 0 or args.seeds < 1 \
+            or args.log_every < 1:
+        ap.error("--batches, --gpus, --seeds and --log-every must be ≥ 1, --steps ≥ 3, --warmup ≥ 0")
     return args
 
 

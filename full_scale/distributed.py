@@ -8,6 +8,7 @@ together in rank order with :func:`gather_rows`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -58,11 +59,29 @@ def agree(d: Dist, *flags: bool | torch.Tensor) -> list[bool]:
     """Each flag OR-ed over all ranks (one all-reduce) and read on the host once. A flag is a bool or a 0-d tensor
     on ``d.device`` (read without a host copy of its own, so the flags of a step cost one synchronisation; a Python
     bool becomes a fill on the device, not a blocking host-to-device copy)."""
+    return agree_later(d, *flags)[1]()
+
+
+def agree_later(d: Dist, *flags: bool | torch.Tensor) -> tuple[torch.Tensor, Callable[[], list[bool]]]:
+    """:func:`agree` in two halves: at once, the OR-ed flags as a float tensor on ``d.device`` (1 where set), for
+    work the host launches before it knows them; and a function that reads them on the host. On CUDA the read waits
+    for the flags alone (a copy into pinned memory, then an event), not for the work launched after them, so the
+    device stays busy while the host reads."""
     t = torch.stack([f.to(torch.float32) if torch.is_tensor(f) else torch.full((), float(f), device=d.device)
                      for f in flags])
     if d.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [v > 0 for v in t.tolist()]
+    if t.device.type != "cuda":
+        return t, lambda: [v > 0 for v in t.tolist()]
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> list[bool]:
+        copied.synchronize()
+        return [v > 0 for v in host.tolist()]
+    return t, read
 
 
 def teardown(d: Dist) -> None:

@@ -59,6 +59,7 @@ class Run:
     bf16: bool
     log: MetricsLog
     fused_ema: bool = False  # both EMAs by kernels.ema.lerp_two_ (else two torch._foreach_lerp_)
+    update_in_stream: bool = False  # AdamW and the EMAs launched before the step's flags are read (train.py)
     step: int = 0
     epoch: int = 0  # data position of the next micro-batch: epoch, and micro-batches consumed in it
     position: int = 0
@@ -84,6 +85,15 @@ def use_fused_ema(cfg: Config, device: torch.device) -> bool:
         raise ValueError("train.fused_ema: the Triton EMA kernel needs CUDA (or TRITON_INTERPRET=1 on the CPU); "
                          "use train.fused_ema=auto or false")
     return on_for(cfg.train.fused_ema, device)
+
+
+def use_update_in_stream(cfg: Config, fused_adamw: bool, fused_ema: bool) -> bool:
+    """Whether the update can be launched before the host reads the step's flags: it needs fused AdamW (whose
+    ``found_inf`` input skips the step on the device) and the EMA kernel (whose ``skip`` flag does)."""
+    if cfg.train.update_in_stream is True and not (fused_adamw and fused_ema):
+        raise ValueError("train.update_in_stream: needs train.fused_adamw and train.fused_ema on (the fused kernels "
+                         "skip a non-finite step on the device); use train.update_in_stream=auto or false")
+    return cfg.train.update_in_stream is not False and fused_adamw and fused_ema
 
 
 def use_compile(cfg: Config, device: torch.device) -> bool:
@@ -121,13 +131,13 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
     student = StudentStep(model, manual_jvp=cfg.train.jvp == "manual")
     if d.distributed:
         student = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    fused_adamw, fused_ema = on_for(cfg.train.fused_adamw, d.device), use_fused_ema(cfg, d.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                                  weight_decay=cfg.train.weight_decay,
-                                  fused=on_for(cfg.train.fused_adamw, d.device) or None)
+                                  weight_decay=cfg.train.weight_decay, fused=fused_adamw or None)
     return Run(cfg=cfg, out=out, dist=d, model=model, target_ema=target_ema, eval_ema=eval_ema, student=student,
                optimizer=optimizer, sampler=make_time_sampler(cfg.train.time_sampler),
                guidance=cfg.guidance.cfg(model.null_class),
                gen=torch.Generator(d.device).manual_seed(cfg.train.seed * 7919 + d.rank), micro=micro, accum=accum,
                bf16=cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda"),
                log=MetricsLog(out, enabled=d.main, tensorboard=cfg.log.tensorboard),
-               fused_ema=use_fused_ema(cfg, d.device))
+               fused_ema=fused_ema, update_in_stream=use_update_in_stream(cfg, fused_adamw, fused_ema))

@@ -31,9 +31,10 @@ SAFE_CHANGES = ("log.every", "log.lipschitz_every", "log.lipschitz_probes", "log
                 "checkpoint.every", "checkpoint.keep", "checkpoint.snapshot_every", "checkpoint.final", "data.root",
                 "data.num_workers", "model.attention_backend", "train.compile", "train.compile_mode",
                 "train.attention_in_graph", "train.activation_checkpointing", "train.ddp_split_graphs",
-                "train.fused_adamw", "train.fused_ema", "train.nan_policy", "train.max_nan_skips", "sample.nfe",
-                "sample.weight", "sample.per_class", "sample.seed", "eval.vae", "eval.batch_size", "eval.every",
-                "eval.grid_classes", "eval.grid_per_class", "eval.fid_reference", "eval.fid_samples", "eval.inception")
+                "train.fused_adamw", "train.fused_ema", "train.update_in_stream", "train.nan_policy",
+                "train.max_nan_skips", "sample.nfe", "sample.weight", "sample.per_class", "sample.seed", "eval.vae",
+                "eval.batch_size", "eval.every", "eval.grid_classes", "eval.grid_per_class", "eval.fid_reference",
+                "eval.fid_samples", "eval.inception")
 
 
 def rng_state(gen: torch.Generator, device: torch.device) -> dict:

@@ -13,7 +13,9 @@ the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come
 velocities in one call); AdamW steps on the averaged gradient (one fused kernel on CUDA, ``train.fused_adamw``);
 both EMAs follow (one Triton pass on CUDA, ``train.fused_ema``). The step's health flags (non-finite loss or
 gradient, SIGTERM) are read in one host synchronisation, and batches come from pinned memory on CUDA, so the copy
-does not wait for the GPU.
+does not wait for the GPU. With both fused (``train.update_in_stream``), AdamW and the EMAs are launched before
+that read and skip a non-finite step on the device, so the read waits for the flags alone and the GPU works through
+the update while the host starts the next step.
 DDP uses NCCL on GPUs and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent
 (``train.jvp: manual``; ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target
 is compiled (``train.compile``, ``train.compile_mode``); ``train.activation_checkpointing`` trades a forward for
@@ -66,7 +68,7 @@ from . import checkpoint
 from .callbacks import Callback, LipschitzProbe, SampleGrid
 from .config import Config, load_config
 from .data import build_dataset
-from .distributed import agree, setup, teardown
+from .distributed import agree_later, setup, teardown
 from .run import Run, build_run, use_compile
 from .run_folder import SAFE_CHANGES, init_weights, one_writer, resume, save_if_healthy
 
@@ -154,21 +156,39 @@ def clip_to_norm(params, max_norm: float, norm: torch.Tensor) -> None:
             p.grad.mul_(coef.to(p.grad.device))
 
 
-def apply_update(run: Run, grad_norm: torch.Tensor, phase: Phase = record_function) -> None:
-    """Clip to ``train.grad_clip``, take the AdamW step, then move both EMAs toward the new weights."""
+def apply_update(run: Run, grad_norm: torch.Tensor, skip: torch.Tensor | None = None,
+                 phase: Phase = record_function) -> None:
+    """Clip to ``train.grad_clip``, take the AdamW step, then move both EMAs toward the new weights.
+
+    ``skip`` (``run.update_in_stream``): a 0-d float tensor on the device, 1 if the step was not finite, which the
+    host has not read yet. Where it is 1 the update changes nothing: fused AdamW reads it as its ``found_inf`` input
+    (as ``torch.amp.GradScaler`` drives it: weights, moments and step count stay), the EMA kernel as its skip flag.
+    The EMAs' buffers are then left to :func:`copy_ema_buffers`, after the read."""
     with phase("AdamW"):
         if run.cfg.train.grad_clip is not None:
             clip_to_norm(run.model.parameters(), run.cfg.train.grad_clip, grad_norm)
-        run.optimizer.step()
+        if skip is not None:
+            run.optimizer.found_inf, run.optimizer.grad_scale = skip, None
+        try:
+            run.optimizer.step()
+        finally:
+            if skip is not None:
+                del run.optimizer.found_inf, run.optimizer.grad_scale
     with phase("two EMAs"):
         if run.fused_ema:  # one pass that reads the weights once
             lerp_two_(run.target_ema.parameters(), run.eval_ema.parameters(), run.model.parameters(),
-                      1.0 - run.cfg.train.target_ema, 1.0 - run.cfg.train.eval_ema)
-            copy_buffers(run.target_ema, run.model)
-            copy_buffers(run.eval_ema, run.model)
+                      1.0 - run.cfg.train.target_ema, 1.0 - run.cfg.train.eval_ema, skip=skip)
+            if skip is None:
+                copy_ema_buffers(run)
         else:
             ema_update(run.target_ema, run.model, run.cfg.train.target_ema)
             ema_update(run.eval_ema, run.model, run.cfg.train.eval_ema)
+
+
+def copy_ema_buffers(run: Run) -> None:
+    """The model's buffers (e.g. spectral-norm vectors) into both EMAs."""
+    copy_buffers(run.target_ema, run.model)
+    copy_buffers(run.eval_ema, run.model)
 
 
 def report_nonfinite(run: Run, step: StepSums, grad_norm: torch.Tensor, in_a_row: int) -> None:
@@ -252,8 +272,11 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                 step = accumulate_gradients(run, data)
                 grads = [p.grad for p in run.model.parameters() if p.grad is not None]
                 grad_norm = total_norm(grads)
-                # the step's one host synchronisation (the gradients, hence their norm, are averaged over ranks)
-                bad_loss, bad_grad, stopping = agree(d, step.bad.any(), ~torch.isfinite(grad_norm), stop.requested)
+                # (the gradients, hence their norm, are averaged over ranks)
+                flags, read_flags = agree_later(d, step.bad.any(), ~torch.isfinite(grad_norm), stop.requested)
+                if run.update_in_stream:
+                    apply_update(run, grad_norm, skip=flags[:2].amax())
+                bad_loss, bad_grad, stopping = read_flags()  # the step's one host synchronisation
                 nonfinite = bad_loss or bad_grad
                 run.step += 1
                 if nonfinite:
@@ -263,7 +286,10 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                 else:
                     nan_run = 0
                     sums += step.sums
-                    apply_update(run, grad_norm)
+                    if run.update_in_stream:
+                        copy_ema_buffers(run)
+                    else:
+                        apply_update(run, grad_norm)
                 for cb in callbacks:
                     cb.on_step(run)
                 bar.update(1)

@@ -34,8 +34,11 @@ def _lerp(e, theta, w):
 
 
 @triton.jit
-def _two_lerps_kernel(chunk_tensor, chunk_start, numel, theta_ptrs, a_ptrs, b_ptrs, w_a, w_b,
-                      DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+def _two_lerps_kernel(chunk_tensor, chunk_start, numel, theta_ptrs, a_ptrs, b_ptrs, w_a, w_b, skip,
+                      DTYPE: tl.constexpr, BLOCK: tl.constexpr, HAS_SKIP: tl.constexpr):
+    if HAS_SKIP:
+        if tl.load(skip) != 0:  # a step the host has not read yet turned out not finite: write nothing
+            return
     c = tl.program_id(0)
     i = tl.load(chunk_tensor + c)
     start = tl.multiple_of(tl.load(chunk_start + c), BLOCK)
@@ -113,15 +116,21 @@ _MAX_PLANS = 4
 
 @torch.no_grad()
 def lerp_two_(ema_a: Sequence[torch.Tensor], ema_b: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-              weight_a: float, weight_b: float) -> None:
+              weight_a: float, weight_b: float, skip: torch.Tensor | None = None) -> None:
     """In place: ``ema_a[i].lerp_(params[i], weight_a)`` and ``ema_b[i].lerp_(params[i], weight_b)`` for every i,
     reading each ``params[i]`` once. Tensors: contiguous, float32/bfloat16/float16 (computed in float32), on CUDA
     (or on the CPU under ``TRITON_INTERPRET=1``); ``ema_a[i]`` and ``ema_b[i]`` have the shape, dtype and device of
-    ``params[i]``, and no two tensors share memory. The checks run once per set of tensors (by address)."""
+    ``params[i]``, and no two tensors share memory. The checks run once per set of tensors (by address).
+
+    ``skip``: a one-element tensor on the tensors' device, read by the kernel: where it is non-zero nothing is
+    written. It lets a trainer launch the update before the host knows whether the step was finite."""
     for name, w in (("weight_a", weight_a), ("weight_b", weight_b)):
         if not 0.0 <= w <= 1.0:
             raise ValueError(f"{name}: expected an interpolation weight in [0, 1], got {w}")
     params, ema_a, ema_b = list(params), list(ema_a), list(ema_b)
+    if skip is not None and (skip.numel() != 1 or (params and skip.device != params[0].device)):
+        raise ValueError(f"skip: expected one element on the tensors' device, got {tuple(skip.shape)} on "
+                         f"{skip.device}")
     if len(ema_a) != len(params) or len(ema_b) != len(params):
         _check(params, ema_a, ema_b)
     if not params:
@@ -135,5 +144,6 @@ def lerp_two_(ema_a: Sequence[torch.Tensor], ema_b: Sequence[torch.Tensor], para
         while len(_PLANS) > _MAX_PLANS:
             _PLANS.popitem(last=False)
     for dtype, tables in plan:
-        _two_lerps_kernel[(tables[0].numel(),)](*tables, float(weight_a), float(weight_b), DTYPE=_DTYPES[dtype],
-                                                BLOCK=BLOCK)
+        _two_lerps_kernel[(tables[0].numel(),)](*tables, float(weight_a), float(weight_b),
+                                                tables[0] if skip is None else skip, DTYPE=_DTYPES[dtype],
+                                                BLOCK=BLOCK, HAS_SKIP=skip is not None)

@@ -69,6 +69,24 @@ def test_lerp_two_matches_float64_and_foreach(shapes, dtype, w_a, w_b, seed):
     assert all(torch.equal(p, k) for p, k in zip(params, kept))
 
 
+@given(shapes=st.lists(st.tuples(SIZES, st.sampled_from([1, 3])), min_size=1, max_size=4),
+       dtype=st.sampled_from(DTYPES), w_a=WEIGHTS, w_b=WEIGHTS, seed=st.integers(0, 2**16))
+def test_a_set_skip_flag_writes_nothing_and_a_clear_one_changes_nothing(shapes, dtype, w_a, w_b, seed):
+    """``skip`` = 1 (a step that turned out not finite): both averages stay bit for bit, even with non-finite
+    weights; ``skip`` = 0: bit for bit the call without a flag."""
+    gen = torch.Generator().manual_seed(seed)
+    params = tensors(shapes, dtype, gen, guard=-4096.0)
+    ema_a, ema_b = tensors(shapes, dtype, gen, guard=8192.0), tensors(shapes, dtype, gen, guard=8192.0)
+    before = [e.clone() for e in ema_a + ema_b]
+    nan_params = [torch.full_like(p, float("nan")) for p in params]
+    lerp_two_(ema_a, ema_b, nan_params, w_a, w_b, skip=torch.ones((), device=DEVICE))
+    assert all(torch.equal(e, b) for e, b in zip(ema_a + ema_b, before))
+    plain_a, plain_b = [a.clone() for a in ema_a], [b.clone() for b in ema_b]
+    lerp_two_(plain_a, plain_b, params, w_a, w_b)
+    lerp_two_(ema_a, ema_b, params, w_a, w_b, skip=torch.zeros((), device=DEVICE))
+    assert all(torch.equal(e, p) for e, p in zip(ema_a + ema_b, plain_a + plain_b))
+
+
 def test_lerp_two_updates_parameters_of_modules_like_two_ema_updates():
     """The trainer's call: module parameters (generators), weights 1 − rate, float32: equal to ``ema_update``
     twice to one float32 unit."""
@@ -134,6 +152,8 @@ def _rejects_bad_input():
         lerp_two_([torch.zeros(4, 4).t()], [torch.zeros(4, 4)], [torch.ones(4, 4)], 0.1, 0.1)
     with pytest.raises(ValueError, match=r"params\[0\]: expected data at an address that is a multiple of 16"):
         lerp_two_([a[:15]], [b[:15]], [torch.ones(17)[1:16]], 0.1, 0.1)
+    with pytest.raises(ValueError, match="skip: expected one element"):
+        lerp_two_([a], [b], [p], 0.1, 0.1, skip=torch.zeros(2))
     lerp_two_([], [], [], 0.1, 0.1)  # nothing to do
 
 

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from full_scale import checkpoint, pipeline, train
 from full_scale.config import GuidanceConfig
-from full_scale.distributed import Dist, agree
+from full_scale.distributed import Dist, agree, agree_later
 from full_scale.metrics import read_metrics
 from full_scale.model.dit import DiT, dit_config
 from full_scale.run import StudentStep
@@ -149,12 +149,12 @@ def test_exact_resume_after_sigterm_and_after_a_crash(tmp_path, monkeypatch):
     assert "lip_max" in read_metrics(a)[2] and read_metrics(a)[2]["lip_max"] > 0
 
 
-@pytest.mark.parametrize("policy", ["skip", "stop"])
-def test_nan_policy(tmp_path, monkeypatch, policy):
+def nan_in_second_batch(monkeypatch) -> list:
+    """Make example 1 of the second batch NaN; returns the list of batches drawn."""
     real = train.prepare_batch
     seen = []
 
-    def nan_in_second_batch(*args, **kwargs):
+    def prepare(*args, **kwargs):
         batch = real(*args, **kwargs)
         seen.append(batch)
         if len(seen) == 2:
@@ -163,7 +163,13 @@ def test_nan_policy(tmp_path, monkeypatch, policy):
             batch = dataclasses.replace(batch, x_t=x_t)
         return batch
 
-    monkeypatch.setattr(train, "prepare_batch", nan_in_second_batch)
+    monkeypatch.setattr(train, "prepare_batch", prepare)
+    return seen
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nan_policy(tmp_path, monkeypatch, policy):
+    seen = nan_in_second_batch(monkeypatch)
     argv = ["--out", str(tmp_path), "--steps", "3", "--set", f"train.nan_policy={policy}"] + TINY
     if policy == "stop":
         with pytest.raises(FloatingPointError, match="step 2"):
@@ -175,6 +181,43 @@ def test_nan_policy(tmp_path, monkeypatch, policy):
     event = [r for r in read_metrics(tmp_path) if r.get("event") == "nonfinite"][0]
     assert event["step"] == 2 and event["policy"] == policy and event["n_nonfinite_examples"] == 1
     assert event["t"] == [pytest.approx(float(seen[1].t[1]))] and event["s"] == [pytest.approx(float(seen[1].s[1]))]
+
+
+def test_the_update_launched_before_the_read_skips_a_nonfinite_step_exactly(tmp_path, monkeypatch):
+    """train.update_in_stream (the CUDA default; fused AdamW and the interpreted EMA kernel here): AdamW and the EMAs
+    are launched before the host reads the step's flags, and step 2 (a NaN example) must change nothing on the
+    device. Weights, both EMAs, AdamW's state, losses and the non-finite event equal those of the run that reads the
+    flags first, bit for bit; and step 3 did move the weights."""
+    from safetensors.torch import load_file
+    from full_scale.run import Run
+    runs, seen_update = {}, []
+    monkeypatch.setattr(train, "apply_update", lambda run, grad_norm, skip=None, real=train.apply_update:
+                        seen_update.append(skip is not None) or real(run, grad_norm, skip))
+    for in_stream in (False, True):
+        out = tmp_path / str(in_stream)
+        nan_in_second_batch(monkeypatch)
+        seen_update.clear()
+        train.main(["--out", str(out), "--steps", "3", "--set", "train.fused_adamw=true", "--set",
+                    "train.fused_ema=true", "--set", f"train.update_in_stream={str(in_stream).lower()}",
+                    "--set", "train.eval_ema=0.9"] + TINY)
+        assert seen_update == ([True] * 3 if in_stream else [False] * 2)  # the host-first run skips step 2 itself
+        latest = checkpoint.latest(out)
+        runs[in_stream] = {"weights": {w: load_file(latest / f"{w}.safetensors")
+                                       for w in ("model", "target_ema", "eval_ema")},
+                           "optimizer": torch.load(latest / "optimizer.pt", weights_only=True),
+                           "losses": losses(out),
+                           "events": [r for r in read_metrics(out) if r.get("event") == "nonfinite"]}
+    a, b = runs[False], runs[True]
+    assert a["losses"] == b["losses"] and a["events"] == b["events"] and len(b["events"]) == 1
+    for which in ("model", "target_ema", "eval_ema"):
+        assert a["weights"][which].keys() == b["weights"][which].keys()
+        assert all(torch.equal(v, b["weights"][which][k]) for k, v in a["weights"][which].items()), which
+    assert all(int(st["step"]) == 2 for st in b["optimizer"]["state"].values())  # 3 steps, one skipped
+    for key, st in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][key][k]) for k, v in st.items())
+    assert "update_in_stream" in Run.__dataclass_fields__
+    with pytest.raises(ValueError, match="train.update_in_stream: needs train.fused_adamw"):
+        train.main(["--out", str(tmp_path / "bad"), "--set", "train.update_in_stream=true"] + TINY)
 
 
 def test_fused_adamw_trains_like_the_foreach_one(tmp_path):
@@ -251,6 +294,8 @@ def test_agree_reads_tensor_and_bool_flags_in_one_step():
     d = Dist()
     assert agree(d, torch.tensor(True), False, ~torch.isfinite(torch.tensor(float("nan"))), True,
                  torch.tensor(False)) == [True, False, True, True, False]
+    flags, read = agree_later(d, torch.tensor(False), True)
+    assert flags.dtype == torch.float32 and flags.tolist() == [0.0, 1.0] and read() == [False, True]
 
 
 def test_configuration_errors(tmp_path):

@@ -139,7 +139,8 @@ def test_benchmark_command_runs_the_trainer_and_writes_its_schema(tmp_path):
     assert result["meta"]["flop_model"].startswith("per image")
     (row,) = result["runs"]
     assert row["status"] == "ok", row.get("error")
-    assert row["steps_timed"] == steps and len(row["loss"]) == steps + warmup + 2  # + profiler warm-up + 1 profiled
+    assert row["steps_timed"] == steps
+    assert row["loss_steps"] == [steps + warmup + 2]  # log.every 100: the last step (+ profiler warm-up + 1 profiled)
     assert row["profile"]["steps"] == 1 and row["profile"]["kernel_ms_per_step"] >= 0  # no CUDA kernels here
     assert row["latent_shape"] == [4, 4, 4] and row["global_batch"] == 2 and row["variant"] == "baseline"
     for key in ("sec_per_step", "sec_per_step_q25", "sec_per_step_q75", "images_per_s", "images_per_s_per_gpu",
@@ -197,6 +198,24 @@ def test_loss_check_runs_one_and_two_processes_per_seed(tmp_path):
     assert all(len(c) == 4 and np.isfinite(c).all() for c in lc["loss_1gpu"] + lc["loss_2gpu"])
     assert lc["loss_1gpu"][0] != lc["loss_1gpu"][1]  # the seeds differ
     assert json.loads(out.read_text())["loss_check"]["max_abs_t"] == lc["max_abs_t"]
+
+
+def test_step_times_come_from_the_clock_after_the_warmup(tmp_path):
+    """Step k ends at ``ends[k − 1]``; with 2 warm-up steps and ``last`` = 6 the timed steps are 3 … 6: the
+    intervals 1, 3, 5 and 7 s (median 4 s, quartiles 2.5 and 5.5 s); the losses come from the records."""
+    ends = [0.0, 10.0, 11.0, 14.0, 19.0, 26.0, 100.0]
+    (tmp_path / "step_ends.json").write_text(json.dumps(ends))
+    (tmp_path / "rank0.json").write_text(json.dumps({"rank": 0, "status": "ok", "error": "", "device_name": "cpu",
+                                                     "peak_allocated_bytes": None, "peak_reserved_bytes": None}))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"event": "start"}) + "\n"
+                                            + json.dumps({"step": 7, "loss": 0.5}) + "\n")
+    got = bench.summarize(tmp_path, warmup=2, last=6)
+    assert got["status"] == "ok" and got["steps_timed"] == 4 and got["sec_per_step"] == 4.0
+    assert (got["sec_per_step_q25"], got["sec_per_step_q75"], got["sec_per_step_min"]) == (2.5, 5.5, 1.0)
+    assert got["loss"] == [0.5] and got["loss_steps"] == [7]
+    assert bench.summarize(tmp_path, warmup=0)["steps_timed"] == 6  # step 1 has no start reading
+    (tmp_path / "step_ends.json").write_text(json.dumps(ends[:3]))
+    assert bench.summarize(tmp_path, warmup=0)["status"] == "failed"
 
 
 def test_idle_gaps_of_hand_made_intervals():
