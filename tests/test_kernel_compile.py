@@ -63,3 +63,43 @@ def test_extra_config_compiles_only_what_applies(tmp_path):
     assert [(r["kernel"], r["config"], r["listed"]) for r in records] == [
         ("_kv_tangent_kernel[P]", "16x32,w4,s1,SPLIT=0", False)]
     assert "error" not in records[0] and records[0]["regs"] > 0
+
+
+_EMA_COMPILE = """
+import json, sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
+from kernels import ema
+kernel, launches = ema._two_lerps_kernel, []
+class Capture:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: launches.append((args, kwargs))
+ema._two_lerps_kernel, ema.runs_on = Capture(), lambda device: True
+p = [torch.randn(3000)]
+ema.lerp_two_([p[0].clone()], [p[0].clone()], p, 0.01, 0.001, skip=torch.zeros(()))
+ema.lerp_two_([p[0].clone()], [p[0].clone()], p, 0.01, 0.001)
+target = GPUTarget("cuda", 90, 128)
+backend = make_backend(target)
+out = {}
+for args, kwargs in launches:
+    bound, spec, options = create_function_from_signature(kernel.signature, kernel.params, backend)(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec, options)
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    ptx = triton.compile(source, target=target, options=options.__dict__).asm["ptx"]
+    out[str(kwargs["HAS_SKIP"])] = {"st_global": ptx.count("st.global"), "branches": ptx.count("bra")}
+json.dump(out, sys.stdout)
+"""
+
+
+def test_the_ema_kernel_with_its_skip_flag_compiles_for_sm90():
+    """The EMA kernel's early return on a set ``skip`` flag (a runtime branch the interpreter runs as Python) compiles
+    for an H100, and the version with the flag branches where the one without does not need to."""
+    if not PTXAS.exists():
+        pytest.skip("Triton's ptxas is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _EMA_COMPILE], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          check=True, capture_output=True, text=True, timeout=600)
+    got = json.loads(done.stdout)
+    assert got["True"]["st_global"] == got["False"]["st_global"] > 0
+    assert got["True"]["branches"] > got["False"]["branches"]
