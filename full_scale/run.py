@@ -87,13 +87,34 @@ def use_fused_ema(cfg: Config, device: torch.device) -> bool:
     return on_for(cfg.train.fused_ema, device)
 
 
-def use_update_in_stream(cfg: Config, fused_adamw: bool, fused_ema: bool) -> bool:
+def adamw_skips_on_the_device(device: torch.device) -> bool:
+    """Whether this torch's fused AdamW leaves a weight untouched when the optimizer's ``found_inf`` is 1 (the input
+    ``torch.amp.GradScaler`` sets): tried once on a one-element weight with a NaN gradient, so that a torch that no
+    longer reads it makes the trainer read the flags first rather than apply a non-finite step."""
+    weight = torch.zeros(1, device=device, requires_grad=True)
+    optimizer = torch.optim.AdamW([weight], lr=1.0, fused=True)
+    weight.grad = torch.full_like(weight, float("nan"))
+    optimizer.found_inf, optimizer.grad_scale = torch.ones((), device=device), None
+    optimizer.step()
+    return bool((weight.detach() == 0).all())
+
+
+def use_update_in_stream(cfg: Config, fused_adamw: bool, fused_ema: bool, device: torch.device) -> bool:
     """Whether the update can be launched before the host reads the step's flags: it needs fused AdamW (whose
-    ``found_inf`` input skips the step on the device) and the EMA kernel (whose ``skip`` flag does)."""
-    if cfg.train.update_in_stream is True and not (fused_adamw and fused_ema):
+    ``found_inf`` input skips the step on the device, :func:`adamw_skips_on_the_device`) and the EMA kernel (whose
+    ``skip`` flag does)."""
+    setting = cfg.train.update_in_stream
+    if setting is True and not (fused_adamw and fused_ema):
         raise ValueError("train.update_in_stream: needs train.fused_adamw and train.fused_ema on (the fused kernels "
                          "skip a non-finite step on the device); use train.update_in_stream=auto or false")
-    return cfg.train.update_in_stream is not False and fused_adamw and fused_ema
+    if setting is False or not (fused_adamw and fused_ema):
+        return False
+    if not adamw_skips_on_the_device(device):
+        if setting is True:
+            raise RuntimeError("train.update_in_stream: this torch's fused AdamW ignores found_inf, so a non-finite "
+                               "step would be applied; use train.update_in_stream=auto or false")
+        return False
+    return True
 
 
 def use_compile(cfg: Config, device: torch.device) -> bool:
@@ -140,4 +161,4 @@ def build_run(cfg: Config, out: Path, d: Dist, dataset) -> Run:
                gen=torch.Generator(d.device).manual_seed(cfg.train.seed * 7919 + d.rank), micro=micro, accum=accum,
                bf16=cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and d.device.type == "cuda"),
                log=MetricsLog(out, enabled=d.main, tensorboard=cfg.log.tensorboard),
-               fused_ema=fused_ema, update_in_stream=use_update_in_stream(cfg, fused_adamw, fused_ema))
+               fused_ema=fused_ema, update_in_stream=use_update_in_stream(cfg, fused_adamw, fused_ema, d.device))

@@ -220,6 +220,30 @@ def test_the_update_launched_before_the_read_skips_a_nonfinite_step_exactly(tmp_
         train.main(["--out", str(tmp_path / "bad"), "--set", "train.update_in_stream=true"] + TINY)
 
 
+def test_a_fused_adamw_that_ignores_found_inf_turns_the_in_stream_update_off(monkeypatch):
+    """This torch's fused AdamW skips on ``found_inf``; one that did not (simulated: the attribute is dropped before
+    the step) would apply a non-finite step, so auto falls back to reading the flags first and true refuses."""
+    from full_scale import run as run_module
+    from full_scale.config import load_config
+    cpu = torch.device("cpu")
+    assert run_module.adamw_skips_on_the_device(cpu)
+    cfg = lambda value: load_config("tiny-digits", [f"train.update_in_stream={value}"])  # noqa: E731
+    assert run_module.use_update_in_stream(cfg("auto"), True, True, cpu) is True
+    assert run_module.use_update_in_stream(cfg("auto"), True, False, cpu) is False
+    assert run_module.use_update_in_stream(cfg("false"), True, True, cpu) is False
+    real_step = torch.optim.AdamW.step
+
+    def step_without_found_inf(self, *args, **kwargs):
+        self.__dict__.pop("found_inf", None)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_without_found_inf)
+    assert not run_module.adamw_skips_on_the_device(cpu)
+    assert run_module.use_update_in_stream(cfg("auto"), True, True, cpu) is False
+    with pytest.raises(RuntimeError, match="ignores found_inf"):
+        run_module.use_update_in_stream(cfg("true"), True, True, cpu)
+
+
 def test_fused_adamw_trains_like_the_foreach_one(tmp_path):
     """train.fused_adamw=true (the CUDA default) on the CPU: the same losses as the foreach AdamW to float32
     rounding, and the checkpoint says which one ran."""
