@@ -184,7 +184,7 @@ def test_nan_policy(tmp_path, monkeypatch, policy):
 
 
 def test_the_update_launched_before_the_read_skips_a_nonfinite_step_exactly(tmp_path, monkeypatch):
-    """train.update_in_stream (the CUDA default; fused AdamW and the interpreted EMA kernel here): AdamW and the EMAs
+    """train.update_in_stream (off by default; fused AdamW and the interpreted EMA kernel here): AdamW and the EMAs
     are launched before the host reads the step's flags, and step 2 (a NaN example) must change nothing on the
     device. Weights, both EMAs, AdamW's state, losses and the non-finite event equal those of the run that reads the
     flags first, bit for bit; and step 3 did move the weights."""
