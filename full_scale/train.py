@@ -272,7 +272,7 @@ def train(cfg: Config, out: str | Path, *, dataset=None, callbacks: Sequence[Cal
                 step = accumulate_gradients(run, data)
                 grads = [p.grad for p in run.model.parameters() if p.grad is not None]
                 grad_norm = total_norm(grads)
-                # (the gradients, hence their norm, are averaged over ranks)
+                # OR-ed over the ranks (the gradients, hence their norm, are averaged over them already)
                 flags, read_flags = agree_later(d, step.bad.any(), ~torch.isfinite(grad_norm), stop.requested)
                 if run.update_in_stream:
                     apply_update(run, grad_norm, skip=flags[:2].amax())
