@@ -207,7 +207,7 @@ def kernel_sources(events, steps: int, top: int = 25, depth: int = 5) -> list[di
     call says where in the step the kernel comes from."""
     found: dict[tuple[str, tuple[str, ...]], list[float]] = {}
     for e in events:
-        for k in getattr(e, "kernels", ()) or ():
+        for k in e.kernels:
             if k.name.startswith("triton_") or kernel_category(k.name) in ("matmul", "attention"):
                 continue
             chain, up = [], e
