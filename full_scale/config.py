@@ -123,7 +123,7 @@ class TrainConfig:
     ddp_split_graphs: bool = False    # let Dynamo split compiled blocks at DDP bucket boundaries (slower here)
     fused_adamw: bool | str = "auto"  # AdamW as one fused kernel: auto (on CUDA) | true | false (foreach kernels)
     fused_ema: bool | str = "auto"    # both EMAs in one Triton pass (kernels/ema.py): auto (on CUDA) | true | false
-    update_in_stream: bool | str = False  # update launched before the flags are read: auto (both fused) | true | false
+    update_in_stream: bool | str = "auto"  # update launched before the flags are read: auto (both fused) | true | false
     precision: str = "auto"           # auto (bf16 autocast on GPUs, fp32 on the CPU) | bf16 | fp32
     nan_policy: str = "skip"          # a non-finite loss or gradient: skip the step | stop the run
     max_nan_skips: int = 20           # stop after this many skipped steps in a row

@@ -13,9 +13,9 @@ the JVP on ``ddp.module`` would skip gradient synchronisation); the targets come
 velocities in one call); AdamW steps on the averaged gradient (one fused kernel on CUDA, ``train.fused_adamw``);
 both EMAs follow (one Triton pass on CUDA, ``train.fused_ema``). The step's health flags (non-finite loss or
 gradient, SIGTERM) are read in one host synchronisation, and batches come from pinned memory on CUDA, so the copy
-does not wait for the GPU. With ``train.update_in_stream`` (off by default until it is timed on a GPU; needs both
-fused), AdamW and the EMAs are launched before that read and skip a non-finite step on the device, so the read waits
-for the flags alone and the GPU works through the update while the host starts the next step.
+does not wait for the GPU. With ``train.update_in_stream`` (``auto``: on where both are fused, as on CUDA), AdamW
+and the EMAs are launched before that read and skip a non-finite step on the device, so the read waits for the
+flags alone and the GPU works through the update while the host starts the next step.
 DDP uses NCCL on GPUs and gloo on the CPU; bf16 autocast on GPUs. ∂_s F comes from the DiT's hand-written tangent
 (``train.jvp: manual``; ``functorch`` uses ``torch.func.jvp``), and on CUDA every block of the student and the target
 is compiled (``train.compile``, ``train.compile_mode``); ``train.activation_checkpointing`` trades a forward for
