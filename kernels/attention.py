@@ -49,12 +49,17 @@ def _check_triton(q):
             "`kernels` is imported (or use backend='reference')")
 
 
+def transforms_active(*tensors: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform is active or one of ``tensors`` is a dual tensor of forward-mode AD: where
+    ``in_graph=True`` refuses to run. Dynamo traces this check without a graph break."""
+    return torch._C._are_functorch_transforms_active() or any(
+        forward_ad.unpack_dual(x).tangent is not None for x in tensors)
+
+
 def _refuse_transforms(name, *tensors):
     """The custom operators (``in_graph``) have no forward-mode rule, and under forward AD PyTorch gives them a zero
-    or missing tangent without an error; refuse every ``torch.func`` transform and dual tensors instead. Dynamo
-    traces this check without a graph break."""
-    if torch._C._are_functorch_transforms_active() or any(
-            forward_ad.unpack_dual(x).tangent is not None for x in tensors):
+    or missing tangent without an error; refuse every ``torch.func`` transform and dual tensors instead."""
+    if transforms_active(*tensors):
         raise RuntimeError(f"kernels.{name}(in_graph=True) supports reverse mode only: not under torch.func "
                            "transforms or forward-mode AD (use in_graph=False)")
 

@@ -224,11 +224,11 @@ def test_compiled_blocks_equal_eager_blocks(size):
     pytest.param("inductor", marks=pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                                       reason="torch.compile on the CPU needs a C compiler"))])
 def test_attention_kept_in_graph_makes_one_graph_per_compiled_block_with_the_same_derivatives(backend):
-    """keep_attention_in_graph: forward_and_ds with velocity rows beside the JVP rows (the training step's one call),
-    its blocks compiled with fullgraph=True, so any graph break fails: aot_eager (Dynamo and AOTAutograd) and Inductor
-    (the operators as its extern calls; CPU code without vectorization, see the test above). Triton attention on the
-    interpreter here. Values, tangents and every parameter's gradient equal the eager run with the default calls
-    (autograd Functions) within float32 rounding."""
+    """keep_attention_in_graph: forward_and_ds with velocity rows beside the JVP rows (the training step's one call)
+    and the plain forward (the target's velocities), its blocks compiled with fullgraph=True, so any graph break fails:
+    aot_eager (Dynamo and AOTAutograd) and Inductor (the operators as its extern calls; CPU code without
+    vectorization, see the test above). Triton attention on the interpreter here. Values, tangents and every
+    parameter's gradient equal the eager run with the default calls (autograd Functions) within float32 rounding."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = randomize_(DiT(dit_config(in_channels=2, input_size=4, patch_size=2, hidden_size=32, depth=2,
@@ -238,8 +238,9 @@ def test_attention_kept_in_graph_makes_one_graph_per_compiled_block_with_the_sam
 
     def run():
         value, ds = model.forward_and_ds(x, t, s, y, n_tangent=2)
-        loss = (value * torch.cos(value)).sum() + ds.pow(2).sum()
-        return [value, ds, *torch.autograd.grad(loss, list(model.parameters()))]
+        plain = model(x, t, s, y)
+        loss = (value * torch.cos(value)).sum() + ds.pow(2).sum() + plain.pow(3).sum()
+        return [value, ds, plain, *torch.autograd.grad(loss, list(model.parameters()))]
 
     eager = run()
     model.keep_attention_in_graph(True)
@@ -251,6 +252,26 @@ def test_attention_kept_in_graph_makes_one_graph_per_compiled_block_with_the_sam
         torch.set_flush_denormal(False)  # as in the test above
     for a, b in zip(compiled, eager):
         assert float((a - b).norm() / b.norm()) < 1e-5
+
+
+def test_the_forward_keeps_the_jvp_rule_under_torch_func_with_attention_in_graph():
+    """keep_attention_in_graph also puts the plain forward's attention in the graph, as reverse-mode-only custom
+    operators; under torch.func.jvp (train.jvp: functorch) the forward must still take the autograd Function with
+    its JVP rule. The JVP in s equals the one without keep_attention_in_graph, bit for bit (the interpreter here)."""
+    torch.manual_seed(0)
+    model = randomize_(DiT(dit_config(in_channels=2, input_size=4, patch_size=2, hidden_size=32, depth=2,
+                                      num_heads=2, num_classes=3, freq_dim=8)))
+    model.set_attention_backend("triton")
+    x, t, s, y = inputs(model, n=3)
+
+    def jvp_in_s():
+        return torch.func.jvp(lambda s_: model(x, t, s_, y), (s,), (torch.ones_like(s),))
+
+    default = jvp_in_s()
+    model.keep_attention_in_graph(True)
+    for a, b in zip(jvp_in_s(), default):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert default[1].abs().max() > 0
 
 
 def test_triton_forward_and_ds_at_dit_xl_width_is_no_worse_than_the_reference():

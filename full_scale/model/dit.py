@@ -23,7 +23,8 @@ Attention goes through ``kernels.attention`` (Triton on CUDA, the PyTorch refere
 
 ``DiT.forward_and_ds`` returns (F, ∂_s F) with the tangent carried by hand (``full_scale.model.dual``), the fast path of
 the trainer; ``DiT.compile_blocks`` compiles each block's forward and JVP (regional compilation: one graph shared by
-all blocks, the Triton attention between graphs).
+all blocks, the Triton attention between graphs, or inside them with ``DiT.keep_attention_in_graph``, as the trainer
+runs it).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import torch.nn.functional as Fn
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from kernels import attention, attention_jvp
+from kernels import attention, attention_jvp, transforms_active
 
 from . import dual
 
@@ -189,7 +190,10 @@ class Attention(nn.Module):
         return o.transpose(1, 2).reshape(B, T, H * d)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self._merge_heads(attention(*self._heads(x), backend=self.backend)))
+        q, k, v = self._heads(x)
+        # the custom operators are reverse mode only: under torch.func.jvp (train.jvp: functorch) the Function runs
+        in_graph = self.in_graph and not transforms_active(q, k, v)
+        return self.proj(self._merge_heads(attention(q, k, v, backend=self.backend, in_graph=in_graph)))
 
     def jvp(self, x: Tensor, xd: Tensor, x2: Tensor | None = None) -> tuple[Tensor, ...]:
         """(attn(x), its tangent), and attn(x2) after them when rows x2 without a tangent are given. Both attention
@@ -364,10 +368,11 @@ class DiT(nn.Module):
         return previous
 
     def keep_attention_in_graph(self, on: bool = True) -> None:
-        """Let :meth:`Block.jvp`'s Triton attention calls run as ``torch.library`` custom operators
-        (``kernels.attention(..., in_graph=True)``), which ``torch.compile`` keeps inside each block's graph: one graph
-        per compiled block instead of one before and one after the attention. Reverse mode only, as the manual JVP
-        needs; the plain forward (which ``torch.func.jvp`` may differentiate) keeps the default call."""
+        """Let the Triton attention calls of :meth:`Block.jvp` and of the plain forward run as ``torch.library``
+        custom operators (``kernels.attention(..., in_graph=True)``), which ``torch.compile`` keeps inside each block's
+        graph: one graph per compiled block instead of one before and one after the attention. They are reverse mode
+        only, so the plain forward keeps the default call (an autograd Function with a JVP rule) under ``torch.func``
+        transforms and forward-mode AD (``kernels.transforms_active``)."""
         for block in self.blocks:
             block.attn.in_graph = bool(on)
 
