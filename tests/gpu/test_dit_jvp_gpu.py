@@ -96,6 +96,31 @@ def test_attention_kept_in_graph_matches_the_reference(mode, size, sized_case):
     assert not bad, f"tensors worse than {FACTOR}× the reference's error + {FLOOR['bf16']}: {bad}"
 
 
+@pytest.mark.parametrize("size", ["d64", "xl-block"])
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_the_plain_forward_kept_in_graph_matches_the_reference(mode, size, sized_case):
+    """The targets' path: the plain forward with the attention kept in the compiled graphs (fullgraph=True, so a
+    graph break fails), bf16 autocast and no gradient, as the target EMA runs; under CUDA graphs the third call (a
+    replay) is checked. Its value against float64 truth, by the rule above, against the eager reference forward."""
+    torch._dynamo.reset()
+    model, (x, t, s, y), _, _, truth = sized_case(size)
+
+    def forward():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(x, t, s, y).double()
+
+    with model.attention_backend("reference"):
+        ref = forward()
+    with model.attention_backend("triton"):
+        model.keep_attention_in_graph(True)
+        model.compile_blocks(dynamic=False, mode=mode, fullgraph=True)
+        for _ in range(3):
+            got = forward()
+    print(f"plain forward in graph, {mode}, {size}: error {relative_errors([got], truth[:1])[0]:.2e}")
+    bad = worse_than_reference([got], [ref], truth[:1], ["value"], FLOOR["bf16"])
+    assert not bad, f"worse than {FACTOR}× the reference's error + {FLOOR['bf16']}: {bad}"
+
+
 def test_manual_jvp_on_gpu_matches_float64_func_jvp():
     model, inputs, g1, g2 = model_and_inputs(SIZES["d64"], seed=3, device="cuda")
     with model.attention_backend("triton"):
