@@ -118,7 +118,7 @@ class TrainConfig:
     jvp: str = "manual"               # ∂_s F: manual (the DiT's hand-written tangent) | functorch (torch.func.jvp)
     compile: bool | str = "auto"      # torch.compile of each block: auto (on CUDA) | true | false
     compile_mode: str = "default"     # the blocks' torch.compile mode: default | reduce-overhead (CUDA graphs) | …
-    attention_in_graph: bool = True   # the Triton attention as custom ops, inside the compiled graphs (not under torch.func)
+    attention_in_graph: bool = True   # Triton attention as custom ops in the compiled graphs (not under torch.func)
     activation_checkpointing: bool = False  # recompute each block in the backward: less memory, one more forward
     ddp_split_graphs: bool = False    # let Dynamo split compiled blocks at DDP bucket boundaries (slower here)
     fused_adamw: bool | str = "auto"  # AdamW as one fused kernel: auto (on CUDA) | true | false (foreach kernels)

@@ -186,8 +186,8 @@ def test_nan_policy(tmp_path, monkeypatch, policy):
 def test_the_update_launched_before_the_read_skips_a_nonfinite_step_exactly(tmp_path, monkeypatch):
     """train.update_in_stream (on by default on CUDA; forced here, with fused AdamW and the interpreted EMA kernel):
     AdamW and the EMAs are launched before the host reads the step's flags, and step 2 (a NaN example) must change
-    nothing on the device. Weights, both EMAs, AdamW's state, losses and the non-finite event equal those of the run that reads the
-    flags first, bit for bit, and AdamW counts 2 steps (1 and 3)."""
+    nothing on the device. Weights, both EMAs, AdamW's state, losses and the non-finite event equal those of the run
+    that reads the flags first, bit for bit, and AdamW counts 2 steps (1 and 3)."""
     from safetensors.torch import load_file
     from full_scale.run import Run
     runs, seen_update = {}, []
